@@ -1,0 +1,227 @@
+//! Configuration of the two controllers, with the defaults a storage operator expects.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::digest::Algorithm;
+use crate::dirty::DEFAULT_REGION_SIZE;
+use crate::{Error, Result};
+
+/// When a replicated write is acknowledged to its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplicationMode {
+    /// After the secondary has applied it (and flushed it, when a flush was asked).
+    #[default]
+    Sync,
+    /// As soon as it is queued for the link; a full queue marks the dirty map instead.
+    Async,
+}
+
+impl ReplicationMode {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ReplicationMode::Sync => "sync",
+            ReplicationMode::Async => "async",
+        }
+    }
+}
+
+impl FromStr for ReplicationMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "sync" => Ok(ReplicationMode::Sync),
+            "async" => Ok(ReplicationMode::Async),
+            _ => Err(Error::invalid(format!(
+                "unknown replication mode {s:?} (sync or async)"
+            ))),
+        }
+    }
+}
+
+/// Which side compares digests during a checksum scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CompareSide {
+    /// The secondary streams its digests; the primary compares and ships what differs.
+    #[default]
+    Primary,
+    /// The primary streams its digests; the secondary compares and requests what differs.
+    Secondary,
+}
+
+impl CompareSide {
+    /// Lower-case name.
+    pub fn name(self) -> &'static str {
+        match self {
+            CompareSide::Primary => "primary",
+            CompareSide::Secondary => "secondary",
+        }
+    }
+}
+
+impl FromStr for CompareSide {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "primary" => Ok(CompareSide::Primary),
+            "secondary" => Ok(CompareSide::Secondary),
+            _ => Err(Error::invalid(format!(
+                "unknown compare side {s:?} (primary or secondary)"
+            ))),
+        }
+    }
+}
+
+/// The periodic low-priority scan.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PeriodicScan {
+    /// Time between the end of one scan and the start of the next.
+    pub interval: Duration,
+    /// Read rate limit of the scan, MiB/s, on each side.
+    pub rate_mib_s: f64,
+}
+
+/// Configuration of a [`Primary`](crate::Primary).
+#[derive(Debug, Clone)]
+pub struct PrimaryConfig {
+    /// The secondary's address, `host:port`.
+    pub peer: String,
+    /// Digest algorithm of checksum scans.
+    pub algorithm: Algorithm,
+    /// Bytes per dirty-map region (a power of two, at least the block size).
+    pub region_size: u64,
+    /// Replication mode.
+    pub mode: ReplicationMode,
+    /// Replicated writes that may wait in the link's queue (async mode).
+    pub queue_depth: usize,
+    /// Which side compares digests.
+    pub compare: CompareSide,
+    /// Shared secret; when set both peers must prove it.
+    pub secret: Option<Vec<u8>>,
+    /// A link silent this long is declared dead.
+    pub link_timeout: Duration,
+    /// Resync by itself on every (re)connection.
+    pub auto_resync: bool,
+    /// Periodic scan, if any.
+    pub periodic: Option<PeriodicScan>,
+    /// Identity of the primary volume sent at handshake (zero: random per session).
+    pub volume_id: u128,
+}
+
+impl PrimaryConfig {
+    /// Defaults for a secondary at `peer`.
+    pub fn new(peer: impl Into<String>) -> Self {
+        PrimaryConfig {
+            peer: peer.into(),
+            algorithm: Algorithm::default(),
+            region_size: DEFAULT_REGION_SIZE,
+            mode: ReplicationMode::Sync,
+            queue_depth: 1024,
+            compare: CompareSide::Primary,
+            secret: None,
+            link_timeout: Duration::from_secs(5),
+            auto_resync: true,
+            periodic: None,
+            volume_id: 0,
+        }
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<()> {
+        if self.peer.is_empty() {
+            return Err(Error::invalid("peer address is empty"));
+        }
+        if self.queue_depth == 0 {
+            return Err(Error::invalid("queue depth must be at least 1"));
+        }
+        if self.link_timeout < Duration::from_millis(100) {
+            return Err(Error::invalid("link timeout must be at least 100 ms"));
+        }
+        if let Some(p) = &self.periodic {
+            if p.interval.is_zero() {
+                return Err(Error::invalid("periodic scan interval must be positive"));
+            }
+            if !(p.rate_mib_s.is_finite() && p.rate_mib_s > 0.0) {
+                return Err(Error::invalid(
+                    "periodic scan rate must be a positive number of MiB/s",
+                ));
+            }
+        }
+        if let Some(s) = &self.secret {
+            check_secret(s)?;
+        }
+        Ok(())
+    }
+}
+
+/// Configuration of a [`Secondary`](crate::Secondary).
+#[derive(Debug, Clone)]
+pub struct SecondaryConfig {
+    /// Address to listen on, `host:port` (port 0: any free port).
+    pub listen: String,
+    /// Shared secret; when set a primary must prove it before anything is accepted.
+    pub secret: Option<Vec<u8>>,
+    /// Listen on a non-loopback address without a secret.
+    pub allow_insecure: bool,
+    /// A link silent this long is declared dead.
+    pub link_timeout: Duration,
+}
+
+impl SecondaryConfig {
+    /// Defaults, listening on `listen`.
+    pub fn new(listen: impl Into<String>) -> Self {
+        SecondaryConfig {
+            listen: listen.into(),
+            secret: None,
+            allow_insecure: false,
+            link_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks every value, and refuses a non-loopback listener without a secret unless
+    /// `allow_insecure` says the operator means it.
+    pub fn validate(&self, addr: &SocketAddr) -> Result<()> {
+        if let Some(s) = &self.secret {
+            check_secret(s)?;
+        }
+        if self.link_timeout < Duration::from_millis(100) {
+            return Err(Error::invalid("link timeout must be at least 100 ms"));
+        }
+        if !addr.ip().is_loopback() && self.secret.is_none() && !self.allow_insecure {
+            return Err(Error::invalid(format!(
+                "refusing to listen on non-loopback address {addr} without a shared secret (give a secret file, or allow insecure listening explicitly)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_secret(s: &[u8]) -> Result<()> {
+    if s.len() < 8 {
+        return Err(Error::invalid("shared secret must be at least 8 bytes"));
+    }
+    Ok(())
+}
+
+/// Reads a shared secret from a file: its bytes, less one trailing newline.
+pub fn read_secret_file(path: impl AsRef<Path>) -> Result<Vec<u8>> {
+    let path = path.as_ref();
+    let mut s = std::fs::read(path)
+        .map_err(|e| Error::io(&path.display().to_string(), "read secret", 0, e))?;
+    if s.last() == Some(&b'\n') {
+        s.pop();
+        if s.last() == Some(&b'\r') {
+            s.pop();
+        }
+    }
+    check_secret(&s).map_err(|_| {
+        Error::invalid(format!(
+            "{}: shared secret must be at least 8 bytes",
+            path.display()
+        ))
+    })?;
+    Ok(s)
+}

@@ -1,0 +1,415 @@
+//! Checksum scans: per-block digests of a range of a volume.
+//!
+//! A scan streams: a reader thread keeps the next chunk's reads in flight while the cores hash
+//! the current one (rayon), and each chunk's digests are handed to the caller as a [`ScanMap`]
+//! batch before the next is made. Nobody ever holds a whole large volume's digest list to start
+//! comparing; callers that want the whole list (the `scan` verb) concatenate batches.
+
+use std::time::{Duration, Instant};
+
+use rayon::prelude::*;
+
+use crate::digest::{hex, Algorithm};
+use crate::units::{BlockIndex, BlockRange, BlockSize};
+use crate::volume::{IoPriority, ReadOp, Volume};
+use crate::{Error, Result};
+
+/// Per-block digests of a run of blocks, in one contiguous buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanMap {
+    algorithm: Algorithm,
+    first: BlockIndex,
+    digests: Vec<u8>,
+}
+
+impl ScanMap {
+    /// A map of digests for blocks starting at `first`; `digests` holds whole digests.
+    pub fn new(algorithm: Algorithm, first: BlockIndex, digests: Vec<u8>) -> Result<Self> {
+        if digests.len() % algorithm.digest_len() != 0 {
+            return Err(Error::invalid(format!(
+                "{} bytes is not a whole number of {algorithm} digests",
+                digests.len()
+            )));
+        }
+        Ok(ScanMap {
+            algorithm,
+            first,
+            digests,
+        })
+    }
+
+    /// An empty map starting at `first`.
+    pub fn empty(algorithm: Algorithm, first: BlockIndex) -> Self {
+        ScanMap {
+            algorithm,
+            first,
+            digests: Vec::new(),
+        }
+    }
+
+    /// The algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// The first block covered.
+    pub fn first(&self) -> BlockIndex {
+        self.first
+    }
+
+    /// Number of blocks covered.
+    pub fn len(&self) -> usize {
+        self.digests.len() / self.algorithm.digest_len()
+    }
+
+    /// True when no block is covered.
+    pub fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+
+    /// The blocks covered.
+    pub fn range(&self) -> BlockRange {
+        BlockRange {
+            start: self.first,
+            count: self.len() as u64,
+        }
+    }
+
+    /// Digest of the `i`-th block of the map (block `first + i`).
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        let w = self.algorithm.digest_len();
+        self.digests.get(i * w..(i + 1) * w)
+    }
+
+    /// Every digest, concatenated.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.digests
+    }
+
+    /// The digest buffer.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.digests
+    }
+
+    /// `(block, digest)` pairs.
+    pub fn iter(&self) -> impl Iterator<Item = (BlockIndex, &[u8])> + '_ {
+        let first = self.first.0;
+        self.digests
+            .chunks_exact(self.algorithm.digest_len())
+            .enumerate()
+            .map(move |(i, d)| (BlockIndex(first + i as u64), d))
+    }
+
+    /// Hex digest of the `i`-th block.
+    pub fn hex(&self, i: usize) -> Option<String> {
+        self.get(i).map(hex)
+    }
+
+    /// Appends `other`, which must start where this map ends.
+    pub fn extend(&mut self, other: &ScanMap) -> Result<()> {
+        if other.algorithm != self.algorithm || other.first.0 != self.range().end() {
+            return Err(Error::invalid("scan batches are not contiguous"));
+        }
+        self.digests.extend_from_slice(&other.digests);
+        Ok(())
+    }
+
+    /// Runs of blocks whose digests differ from `other`'s (which covers the same blocks).
+    pub fn mismatches(&self, other: &ScanMap) -> Vec<BlockRange> {
+        let mut runs = RunBuilder::default();
+        for ((i, a), (_, b)) in self.iter().zip(other.iter()) {
+            if a != b {
+                runs.push(i.0);
+            }
+        }
+        runs.finish()
+    }
+}
+
+/// Collects block indices, in ascending order, into runs.
+#[derive(Debug, Default)]
+pub struct RunBuilder {
+    runs: Vec<BlockRange>,
+}
+
+impl RunBuilder {
+    /// Adds block `b` (not less than any block added before).
+    pub fn push(&mut self, b: u64) {
+        match self.runs.last_mut() {
+            Some(r) if r.end() == b => r.count += 1,
+            _ => self.runs.push(BlockRange::new(b, 1)),
+        }
+    }
+
+    /// The runs.
+    pub fn finish(self) -> Vec<BlockRange> {
+        self.runs
+    }
+}
+
+/// Paces a background job to a byte rate (a token bucket with one second of burst).
+#[derive(Debug)]
+pub struct RateLimiter {
+    bytes_per_sec: f64,
+    allowance: f64,
+    last: Instant,
+}
+
+impl RateLimiter {
+    /// A limiter at `mib_per_sec` MiB/s.
+    pub fn new(mib_per_sec: f64) -> Self {
+        let bytes_per_sec = mib_per_sec * 1024.0 * 1024.0;
+        RateLimiter {
+            bytes_per_sec,
+            allowance: 0.0,
+            last: Instant::now(),
+        }
+    }
+
+    /// Waits until `bytes` more may go.
+    pub fn take(&mut self, bytes: u64) {
+        let now = Instant::now();
+        self.allowance = (self.allowance
+            + now.duration_since(self.last).as_secs_f64() * self.bytes_per_sec)
+            .min(self.bytes_per_sec);
+        self.last = now;
+        self.allowance -= bytes as f64;
+        if self.allowance < 0.0 {
+            let wait = -self.allowance / self.bytes_per_sec;
+            std::thread::sleep(Duration::from_secs_f64(wait));
+        }
+    }
+}
+
+/// How a scan runs.
+#[derive(Debug, Clone, Copy)]
+pub struct ScanOptions {
+    /// Digest algorithm.
+    pub algorithm: Algorithm,
+    /// I/O priority of the reads.
+    pub priority: IoPriority,
+    /// Bytes per batch handed to the caller (rounded to whole blocks).
+    pub batch_bytes: usize,
+    /// Bytes per read submitted (a batch is read as several reads in flight).
+    pub read_bytes: usize,
+}
+
+impl ScanOptions {
+    /// Foreground scan with `algorithm`.
+    pub fn new(algorithm: Algorithm) -> Self {
+        ScanOptions {
+            algorithm,
+            priority: IoPriority::Normal,
+            batch_bytes: 4 << 20,
+            read_bytes: 256 << 10,
+        }
+    }
+
+    /// The same, at idle priority.
+    pub fn background(mut self) -> Self {
+        self.priority = IoPriority::Idle;
+        self
+    }
+
+    fn batch_blocks(&self, bs: BlockSize) -> u64 {
+        (self.batch_bytes as u64 / bs.bytes()).max(1)
+    }
+}
+
+/// Byte span `(offset, len)` of `range` in `vol`, its last block cut at the end of the volume.
+pub fn byte_span(vol: &dyn Volume, range: BlockRange) -> (u64, usize) {
+    let bs = vol.block_size();
+    let offset = bs.offset_of(range.start);
+    let end = bs.offset_of(BlockIndex(range.end())).min(vol.size());
+    (offset, end.saturating_sub(offset) as usize)
+}
+
+/// Checks that `range` lies inside `vol`.
+pub fn check_range(vol: &dyn Volume, range: BlockRange) -> Result<()> {
+    let blocks = vol.blocks();
+    if range.start.0 > blocks || range.count > blocks - range.start.0 {
+        return Err(Error::invalid(format!(
+            "blocks {}+{} reach past the end of {} ({} blocks)",
+            range.start.0,
+            range.count,
+            vol.name(),
+            blocks
+        )));
+    }
+    Ok(())
+}
+
+/// Digests of every block of `data`, which starts on a block boundary.
+pub fn hash_blocks(algorithm: Algorithm, bs: BlockSize, data: &[u8], out: &mut Vec<u8>) {
+    let w = algorithm.digest_len();
+    let n = data.len().div_ceil(bs.as_usize());
+    let start = out.len();
+    out.resize(start + n * w, 0);
+    out[start..]
+        .par_chunks_mut(w)
+        .zip(data.par_chunks(bs.as_usize()))
+        .with_min_len(16)
+        .for_each(|(d, block)| algorithm.digest_into(block, d));
+}
+
+/// Reads `range` of `vol` in batches of reads in flight.
+fn read_span(vol: &dyn Volume, offset: u64, buf: &mut [u8], opts: &ScanOptions) -> Result<()> {
+    let piece = opts.read_bytes.max(vol.block_size().as_usize());
+    let mut ops: Vec<ReadOp<'_>> = buf
+        .chunks_mut(piece)
+        .enumerate()
+        .map(|(i, b)| ReadOp {
+            offset: offset + (i * piece) as u64,
+            buf: b,
+        })
+        .collect();
+    vol.read_batch(&mut ops, opts.priority)
+}
+
+/// Scans `range` of `vol`, handing each batch of digests to `sink` in order. `pace` is called
+/// with each batch's byte count before it is read (rate limits, yielding to foreground I/O);
+/// `sink` returns `false` to stop early.
+pub fn scan_range(
+    vol: &dyn Volume,
+    range: BlockRange,
+    opts: ScanOptions,
+    mut pace: impl FnMut(u64) -> Result<()> + Send,
+    mut sink: impl FnMut(ScanMap) -> Result<bool>,
+) -> Result<()> {
+    check_range(vol, range)?;
+    let bs = vol.block_size();
+    let per_batch = opts.batch_blocks(bs);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(3);
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<Result<(BlockIndex, Vec<u8>)>>(2);
+    for _ in 0..3 {
+        let _ = free_tx.send(Vec::new());
+    }
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            let mut next = range.start.0;
+            while next < range.end() {
+                let batch = BlockRange::new(next, per_batch.min(range.end() - next));
+                let Ok(mut buf) = free_rx.recv() else { return };
+                let (offset, len) = byte_span(vol, batch);
+                buf.resize(len, 0);
+                let res = pace(len as u64).and_then(|()| read_span(vol, offset, &mut buf, &opts));
+                let failed = res.is_err();
+                if full_tx.send(res.map(|()| (batch.start, buf))).is_err() || failed {
+                    return;
+                }
+                next = batch.end();
+            }
+        });
+        let result = (|| {
+            for item in full_rx.iter() {
+                let (first, buf) = item?;
+                let mut digests = Vec::new();
+                hash_blocks(opts.algorithm, bs, &buf, &mut digests);
+                let _ = free_tx.send(buf);
+                if !sink(ScanMap::new(opts.algorithm, first, digests)?)? {
+                    break;
+                }
+            }
+            Ok(())
+        })();
+        // Unblocks the reader whatever happened.
+        drop(full_rx);
+        drop(free_tx);
+        result
+    })
+}
+
+/// Digests of every block of `range`, in one map.
+pub fn scan_all(vol: &dyn Volume, range: BlockRange, opts: ScanOptions) -> Result<ScanMap> {
+    let mut all = ScanMap::empty(opts.algorithm, range.start);
+    scan_range(
+        vol,
+        range,
+        opts,
+        |_| Ok(()),
+        |batch| {
+            all.extend(&batch)?;
+            Ok(true)
+        },
+    )?;
+    Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::volume::MemVolume;
+
+    fn patterned(size: usize) -> MemVolume {
+        let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4096) as u8).collect();
+        MemVolume::from_bytes(bytes, BlockSize::DEFAULT)
+    }
+
+    #[test]
+    fn scan_digests_equal_per_block_hashes_including_partial_last_block() {
+        let size = 4096 * 1000 + 123;
+        let vol = patterned(size);
+        let bytes = vol.to_vec();
+        for alg in Algorithm::ALL {
+            let mut opts = ScanOptions::new(alg);
+            opts.batch_bytes = 64 << 10; // many batches
+            let map = scan_all(&vol, BlockRange::new(0, vol.blocks()), opts).unwrap();
+            assert_eq!(map.len(), 1001);
+            for (i, chunk) in bytes.chunks(4096).enumerate() {
+                assert_eq!(
+                    map.get(i).unwrap(),
+                    &alg.digest(chunk)[..],
+                    "{alg} block {i}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn scan_of_a_subrange_streams_batches_in_order() {
+        let vol = patterned(4096 * 300);
+        let mut opts = ScanOptions::new(Algorithm::Crc32);
+        opts.batch_bytes = 4096 * 7;
+        let mut starts = Vec::new();
+        scan_range(
+            &vol,
+            BlockRange::new(10, 100),
+            opts,
+            |_| Ok(()),
+            |b| {
+                starts.push((b.first().0, b.len()));
+                Ok(true)
+            },
+        )
+        .unwrap();
+        assert_eq!(starts.first(), Some(&(10, 7)));
+        assert_eq!(starts.iter().map(|s| s.1).sum::<usize>(), 100);
+        assert!(starts.windows(2).all(|w| w[0].0 + w[0].1 as u64 == w[1].0));
+    }
+
+    #[test]
+    fn scan_past_the_end_is_refused() {
+        let vol = patterned(4096 * 4);
+        let err = scan_all(
+            &vol,
+            BlockRange::new(2, 3),
+            ScanOptions::new(Algorithm::Md5),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn mismatches_are_reported_as_runs() {
+        let a = ScanMap::new(Algorithm::Crc32, BlockIndex(5), vec![0; 4 * 6]).unwrap();
+        let mut d = vec![0; 4 * 6];
+        d[4] = 1; // block 6
+        d[8] = 1; // block 7
+        d[20] = 1; // block 10
+        let b = ScanMap::new(Algorithm::Crc32, BlockIndex(5), d).unwrap();
+        assert_eq!(
+            a.mismatches(&b),
+            vec![BlockRange::new(6, 2), BlockRange::new(10, 1)]
+        );
+    }
+}
