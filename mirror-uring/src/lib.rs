@@ -1,11 +1,24 @@
 //! Volumes for files and block devices, on io_uring where the kernel allows it, falling back
 //! to positioned reads and writes ([`mirror_core::FileVolume`]) where it does not.
+//!
+//! Other crates call [`open_volume`] (or [`create_volume`] for a new sparse file) with
+//! [`VolumeOptions`]; [`open_volume_with_info`] also says which backend was used.
+//! [`UringVolume`] is the io_uring backend itself, for callers that want no fallback.
 
+mod align;
+mod probe;
+mod ring;
+mod volume;
+
+use std::fs::OpenOptions;
 use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use mirror_core::{BlockSize, Error, FileVolume, Result, Volume};
+
+pub use probe::{force_sync_fallback, uring_available, uring_unavailable_reason, ENV_VAR};
+pub use volume::{UringVolume, MAX_QUEUE_DEPTH};
 
 /// Which I/O backend a volume uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -33,7 +46,9 @@ impl FromStr for IoBackend {
         match s {
             "uring" => Ok(IoBackend::Uring),
             "sync" => Ok(IoBackend::Sync),
-            _ => Err(Error::InvalidArgument(format!("unknown io backend {s:?} (uring or sync)"))),
+            _ => Err(Error::InvalidArgument(format!(
+                "unknown io backend {s:?} (uring or sync)"
+            ))),
         }
     }
 }
@@ -65,12 +80,97 @@ impl Default for VolumeOptions {
     }
 }
 
+/// What [`open_volume_with_info`] opened.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeInfo {
+    /// The backend in use (`Sync` after a fallback).
+    pub backend: IoBackend,
+    /// True when the volume is open with `O_DIRECT`.
+    pub direct: bool,
+    /// Why io_uring was asked for and not used.
+    pub fallback: Option<String>,
+}
+
 /// Opens the file or block device at `path` with `opts`.
+///
+/// With [`IoBackend::Uring`] the volume is a [`UringVolume`] unless io_uring cannot be set up
+/// here (or is disabled: [`ENV_VAR`], [`force_sync_fallback`]); then it is a
+/// [`FileVolume`] and the log says so once. `O_DIRECT` needs the uring backend: asking for it
+/// with [`IoBackend::Sync`] is refused, and a fallback drops it (buffered I/O, same bytes).
 pub fn open_volume(path: impl AsRef<Path>, opts: &VolumeOptions) -> Result<Arc<dyn Volume>> {
+    open_volume_with_info(path, opts).map(|(v, _)| v)
+}
+
+/// [`open_volume`], also saying which backend was used and why.
+pub fn open_volume_with_info(
+    path: impl AsRef<Path>,
+    opts: &VolumeOptions,
+) -> Result<(Arc<dyn Volume>, VolumeInfo)> {
+    let path = path.as_ref();
+    let fallback = match opts.io {
+        IoBackend::Uring => match uring_unavailable_reason() {
+            None => {
+                let vol = UringVolume::open(path, opts)?;
+                let info = VolumeInfo {
+                    backend: IoBackend::Uring,
+                    direct: vol.is_direct(),
+                    fallback: None,
+                };
+                return Ok((Arc::new(vol), info));
+            }
+            Some(reason) => {
+                probe::warn_fallback(&reason);
+                Some(reason)
+            }
+        },
+        IoBackend::Sync => {
+            if opts.direct == Some(true) {
+                return Err(Error::InvalidArgument(format!(
+                    "{}: O_DIRECT is available with the uring backend only (--io uring)",
+                    path.display()
+                )));
+            }
+            None
+        }
+    };
     let vol = if opts.read_only {
         FileVolume::open_read_only(path, opts.block_size)?
     } else {
         FileVolume::open(path, opts.block_size)?
     };
-    Ok(Arc::new(vol))
+    let info = VolumeInfo {
+        backend: IoBackend::Sync,
+        direct: false,
+        fallback,
+    };
+    Ok((Arc::new(vol), info))
+}
+
+/// Creates a sparse file of `size` bytes at `path` (which must not exist) and opens it with
+/// `opts`.
+pub fn create_volume(
+    path: impl AsRef<Path>,
+    size: u64,
+    opts: &VolumeOptions,
+) -> Result<Arc<dyn Volume>> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .map_err(|source| Error::Io {
+            path: name.clone(),
+            op: "create",
+            offset: 0,
+            source,
+        })?;
+    file.set_len(size).map_err(|source| Error::Io {
+        path: name,
+        op: "truncate",
+        offset: size,
+        source,
+    })?;
+    drop(file);
+    open_volume(path, opts)
 }
