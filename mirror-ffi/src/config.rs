@@ -1,0 +1,586 @@
+//! Configuration builders: `mirror_primary_config` and `mirror_secondary_config`.
+//!
+//! A config is an opaque object the caller creates with the required values, adjusts with
+//! setters (each checks its value and leaves the config unchanged on error), passes to
+//! `mirror_primary_open` / `mirror_secondary_new` (which copy it) and frees. Builders rather
+//! than a struct keep the ABI stable as options are added.
+
+use std::ffi::c_char;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mirror_core::config::read_secret_file;
+use mirror_core::{Algorithm, BlockSize, PeriodicScan, PrimaryConfig, SecondaryConfig};
+use mirror_uring::VolumeOptions;
+
+use crate::args::{arg_bytes, arg_mut, arg_str, out_ptr, write_out, CEnum};
+use crate::error::{guard, guard_or, mirror_result, Failure, FfiResult};
+use crate::types::{mirror_algorithm, mirror_compare_side, mirror_io_backend, mirror_mode};
+
+/// Where a controller's volume is and how to open it.
+#[derive(Debug, Clone)]
+pub(crate) struct VolumeSpec {
+    pub(crate) path: PathBuf,
+    pub(crate) options: VolumeOptions,
+}
+
+impl VolumeSpec {
+    fn new(path: &str) -> FfiResult<Self> {
+        if path.is_empty() {
+            return Err(Failure::invalid("volume path is empty"));
+        }
+        Ok(VolumeSpec {
+            path: PathBuf::from(path),
+            options: VolumeOptions::default(),
+        })
+    }
+
+    pub(crate) fn open(&self) -> FfiResult<std::sync::Arc<dyn mirror_core::Volume>> {
+        Ok(mirror_uring::open_volume(&self.path, &self.options)?)
+    }
+}
+
+/// How to open a primary: its volume, its secondary and every option. Create with
+/// `mirror_primary_config_new`, free with `mirror_primary_config_free`.
+#[allow(non_camel_case_types)]
+#[derive(Debug)]
+pub struct mirror_primary_config {
+    pub(crate) volume: VolumeSpec,
+    pub(crate) core: PrimaryConfig,
+}
+
+/// How to create a secondary: its volume, its listen address and options. Create with
+/// `mirror_secondary_config_new`, free with `mirror_secondary_config_free`.
+#[allow(non_camel_case_types)]
+#[derive(Debug)]
+pub struct mirror_secondary_config {
+    pub(crate) volume: VolumeSpec,
+    pub(crate) core: SecondaryConfig,
+}
+
+fn link_timeout(ms: u32) -> FfiResult<Duration> {
+    if ms < 100 {
+        return Err(Failure::invalid(format!(
+            "link timeout {ms} ms is below the minimum of 100 ms"
+        )));
+    }
+    Ok(Duration::from_millis(ms.into()))
+}
+
+/// Creates a primary configuration with defaults: MD5 digests, 4096-byte blocks, 64 KiB
+/// dirty-map regions, synchronous replication, io_uring, primary-side comparison, no secret,
+/// no periodic scan, 5 s link timeout, automatic resync on (re)connection.
+///
+/// - `volume_path`: the file or block device to mirror (NUL-terminated UTF-8). It is opened
+///   by `mirror_primary_open`, not here.
+/// - `peer`: the secondary's address, `"host:port"`.
+/// - `config_out`: receives the new config on success; untouched on error.
+///
+/// Ownership: the caller owns the config and frees it with `mirror_primary_config_free`. The
+/// strings are copied. Thread safety: a config may be used by one thread at a time.
+///
+/// # Safety
+/// `volume_path` and `peer` are NULL or NUL-terminated strings; `config_out` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_new(
+    volume_path: *const c_char,
+    peer: *const c_char,
+    config_out: *mut *mut mirror_primary_config,
+) -> mirror_result {
+    guard(|| {
+        let out = out_ptr(config_out, "config_out")?;
+        // SAFETY: the caller passes NULL or NUL-terminated strings.
+        let (path, peer) =
+            unsafe { (arg_str(volume_path, "volume_path")?, arg_str(peer, "peer")?) };
+        if peer.is_empty() {
+            return Err(Failure::invalid("peer address is empty"));
+        }
+        let config = Box::new(mirror_primary_config {
+            volume: VolumeSpec::new(path)?,
+            core: PrimaryConfig::new(peer),
+        });
+        // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
+        unsafe { write_out(out, Box::into_raw(config)) };
+        Ok(())
+    })
+}
+
+/// Frees a primary configuration. `NULL` is a no-op.
+///
+/// Ownership: `config` must not be used afterwards. Primaries opened from it are unaffected.
+///
+/// # Safety
+/// `config` is NULL or a config from `mirror_primary_config_new` not yet freed, used by no
+/// other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_free(config: *mut mirror_primary_config) {
+    guard_or((), || {
+        if !config.is_null() {
+            // SAFETY: a pointer from `Box::into_raw` in `mirror_primary_config_new`, freed once.
+            drop(unsafe { Box::from_raw(config) });
+        }
+    })
+}
+
+/// Applies `set` to the config behind `config`.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+unsafe fn with_primary(
+    config: *mut mirror_primary_config,
+    set: impl FnOnce(&mut mirror_primary_config) -> FfiResult,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let config = unsafe { arg_mut(config, "config")? };
+        set(config)
+    })
+}
+
+/// Applies `set` to the config behind `config`.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+unsafe fn with_secondary(
+    config: *mut mirror_secondary_config,
+    set: impl FnOnce(&mut mirror_secondary_config) -> FfiResult,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let config = unsafe { arg_mut(config, "config")? };
+        set(config)
+    })
+}
+
+fn block_size(bytes: u32) -> FfiResult<BlockSize> {
+    Ok(BlockSize::new(bytes.into())?)
+}
+
+/// Sets the digest algorithm of checksum scans (a `mirror_algorithm` value).
+/// `MIRROR_RESULT_INVALID_ARGUMENT` for an unknown value.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_algorithm(
+    config: *mut mirror_primary_config,
+    algorithm: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            c.core.algorithm = Algorithm::from(mirror_algorithm::from_c(algorithm)?);
+            Ok(())
+        })
+    }
+}
+
+/// Sets the block size of all I/O, in bytes: a power of two from 512 to 1048576 (default
+/// 4096). It must equal the secondary's.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_block_size(
+    config: *mut mirror_primary_config,
+    block_size_bytes: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            c.volume.options.block_size = block_size(block_size_bytes)?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the dirty-map region size in bytes: a power of two, at least the block size (checked
+/// by `mirror_primary_open`). The map costs one bit per region: 64 KiB regions cost 2 MiB of
+/// memory per TiB of volume.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_region_size(
+    config: *mut mirror_primary_config,
+    region_size_bytes: u64,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            if !region_size_bytes.is_power_of_two() || region_size_bytes < u64::from(BlockSize::MIN)
+            {
+                return Err(Failure::invalid(format!(
+                    "region size {region_size_bytes} is not a power of two of at least {}",
+                    BlockSize::MIN
+                )));
+            }
+            c.core.region_size = region_size_bytes;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the replication mode (a `mirror_mode` value).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_mode(
+    config: *mut mirror_primary_config,
+    mode: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            c.core.mode = mirror_mode::from_c(mode)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// Sets the volume's I/O backend (a `mirror_io_backend` value).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_io_backend(
+    config: *mut mirror_primary_config,
+    backend: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            c.volume.options.io = mirror_io_backend::from_c(backend)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// Sets which side compares digests during checksum scans (a `mirror_compare_side` value).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_compare_side(
+    config: *mut mirror_primary_config,
+    side: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            c.core.compare = mirror_compare_side::from_c(side)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// Sets the shared secret both peers must prove (at least 8 bytes, checked when opening).
+/// `secret_len` 0 (with any `secret`, even NULL) removes it.
+///
+/// Ownership: the bytes are copied.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `secret` is NULL or readable
+/// for `secret_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_secret(
+    config: *mut mirror_primary_config,
+    secret: *const u8,
+    secret_len: usize,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live config used by no other thread.
+        let c = unsafe { arg_mut(config, "config")? };
+        // SAFETY: the caller promises `secret_len` readable bytes unless NULL.
+        let s = unsafe { arg_bytes(secret, secret_len, "secret")? };
+        c.core.secret = (!s.is_empty()).then(|| s.to_vec());
+        Ok(())
+    })
+}
+
+/// Reads the shared secret from a file now: its bytes less one trailing newline, at least 8.
+/// `MIRROR_RESULT_IO` if the file cannot be read.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `path` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_secret_file(
+    config: *mut mirror_primary_config,
+    path: *const c_char,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live config used by no other thread.
+        let c = unsafe { arg_mut(config, "config")? };
+        // SAFETY: the caller passes NULL or a NUL-terminated string.
+        let path = unsafe { arg_str(path, "path")? };
+        c.core.secret = Some(read_secret_file(path)?);
+        Ok(())
+    })
+}
+
+/// Turns on the periodic low-priority checksum scan: every `interval_ms` milliseconds after the
+/// previous one ends, reading at most `rate_mib_s` MiB/s on each side. `interval_ms` 0 turns
+/// it off. `MIRROR_RESULT_INVALID_ARGUMENT` if the rate is not a positive finite number.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_periodic_scan(
+    config: *mut mirror_primary_config,
+    interval_ms: u64,
+    rate_mib_s: f64,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            if interval_ms == 0 {
+                c.core.periodic = None;
+                return Ok(());
+            }
+            if !(rate_mib_s.is_finite() && rate_mib_s > 0.0) {
+                return Err(Failure::invalid(format!(
+                    "periodic scan rate {rate_mib_s} is not a positive number of MiB/s"
+                )));
+            }
+            c.core.periodic = Some(PeriodicScan {
+                interval: Duration::from_millis(interval_ms),
+                rate_mib_s,
+            });
+            Ok(())
+        })
+    }
+}
+
+/// Sets how many replicated writes may wait in the link's queue in async mode (default 1024).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_queue_depth(
+    config: *mut mirror_primary_config,
+    queue_depth: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            if queue_depth == 0 {
+                return Err(Failure::invalid("queue depth must be at least 1"));
+            }
+            c.core.queue_depth = queue_depth as usize;
+            Ok(())
+        })
+    }
+}
+
+/// Sets how long a silent link lives before it is declared dead, in milliseconds (at least
+/// 100; default 5000).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_link_timeout_ms(
+    config: *mut mirror_primary_config,
+    timeout_ms: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            c.core.link_timeout = link_timeout(timeout_ms)?;
+            Ok(())
+        })
+    }
+}
+
+/// Chooses whether the primary resyncs by itself on every (re)connection (default true).
+/// With false, the caller runs `mirror_primary_resync` after a reconnection.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_auto_resync(
+    config: *mut mirror_primary_config,
+    auto_resync: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            c.core.auto_resync = auto_resync;
+            Ok(())
+        })
+    }
+}
+
+/// Creates a secondary configuration with defaults: 4096-byte blocks, io_uring, no secret,
+/// loopback-only unless a secret is set or insecure listening is allowed, 5 s link timeout.
+///
+/// - `volume_path`: the file or block device that receives the mirror.
+/// - `listen`: the address to listen on, `"host:port"`; port 0 picks a free port.
+/// - `config_out`: receives the new config on success; untouched on error.
+///
+/// Ownership: the caller owns the config and frees it with `mirror_secondary_config_free`.
+/// Thread safety: a config may be used by one thread at a time.
+///
+/// # Safety
+/// `volume_path` and `listen` are NULL or NUL-terminated strings; `config_out` is NULL or
+/// writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_new(
+    volume_path: *const c_char,
+    listen: *const c_char,
+    config_out: *mut *mut mirror_secondary_config,
+) -> mirror_result {
+    guard(|| {
+        let out = out_ptr(config_out, "config_out")?;
+        // SAFETY: the caller passes NULL or NUL-terminated strings.
+        let (path, listen) = unsafe {
+            (
+                arg_str(volume_path, "volume_path")?,
+                arg_str(listen, "listen")?,
+            )
+        };
+        if listen.is_empty() {
+            return Err(Failure::invalid("listen address is empty"));
+        }
+        let config = Box::new(mirror_secondary_config {
+            volume: VolumeSpec::new(path)?,
+            core: SecondaryConfig::new(listen),
+        });
+        // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
+        unsafe { write_out(out, Box::into_raw(config)) };
+        Ok(())
+    })
+}
+
+/// Frees a secondary configuration. `NULL` is a no-op.
+///
+/// # Safety
+/// `config` is NULL or a config from `mirror_secondary_config_new` not yet freed, used by no
+/// other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_free(config: *mut mirror_secondary_config) {
+    guard_or((), || {
+        if !config.is_null() {
+            // SAFETY: a pointer from `Box::into_raw` in `mirror_secondary_config_new`, freed once.
+            drop(unsafe { Box::from_raw(config) });
+        }
+    })
+}
+
+/// Sets the block size of all I/O, in bytes (see `mirror_primary_config_set_block_size`).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_block_size(
+    config: *mut mirror_secondary_config,
+    block_size_bytes: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_secondary(config, |c| {
+            c.volume.options.block_size = block_size(block_size_bytes)?;
+            Ok(())
+        })
+    }
+}
+
+/// Sets the volume's I/O backend (a `mirror_io_backend` value).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_io_backend(
+    config: *mut mirror_secondary_config,
+    backend: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_secondary(config, |c| {
+            c.volume.options.io = mirror_io_backend::from_c(backend)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// Sets the shared secret a primary must prove (at least 8 bytes); length 0 removes it.
+///
+/// Ownership: the bytes are copied.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `secret` is NULL or readable
+/// for `secret_len` bytes.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_secret(
+    config: *mut mirror_secondary_config,
+    secret: *const u8,
+    secret_len: usize,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live config used by no other thread.
+        let c = unsafe { arg_mut(config, "config")? };
+        // SAFETY: the caller promises `secret_len` readable bytes unless NULL.
+        let s = unsafe { arg_bytes(secret, secret_len, "secret")? };
+        c.core.secret = (!s.is_empty()).then(|| s.to_vec());
+        Ok(())
+    })
+}
+
+/// Reads the shared secret from a file now (see `mirror_primary_config_set_secret_file`).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `path` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_secret_file(
+    config: *mut mirror_secondary_config,
+    path: *const c_char,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live config used by no other thread.
+        let c = unsafe { arg_mut(config, "config")? };
+        // SAFETY: the caller passes NULL or a NUL-terminated string.
+        let path = unsafe { arg_str(path, "path")? };
+        c.core.secret = Some(read_secret_file(path)?);
+        Ok(())
+    })
+}
+
+/// Allows listening on a non-loopback address without a shared secret (default false: such a
+/// `mirror_secondary_serve` fails with `MIRROR_RESULT_INVALID_ARGUMENT`).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_allow_insecure(
+    config: *mut mirror_secondary_config,
+    allow_insecure: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_secondary(config, |c| {
+            c.core.allow_insecure = allow_insecure;
+            Ok(())
+        })
+    }
+}
+
+/// Sets how long a silent link lives, in milliseconds (at least 100; default 5000).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_link_timeout_ms(
+    config: *mut mirror_secondary_config,
+    timeout_ms: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_secondary(config, |c| {
+            c.core.link_timeout = link_timeout(timeout_ms)?;
+            Ok(())
+        })
+    }
+}

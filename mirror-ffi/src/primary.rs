@@ -1,0 +1,481 @@
+//! `mirror_primary`: the primary controller behind an opaque handle.
+//!
+//! The handle stays valid from `mirror_primary_open` to `mirror_primary_free`. Closing marks
+//! it closed (every later call returns `MIRROR_RESULT_CLOSED`) but keeps the memory, so a
+//! call racing a close, or made after it, is an error code and never a use of freed memory.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use mirror_core::volume::check_io;
+use mirror_core::{Algorithm, BlockRange, JobOptions, Primary, Report, Volume};
+
+use crate::args::{arg_bytes, arg_ref, out_ptr, write_out, CEnum};
+use crate::config::mirror_primary_config;
+use crate::error::{guard, guard_or, mirror_result, Failure, FfiResult};
+use crate::scan::{mirror_scan, resolve_range};
+use crate::types::{
+    mirror_algorithm, mirror_block_range, mirror_report, mirror_status, mirror_write_outcome,
+};
+use crate::MIRROR_JOB_FULL;
+
+/// A primary: replicates writes to its secondary, tracks what the secondary lacks, resyncs
+/// and verifies. Open with `mirror_primary_open`, free with `mirror_primary_free`.
+///
+/// Thread safety: every function but `mirror_primary_free` may be called from several
+/// threads at once on the same handle.
+#[allow(non_camel_case_types)]
+#[derive(Debug)]
+pub struct mirror_primary {
+    primary: Primary,
+    volume: Arc<dyn Volume>,
+    closed: AtomicBool,
+    /// Cancel flags of the resyncs and verifies running now.
+    jobs: Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+impl mirror_primary {
+    fn live(&self) -> FfiResult<&Primary> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Failure::closed("primary"))
+        } else {
+            Ok(&self.primary)
+        }
+    }
+
+    fn check_write(&self, offset: u64, len: usize) -> FfiResult {
+        let v = &*self.volume;
+        Ok(check_io(
+            v.name(),
+            v.size(),
+            v.block_size(),
+            offset,
+            len as u64,
+        )?)
+    }
+
+    /// Runs a resync or verify with a cancel flag `mirror_primary_cancel` can reach.
+    fn job(
+        &self,
+        flags: u32,
+        connect_timeout_ms: u32,
+        run: impl FnOnce(&Primary, &JobOptions<'_>) -> mirror_core::Result<Report>,
+    ) -> FfiResult<Report> {
+        let primary = self.live()?;
+        if flags & !MIRROR_JOB_FULL != 0 {
+            return Err(Failure::invalid(format!("unknown job flags {flags:#x}")));
+        }
+        let cancel = Arc::new(AtomicBool::new(false));
+        lock(&self.jobs).push(cancel.clone());
+        let opts = JobOptions {
+            full: flags & MIRROR_JOB_FULL != 0,
+            progress: None,
+            cancel: Some(&cancel),
+            connect_timeout: (connect_timeout_ms != 0)
+                .then(|| Duration::from_millis(connect_timeout_ms.into())),
+        };
+        let result = run(primary, &opts);
+        lock(&self.jobs).retain(|j| !Arc::ptr_eq(j, &cancel));
+        Ok(result?)
+    }
+}
+
+/// Locks a mutex, taking over a poisoned one: the guarded list stays consistent whatever
+/// panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Opens a primary: opens its volume and starts connecting to the secondary in the
+/// background (the call does not wait for the link; see `mirror_primary_wait_connected`).
+///
+/// - `config`: read and copied; the caller may free it right after.
+/// - `primary_out`: receives the handle on success; untouched on error.
+///
+/// Errors: `MIRROR_RESULT_INVALID_ARGUMENT` for a bad configuration, `MIRROR_RESULT_IO` if the
+/// volume cannot be opened.
+///
+/// Ownership: the caller owns the handle and must free it with `mirror_primary_free`.
+/// Thread safety: safe from any thread.
+///
+/// # Safety
+/// `config` is NULL or a live config not being modified; `primary_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_open(
+    config: *const mirror_primary_config,
+    primary_out: *mut *mut mirror_primary,
+) -> mirror_result {
+    guard(|| {
+        let out = out_ptr(primary_out, "primary_out")?;
+        // SAFETY: the caller passes NULL or a live config.
+        let config = unsafe { arg_ref(config, "config")? };
+        config.core.validate()?;
+        let volume = config.volume.open()?;
+        let primary = Primary::open(volume.clone(), config.core.clone())?;
+        let handle = Box::new(mirror_primary {
+            primary,
+            volume,
+            closed: AtomicBool::new(false),
+            jobs: Mutex::new(Vec::new()),
+        });
+        // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
+        unsafe { write_out(out, Box::into_raw(handle)) };
+        Ok(())
+    })
+}
+
+/// Size of the primary's volume in bytes, into `size_out`; its block size into
+/// `block_size_out` (either may be NULL).
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; the out-pointers are NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_volume_size(
+    primary: *const mirror_primary,
+    size_out: *mut u64,
+    block_size_out: *mut u32,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        p.live()?;
+        if !size_out.is_null() {
+            // SAFETY: non-NULL and writable, per the contract.
+            unsafe { write_out(size_out, p.volume.size()) };
+        }
+        if !block_size_out.is_null() {
+            // SAFETY: non-NULL and writable, per the contract.
+            unsafe { write_out(block_size_out, p.volume.block_size().get()) };
+        }
+        Ok(())
+    })
+}
+
+/// Shared body of write and replicate.
+///
+/// # Safety
+/// As `mirror_primary_write`.
+unsafe fn write_like(
+    primary: *const mirror_primary,
+    offset: u64,
+    data: *const u8,
+    len: usize,
+    outcome_out: *mut u32,
+    local: bool,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        // SAFETY: the caller promises `len` readable bytes at `data` unless NULL.
+        let data = unsafe { arg_bytes(data, len, "data")? };
+        let live = p.live()?;
+        p.check_write(offset, data.len())?;
+        let outcome = if local {
+            live.write(offset, data)?
+        } else {
+            live.replicate(offset, data)?
+        };
+        if !outcome_out.is_null() {
+            // SAFETY: non-NULL and writable, per the contract.
+            unsafe { write_out(outcome_out, mirror_write_outcome::from(outcome) as u32) };
+        }
+        Ok(())
+    })
+}
+
+/// Writes `len` bytes from `data` at byte `offset` of the primary's volume, then replicates
+/// them. `offset` must be block-aligned; `len` a whole number of blocks, except a write that
+/// ends exactly at the end of the volume; nothing may reach past the end
+/// (`MIRROR_RESULT_INVALID_ARGUMENT` otherwise, before any I/O).
+///
+/// In sync mode the call returns once the secondary has the data. Without a link it still
+/// succeeds: the range is marked dirty and `*outcome_out` says `MIRROR_WRITE_OUTCOME_DEGRADED`.
+///
+/// - `outcome_out`: NULL, or receives a `mirror_write_outcome` value on success.
+///
+/// Ownership: `data` is only read during the call. Thread safety: safe from several threads;
+/// writes that overlap should be ordered by the caller.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; `data` is NULL or readable for `len` bytes;
+/// `outcome_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_write(
+    primary: *const mirror_primary,
+    offset: u64,
+    data: *const u8,
+    len: usize,
+    outcome_out: *mut u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { write_like(primary, offset, data, len, outcome_out, true) }
+}
+
+/// Replicates `len` bytes from `data` that the caller has already written at `offset` of the
+/// primary's volume. Same rules and results as `mirror_primary_write`, without the local write.
+///
+/// # Safety
+/// As `mirror_primary_write`.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_replicate(
+    primary: *const mirror_primary,
+    offset: u64,
+    data: *const u8,
+    len: usize,
+    outcome_out: *mut u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { write_like(primary, offset, data, len, outcome_out, false) }
+}
+
+/// Records that bytes `[offset, offset + len)` changed and the secondary lacks them; the
+/// next resync sends them. The range must lie inside the volume.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_mark_dirty(
+    primary: *const mirror_primary,
+    offset: u64,
+    len: u64,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        let live = p.live()?;
+        let size = p.volume.size();
+        if !offset.checked_add(len).is_some_and(|end| end <= size) {
+            return Err(Failure::invalid(format!(
+                "range {offset}+{len} reaches past the end of the volume ({size} bytes)"
+            )));
+        }
+        Ok(live.mark_dirty(offset, len)?)
+    })
+}
+
+/// Flushes the local volume and, when connected, the secondary's.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_flush(primary: *const mirror_primary) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        Ok(p.live()?.flush()?)
+    })
+}
+
+/// Computes per-block digests of blocks `[first_block, first_block + block_count)` of the
+/// primary's volume (`block_count` `MIRROR_BLOCKS_TO_END`: up to the end).
+///
+/// - `algorithm`: a `mirror_algorithm` value.
+/// - `scan_out`: receives a new scan handle on success; untouched on error.
+///
+/// Ownership: the caller owns the scan and frees it with `mirror_scan_free`; it does not
+/// depend on the primary. Thread safety: safe from several threads.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; `scan_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_scan(
+    primary: *const mirror_primary,
+    algorithm: u32,
+    first_block: u64,
+    block_count: u64,
+    scan_out: *mut *mut mirror_scan,
+) -> mirror_result {
+    guard(|| {
+        let out = out_ptr(scan_out, "scan_out")?;
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        let algorithm = Algorithm::from(mirror_algorithm::from_c(algorithm)?);
+        let live = p.live()?;
+        let range: BlockRange = resolve_range(&*p.volume, first_block, block_count)?;
+        let map = live.scan(algorithm, range)?;
+        // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
+        unsafe { write_out(out, mirror_scan::boxed(map)) };
+        Ok(())
+    })
+}
+
+/// Makes the secondary coherent now and reports what it took. Uses the dirty map when it is
+/// valid (`MIRROR_RESYNC_MODE_DIRTY_MAP`), otherwise compares every block
+/// (`MIRROR_RESYNC_MODE_FULL_SCAN`); `MIRROR_JOB_FULL` in `flags` forces the full comparison.
+/// Waits up to `connect_timeout_ms` for the link (0: the engine's default).
+///
+/// Errors: `MIRROR_RESULT_LINK` when the secondary cannot be reached,
+/// `MIRROR_RESULT_CANCELLED` after `mirror_primary_cancel`.
+///
+/// - `report_out`: receives the report on success; untouched on error.
+///
+/// Thread safety: safe from several threads; replicated writes may continue meanwhile.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; `report_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_resync(
+    primary: *const mirror_primary,
+    flags: u32,
+    connect_timeout_ms: u32,
+    report_out: *mut mirror_report,
+) -> mirror_result {
+    guard(|| {
+        let out = out_ptr(report_out, "report_out")?;
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        let report = p.job(flags, connect_timeout_ms, |pr, o| pr.resync_with(o))?;
+        // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
+        unsafe { write_out(out, mirror_report::from(&report)) };
+        Ok(())
+    })
+}
+
+/// Compares every block of the two volumes, repairing nothing. `report_out->mismatched` is 0
+/// when they are equal. The first `ranges_cap` runs of mismatched blocks are copied to
+/// `ranges_out` (which may be NULL when `ranges_cap` is 0); `report_out->mismatched_runs` says
+/// how many the engine listed, so the caller knows whether it saw them all.
+///
+/// `flags` and `connect_timeout_ms` as for `mirror_primary_resync`.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; `report_out` is NULL or writable;
+/// `ranges_out` is NULL or writable for `ranges_cap` elements.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_verify(
+    primary: *const mirror_primary,
+    flags: u32,
+    connect_timeout_ms: u32,
+    report_out: *mut mirror_report,
+    ranges_out: *mut mirror_block_range,
+    ranges_cap: usize,
+) -> mirror_result {
+    guard(|| {
+        let out = out_ptr(report_out, "report_out")?;
+        if ranges_cap > 0 {
+            out_ptr(ranges_out, "ranges_out")?;
+        }
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        let report = p.job(flags, connect_timeout_ms, |pr, o| pr.verify_with(o))?;
+        for (i, r) in report.mismatched_ranges.iter().take(ranges_cap).enumerate() {
+            let range = mirror_block_range {
+                start: r.start.0,
+                count: r.count,
+            };
+            // SAFETY: `i < ranges_cap`, and the caller promises `ranges_cap` writable
+            // elements at the non-NULL `ranges_out`.
+            unsafe { write_out(ranges_out.add(i), range) };
+        }
+        // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
+        unsafe { write_out(out, mirror_report::from(&report)) };
+        Ok(())
+    })
+}
+
+/// Cancels the resyncs and verifies running on this primary now; they return
+/// `MIRROR_RESULT_CANCELLED`. Jobs started later are not affected.
+///
+/// Thread safety: meant to be called from another thread than the job's.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_cancel(primary: *const mirror_primary) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        p.live()?;
+        for job in lock(&p.jobs).iter() {
+            job.store(true, Ordering::Release);
+        }
+        Ok(())
+    })
+}
+
+/// Waits until the link is up and handshaken, at most `timeout_ms` milliseconds
+/// (`MIRROR_RESULT_LINK` on timeout).
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_wait_connected(
+    primary: *const mirror_primary,
+    timeout_ms: u32,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        Ok(p.live()?
+            .wait_connected(Duration::from_millis(timeout_ms.into()))?)
+    })
+}
+
+/// A snapshot of the primary's state, into `status_out`.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; `status_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_status(
+    primary: *const mirror_primary,
+    status_out: *mut mirror_status,
+) -> mirror_result {
+    guard(|| {
+        let out = out_ptr(status_out, "status_out")?;
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        let status = mirror_status::from(&p.live()?.status());
+        // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
+        unsafe { write_out(out, status) };
+        Ok(())
+    })
+}
+
+/// Closes the primary: waits for queued writes (bounded by the link timeout), then closes the
+/// link and stops its threads. The handle stays allocated: every later call on it, a second
+/// close included, returns `MIRROR_RESULT_CLOSED`. Free it with `mirror_primary_free`.
+///
+/// Errors: the engine's, if queued writes could not be delivered (they are then lost to the
+/// secondary, which will be resynced by the next primary with a full scan).
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_close(primary: *const mirror_primary) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        if p.closed.swap(true, Ordering::AcqRel) {
+            return Err(Failure::closed("primary"));
+        }
+        Ok(p.primary.close()?)
+    })
+}
+
+/// Frees a primary, closing it first if it is open (errors are ignored; call
+/// `mirror_primary_close` first to see them). `NULL` is a no-op.
+///
+/// Thread safety: no other call may be running on, or made after, this handle.
+///
+/// # Safety
+/// `primary` is NULL or a handle from `mirror_primary_open` not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_free(primary: *mut mirror_primary) {
+    guard_or((), || {
+        if primary.is_null() {
+            return;
+        }
+        // SAFETY: a pointer from `Box::into_raw` in `mirror_primary_open`, freed once, with no
+        // other call running on it (the contract).
+        let p = unsafe { Box::from_raw(primary) };
+        if !p.closed.swap(true, Ordering::AcqRel) {
+            let _ = catch_close(&p.primary);
+        }
+    })
+}
+
+/// Closes, keeping a panic inside the engine from skipping the free.
+fn catch_close(p: &Primary) -> mirror_result {
+    guard(|| Ok(p.close()?))
+}

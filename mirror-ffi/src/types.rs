@@ -1,0 +1,367 @@
+//! The C enums and `#[repr(C)]` structs, and their one conversion from the engine's types.
+//!
+//! Enum values are ABI: explicit, never reused. Functions take enum arguments as `uint32_t`
+//! and check them ([`CEnum::from_c`]), because C can pass any number. Structs are written by
+//! the library only; their layout changes only with the major version.
+
+use mirror_core::{
+    Algorithm, CompareSide, LinkState, ReplicationMode, Report, ResyncMode, SecondaryStatus,
+    Status, WriteOutcome,
+};
+use mirror_uring::IoBackend;
+
+use crate::args::CEnum;
+
+macro_rules! c_enum {
+    ($name:ident, $cname:literal, [$($variant:ident),+ $(,)?]) => {
+        impl CEnum for $name {
+            const NAME: &'static str = $cname;
+            const ALL: &'static [Self] = &[$($name::$variant),+];
+            fn value(self) -> u32 {
+                self as u32
+            }
+        }
+    };
+}
+
+/// A per-block digest algorithm. The values are the wire ids.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_algorithm {
+    /// CRC-32 (IEEE, as zlib's `crc32`): 4-byte digests, big-endian.
+    Crc32 = 1,
+    /// MD5: 16-byte digests. The default.
+    Md5 = 2,
+    /// SHA-1: 20-byte digests.
+    Sha1 = 3,
+}
+c_enum!(mirror_algorithm, "mirror_algorithm", [Crc32, Md5, Sha1]);
+
+impl From<mirror_algorithm> for Algorithm {
+    fn from(a: mirror_algorithm) -> Self {
+        match a {
+            mirror_algorithm::Crc32 => Algorithm::Crc32,
+            mirror_algorithm::Md5 => Algorithm::Md5,
+            mirror_algorithm::Sha1 => Algorithm::Sha1,
+        }
+    }
+}
+
+impl From<Algorithm> for mirror_algorithm {
+    fn from(a: Algorithm) -> Self {
+        match a {
+            Algorithm::Crc32 => mirror_algorithm::Crc32,
+            Algorithm::Md5 => mirror_algorithm::Md5,
+            Algorithm::Sha1 => mirror_algorithm::Sha1,
+        }
+    }
+}
+
+/// When a replicated write is acknowledged to its caller.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_mode {
+    /// After the secondary has applied it. The default.
+    Sync = 1,
+    /// As soon as it is queued on the link; a full queue marks the dirty map instead.
+    Async = 2,
+}
+c_enum!(mirror_mode, "mirror_mode", [Sync, Async]);
+
+impl From<mirror_mode> for ReplicationMode {
+    fn from(m: mirror_mode) -> Self {
+        match m {
+            mirror_mode::Sync => ReplicationMode::Sync,
+            mirror_mode::Async => ReplicationMode::Async,
+        }
+    }
+}
+
+/// The I/O backend of a volume.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_io_backend {
+    /// io_uring, falling back to `SYNC` where the kernel does not allow it. The default.
+    Uring = 1,
+    /// Positioned reads and writes (pread/pwrite).
+    Sync = 2,
+}
+c_enum!(mirror_io_backend, "mirror_io_backend", [Uring, Sync]);
+
+impl From<mirror_io_backend> for IoBackend {
+    fn from(b: mirror_io_backend) -> Self {
+        match b {
+            mirror_io_backend::Uring => IoBackend::Uring,
+            mirror_io_backend::Sync => IoBackend::Sync,
+        }
+    }
+}
+
+/// Which side compares digests during a checksum scan.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_compare_side {
+    /// The secondary sends its digests; the primary compares and ships what differs. The default.
+    Primary = 1,
+    /// The primary sends its digests; the secondary compares and asks for what differs.
+    Secondary = 2,
+}
+c_enum!(
+    mirror_compare_side,
+    "mirror_compare_side",
+    [Primary, Secondary]
+);
+
+impl From<mirror_compare_side> for CompareSide {
+    fn from(c: mirror_compare_side) -> Self {
+        match c {
+            mirror_compare_side::Primary => CompareSide::Primary,
+            mirror_compare_side::Secondary => CompareSide::Secondary,
+        }
+    }
+}
+
+impl From<CompareSide> for mirror_compare_side {
+    fn from(c: CompareSide) -> Self {
+        match c {
+            CompareSide::Primary => mirror_compare_side::Primary,
+            CompareSide::Secondary => mirror_compare_side::Secondary,
+        }
+    }
+}
+
+/// Where a primary's link stands.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_link_state {
+    /// No link: writes mark the dirty map; the primary keeps trying to connect.
+    Disconnected = 1,
+    /// Connected and resyncing.
+    Resyncing = 2,
+    /// Connected and coherent apart from writes in flight.
+    Connected = 3,
+    /// Closed by its owner.
+    Closed = 4,
+}
+
+impl From<LinkState> for mirror_link_state {
+    fn from(s: LinkState) -> Self {
+        match s {
+            LinkState::Disconnected => mirror_link_state::Disconnected,
+            LinkState::Resyncing => mirror_link_state::Resyncing,
+            LinkState::Connected => mirror_link_state::Connected,
+            LinkState::Closed => mirror_link_state::Closed,
+        }
+    }
+}
+
+/// How a resync found what to send.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_resync_mode {
+    /// Nothing was owed.
+    None = 1,
+    /// The dirty map drove it: only dirty regions were compared.
+    DirtyMap = 2,
+    /// The dirty map was not valid: every block was compared.
+    FullScan = 3,
+    /// A periodic low-priority scan.
+    Periodic = 4,
+    /// A comparison that repaired nothing (`mirror_primary_verify`).
+    Verify = 5,
+}
+
+impl From<ResyncMode> for mirror_resync_mode {
+    fn from(m: ResyncMode) -> Self {
+        match m {
+            ResyncMode::None => mirror_resync_mode::None,
+            ResyncMode::DirtyMap => mirror_resync_mode::DirtyMap,
+            ResyncMode::FullScan => mirror_resync_mode::FullScan,
+            ResyncMode::Periodic => mirror_resync_mode::Periodic,
+            ResyncMode::Verify => mirror_resync_mode::Verify,
+        }
+    }
+}
+
+/// What became of a replicated write.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_write_outcome {
+    /// The secondary has it (sync mode).
+    Replicated = 1,
+    /// Queued on the link (async mode).
+    Queued = 2,
+    /// No link: the range is marked in the dirty map and will be resynced.
+    Degraded = 3,
+}
+
+impl From<WriteOutcome> for mirror_write_outcome {
+    fn from(o: WriteOutcome) -> Self {
+        match o {
+            WriteOutcome::Replicated => mirror_write_outcome::Replicated,
+            WriteOutcome::Queued => mirror_write_outcome::Queued,
+            WriteOutcome::Degraded => mirror_write_outcome::Degraded,
+        }
+    }
+}
+
+/// A run of blocks `[start, start + count)`.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct mirror_block_range {
+    /// First block.
+    pub start: u64,
+    /// Number of blocks.
+    pub count: u64,
+}
+
+/// The result of a resync, a verify or a periodic scan.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct mirror_report {
+    /// How it ran.
+    pub mode: mirror_resync_mode,
+    /// Digest algorithm.
+    pub algorithm: mirror_algorithm,
+    /// Which side compared.
+    pub compare: mirror_compare_side,
+    /// Blocks compared.
+    pub blocks: u64,
+    /// Blocks found different.
+    pub mismatched: u64,
+    /// Blocks whose contents were sent.
+    pub blocks_sent: u64,
+    /// Bytes the primary sent on the link during the job.
+    pub bytes_sent: u64,
+    /// Bytes the primary received on the link during the job.
+    pub bytes_received: u64,
+    /// Wall time, seconds.
+    pub seconds: f64,
+    /// Runs of mismatched blocks the engine listed (at most 10000).
+    pub mismatched_runs: u64,
+}
+
+impl From<&Report> for mirror_report {
+    fn from(r: &Report) -> Self {
+        mirror_report {
+            mode: r.mode.into(),
+            algorithm: r.algorithm.into(),
+            compare: r.compare.into(),
+            blocks: r.blocks,
+            mismatched: r.mismatched,
+            blocks_sent: r.blocks_sent,
+            bytes_sent: r.bytes_sent,
+            bytes_received: r.bytes_received,
+            seconds: r.seconds,
+            mismatched_runs: r.mismatched_ranges.len() as u64,
+        }
+    }
+}
+
+impl Default for mirror_report {
+    fn default() -> Self {
+        mirror_report {
+            mode: mirror_resync_mode::None,
+            algorithm: mirror_algorithm::Md5,
+            compare: mirror_compare_side::Primary,
+            blocks: 0,
+            mismatched: 0,
+            blocks_sent: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            seconds: 0.0,
+            mismatched_runs: 0,
+        }
+    }
+}
+
+/// A snapshot of a primary.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct mirror_status {
+    /// Link state.
+    pub state: mirror_link_state,
+    /// True when the dirty map can drive the next resync (otherwise a full scan is owed).
+    pub map_valid: bool,
+    /// True when `last_report` holds the last resync or periodic scan.
+    pub has_last_report: bool,
+    /// Regions dirty or in flight.
+    pub dirty_regions: u64,
+    /// Bytes those regions cover.
+    pub dirty_bytes: u64,
+    /// Bytes per region.
+    pub region_size: u64,
+    /// Replicated writes not yet acknowledged by the secondary.
+    pub pending_writes: u64,
+    /// Bytes sent on every link since open.
+    pub bytes_sent: u64,
+    /// Bytes received on every link since open.
+    pub bytes_received: u64,
+    /// Connections made since open.
+    pub connections: u64,
+    /// The last resync or periodic scan; zeroed unless `has_last_report`.
+    pub last_report: mirror_report,
+}
+
+impl From<&Status> for mirror_status {
+    fn from(s: &Status) -> Self {
+        mirror_status {
+            state: s.state.into(),
+            map_valid: s.map_valid,
+            has_last_report: s.last_report.is_some(),
+            dirty_regions: s.dirty_regions,
+            dirty_bytes: s.dirty_bytes,
+            region_size: s.region_size,
+            pending_writes: s.pending_writes,
+            bytes_sent: s.bytes_sent,
+            bytes_received: s.bytes_received,
+            connections: s.connections,
+            last_report: s.last_report.as_ref().map(Into::into).unwrap_or_default(),
+        }
+    }
+}
+
+/// A snapshot of a secondary.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct mirror_secondary_status {
+    /// True while listening (between `mirror_secondary_serve` and `mirror_secondary_stop`).
+    pub serving: bool,
+    /// True while a primary is connected.
+    pub connected: bool,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections refused or ended by an error.
+    pub rejected: u64,
+    /// Writes applied (replicated and repairs).
+    pub writes_applied: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+}
+
+impl mirror_secondary_status {
+    pub(crate) fn new(s: &SecondaryStatus, serving: bool) -> Self {
+        mirror_secondary_status {
+            serving,
+            connected: s.peer.is_some(),
+            connections: s.connections,
+            rejected: s.rejected,
+            writes_applied: s.writes_applied,
+            bytes_received: s.bytes_received,
+            bytes_sent: s.bytes_sent,
+        }
+    }
+}
