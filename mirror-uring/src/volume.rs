@@ -450,3 +450,96 @@ impl Drop for Taken<'_> {
         self.pool.returned.notify_one();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn direct_file(dir: &Path, size: u64) -> UringVolume {
+        let path = dir.join("v");
+        std::fs::write(&path, vec![3u8; size as usize]).unwrap();
+        let opts = VolumeOptions {
+            direct: Some(true),
+            ..VolumeOptions::default()
+        };
+        UringVolume::open(&path, &opts).unwrap()
+    }
+
+    #[test]
+    fn kernel_einval_on_direct_io_is_explained_not_leaked() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut vol = direct_file(dir.path(), 4096 * 4);
+        let real = vol.direct.unwrap();
+        // Pretend the device takes anything, so a misaligned buffer reaches the kernel as is.
+        let lax = DirectAlign {
+            offset: 1,
+            memory: 1,
+        };
+        vol.direct = Some(lax);
+        vol.pool = RingPool::new(
+            vol.queue_depth,
+            Files {
+                main: vol.file.as_raw_fd(),
+                tail: None,
+                direct: Some(lax),
+            },
+        );
+        let mut buf = vec![0u8; 4096 + 1];
+        let err = vol.read_at(0, &mut buf[1..]).unwrap_err();
+        assert_eq!(err.kind(), mirror_core::ErrorKind::InvalidArgument, "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("O_DIRECT") && msg.contains("EINVAL"), "{msg}");
+        assert!(msg.contains(&vol.name), "{msg}");
+        // With the real alignment the same read bounces and succeeds.
+        vol.direct = Some(real);
+        vol.pool = RingPool::new(
+            vol.queue_depth,
+            Files {
+                main: vol.file.as_raw_fd(),
+                tail: None,
+                direct: Some(real),
+            },
+        );
+        vol.read_at(0, &mut buf[1..]).unwrap();
+        assert!(buf[1..].iter().all(|&b| b == 3));
+    }
+
+    #[test]
+    fn rings_register_the_file_and_the_bounce_slab() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = direct_file(dir.path(), 4096 * 4);
+        // SAFETY: geteuid has no preconditions.
+        let root = unsafe { libc::geteuid() } == 0;
+        assert!(!vol.registered_buffers(), "no slab before the first bounce");
+        let mut buf = vec![0u8; 4096 + 1];
+        vol.read_at(4096, &mut buf[1..]).unwrap();
+        if root {
+            // Root has no locked-memory limit to refuse the registrations.
+            assert!(vol.registered_files());
+            assert!(vol.registered_buffers());
+        }
+    }
+
+    #[test]
+    fn ring_pool_grows_to_its_cap_and_reuses_rings() {
+        let dir = tempfile::tempdir().unwrap();
+        let vol = direct_file(dir.path(), 4096 * 64);
+        std::thread::scope(|s| {
+            for t in 0..2 * MAX_RINGS as u64 {
+                let vol = &vol;
+                s.spawn(move || {
+                    let mut buf = vec![0u8; 4096];
+                    for _ in 0..20 {
+                        vol.read_at((t % 64) * 4096, &mut buf).unwrap();
+                    }
+                });
+            }
+        });
+        let (idle, created) = {
+            let g = vol.pool.lock();
+            (g.0.len(), g.1)
+        };
+        assert!(created <= MAX_RINGS, "{created} rings");
+        assert_eq!(idle, created, "every ring came back");
+    }
+}
