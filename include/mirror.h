@@ -1010,8 +1010,8 @@ mirror_result mirror_primary_wait_connected(const struct mirror_primary *primary
  * # Safety
  * `primary` is NULL or a handle not yet freed; `status_out` is NULL or writable.
  */
-mirror_result mirror_primary_status(const struct mirror_primary *primary,
-                                    struct mirror_status *status_out);
+mirror_result mirror_primary_get_status(const struct mirror_primary *primary,
+                                        struct mirror_status *status_out);
 
 /**
  * Closes the primary: waits for queued writes (bounded by the link timeout), then closes the
@@ -1160,8 +1160,8 @@ mirror_result mirror_secondary_stop(const struct mirror_secondary *secondary);
  * # Safety
  * `secondary` is NULL or a handle not yet freed; `status_out` is NULL or writable.
  */
-mirror_result mirror_secondary_status(const struct mirror_secondary *secondary,
-                                      struct mirror_secondary_status *status_out);
+mirror_result mirror_secondary_get_status(const struct mirror_secondary *secondary,
+                                          struct mirror_secondary_status *status_out);
 
 /**
  * Closes the secondary: stops serving if it is. The handle stays allocated: every later

@@ -417,7 +417,7 @@ pub unsafe extern "C" fn mirror_primary_wait_connected(
 /// # Safety
 /// `primary` is NULL or a handle not yet freed; `status_out` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn mirror_primary_status(
+pub unsafe extern "C" fn mirror_primary_get_status(
     primary: *const mirror_primary,
     status_out: *mut mirror_status,
 ) -> mirror_result {

@@ -165,8 +165,11 @@ pub unsafe extern "C" fn mirror_scan_digest(
         let out = out_ptr(digest_out, "digest_out")?;
         // SAFETY: the caller passes NULL or a live scan.
         let scan = unsafe { arg_ref(scan, "scan")? };
+        // The index is checked here rather than left to `ScanMap::get`, whose `i * width`
+        // overflows for indices near `usize::MAX`.
         let digest = usize::try_from(index)
             .ok()
+            .filter(|&i| i < scan.map.len())
             .and_then(|i| scan.map.get(i))
             .ok_or_else(|| {
                 Failure::invalid(format!(

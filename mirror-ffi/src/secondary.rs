@@ -155,7 +155,7 @@ pub unsafe extern "C" fn mirror_secondary_stop(
 /// # Safety
 /// `secondary` is NULL or a handle not yet freed; `status_out` is NULL or writable.
 #[no_mangle]
-pub unsafe extern "C" fn mirror_secondary_status(
+pub unsafe extern "C" fn mirror_secondary_get_status(
     secondary: *const mirror_secondary,
     status_out: *mut mirror_secondary_status,
 ) -> mirror_result {

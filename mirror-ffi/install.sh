@@ -1,0 +1,48 @@
+#!/bin/sh
+# Builds libmirror in release mode and installs it under PREFIX:
+#
+#   PREFIX/lib/libmirror.so  PREFIX/lib/libmirror.a  PREFIX/include/mirror.h
+#   PREFIX/lib/pkgconfig/mirror.pc
+#
+# usage: mirror-ffi/install.sh PREFIX
+#
+# Then: PKG_CONFIG_PATH=PREFIX/lib/pkgconfig cc app.c $(pkg-config --cflags --libs mirror)
+# (add -Wl,-rpath,PREFIX/lib, or run ldconfig, when PREFIX/lib is not on the loader's path;
+# link statically with $(pkg-config --static --libs mirror) and -l:libmirror.a).
+#
+# MIRROR_LIB_DIR=DIR installs the libraries already built in DIR instead of building them.
+set -eu
+
+if [ $# -ne 1 ] || [ -z "$1" ]; then
+    echo "usage: $0 PREFIX" >&2
+    exit 2
+fi
+mkdir -p "$1"
+prefix=$(cd "$1" && pwd -P)
+here=$(cd "$(dirname "$0")" && pwd -P)
+root=$(cd "$here/.." && pwd -P)
+header="$root/include/mirror.h"
+
+if [ -n "${MIRROR_LIB_DIR:-}" ]; then
+    built=$MIRROR_LIB_DIR
+else
+    (cd "$root" && cargo build --release --locked -p mirror-ffi)
+    built=${CARGO_TARGET_DIR:-$root/target}/release
+fi
+for f in libmirror.so libmirror.a; do
+    [ -f "$built/$f" ] || { echo "$built/$f not found" >&2; exit 1; }
+done
+
+macro() { sed -n "s/^#define MIRROR_VERSION_$1 \\([0-9]*\\)$/\\1/p" "$header"; }
+version="$(macro MAJOR).$(macro MINOR).$(macro PATCH)"
+# What a static link of a Rust staticlib needs from the system (rustc --print native-static-libs).
+native_libs="-lgcc_s -lutil -lrt -lpthread -lm -ldl -lc"
+
+install -d "$prefix/lib/pkgconfig" "$prefix/include"
+install -m 0755 "$built/libmirror.so" "$prefix/lib/libmirror.so"
+install -m 0644 "$built/libmirror.a" "$prefix/lib/libmirror.a"
+install -m 0644 "$header" "$prefix/include/mirror.h"
+sed -e "s|@PREFIX@|$prefix|" -e "s|@VERSION@|$version|" \
+    -e "s|@NATIVE_LIBS@|$native_libs|" -e "s|@URL@|https://example.invalid/mirror|" \
+    "$here/mirror.pc.in" > "$prefix/lib/pkgconfig/mirror.pc"
+echo "installed mirror $version under $prefix"
