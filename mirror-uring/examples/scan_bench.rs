@@ -12,7 +12,7 @@
 //! `posix_fadvise(DONTNEED)` otherwise).
 //!
 //! Options: `--size-mib N` (1024), `--dir PATH` (the temp dir; must be on a real disk, not
-//! tmpfs), `--algorithms crc32,md5,sha1`, `--no-loop`, `--writes N` (3000),
+//! tmpfs), `--algorithms crc32,md5,sha1`, `--no-loop`, `--writes N` (5000),
 //! `--rate-mib-s R` (100), `--out FILE` (also write the tables there).
 
 use std::fmt::Write as _;
@@ -47,7 +47,7 @@ fn parse_args() -> Args {
         dir: std::env::temp_dir(),
         algorithms: Algorithm::ALL.to_vec(),
         loop_device: true,
-        writes: 3000,
+        writes: 5000,
         rate_mib_s: 100.0,
         out: None,
     };
@@ -208,11 +208,7 @@ struct Latency {
 
 /// Latency of `n` 4 KiB writes at pseudo-random blocks of `vol`, while `scan` (if any) runs a
 /// background scan of the whole volume on another thread.
-fn write_latency(
-    vol: &Arc<dyn Volume>,
-    n: usize,
-    scan: Option<(IoPriority, Option<f64>)>,
-) -> Latency {
+fn write_latency(vol: &Arc<dyn Volume>, n: usize, scan: BackgroundScan) -> Latency {
     let stop = AtomicBool::new(false);
     let blocks = vol.blocks() - 1;
     let mut lat = Vec::with_capacity(n);

@@ -109,15 +109,28 @@ pub fn open_volume_with_info(
     let path = path.as_ref();
     let fallback = match opts.io {
         IoBackend::Uring => match uring_unavailable_reason() {
-            None => {
-                let vol = UringVolume::open(path, opts)?;
-                let info = VolumeInfo {
-                    backend: IoBackend::Uring,
-                    direct: vol.is_direct(),
-                    fallback: None,
-                };
-                return Ok((Arc::new(vol), info));
-            }
+            None => match UringVolume::open(path, opts) {
+                Ok(vol) => {
+                    let info = VolumeInfo {
+                        backend: IoBackend::Uring,
+                        direct: vol.is_direct(),
+                        fallback: None,
+                    };
+                    return Ok((Arc::new(vol), info));
+                }
+                // The probe passed but this ring could not be set up (memory limits, say):
+                // the same fallback, said once.
+                Err(Error::Io {
+                    op: "io_uring_setup",
+                    source,
+                    ..
+                }) => {
+                    let reason = format!("io_uring cannot be set up: {source}");
+                    probe::warn_fallback(&reason);
+                    Some(reason)
+                }
+                Err(e) => return Err(e),
+            },
             Some(reason) => {
                 probe::warn_fallback(&reason);
                 Some(reason)

@@ -197,6 +197,7 @@ impl Ring {
     /// to be retried. `EBUSY`/`EAGAIN` mean the completion queue or the kernel's resources are
     /// full: the caller reaps completions and comes back.
     fn enter(&mut self, want: usize) -> io::Result<()> {
+        let mut idle_retries = 0u32;
         loop {
             match self.uring.submit_and_wait(want) {
                 Ok(_) => return Ok(()),
@@ -207,7 +208,13 @@ impl Ring {
                 {
                     return Ok(())
                 }
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN)) => {
+                // Nothing of ours to reap: the kernel is short of memory or busy with others'
+                // work. Give it a second, then report.
+                Err(e)
+                    if matches!(e.raw_os_error(), Some(libc::EBUSY) | Some(libc::EAGAIN))
+                        && idle_retries < 1000 =>
+                {
+                    idle_retries += 1;
                     std::thread::sleep(std::time::Duration::from_millis(1));
                     continue;
                 }
