@@ -590,6 +590,8 @@ mirror_result mirror_primary_config_new(const char *volume_path,
  *
  * Ownership: `config` must not be used afterwards. Primaries opened from it are unaffected.
  *
+ * Thread safety: no other call may be running on this config.
+ *
  * # Safety
  * `config` is NULL or a config from `mirror_primary_config_new` not yet freed, used by no
  * other thread.
@@ -600,6 +602,9 @@ void mirror_primary_config_free(struct mirror_primary_config *config);
  * Sets the digest algorithm of checksum scans (a `mirror_algorithm` value).
  * `MIRROR_RESULT_INVALID_ARGUMENT` for an unknown value.
  *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
  */
@@ -609,6 +614,9 @@ mirror_result mirror_primary_config_set_algorithm(struct mirror_primary_config *
 /**
  * Sets the block size of all I/O, in bytes: a power of two from 512 to 1048576 (default
  * 4096). It must equal the secondary's.
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
  *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
@@ -621,6 +629,9 @@ mirror_result mirror_primary_config_set_block_size(struct mirror_primary_config 
  * by `mirror_primary_open`). The map costs one bit per region: 64 KiB regions cost 2 MiB of
  * memory per TiB of volume.
  *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
  */
@@ -629,6 +640,9 @@ mirror_result mirror_primary_config_set_region_size(struct mirror_primary_config
 
 /**
  * Sets the replication mode (a `mirror_mode` value).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
  *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
@@ -639,6 +653,9 @@ mirror_result mirror_primary_config_set_mode(struct mirror_primary_config *confi
 /**
  * Sets the volume's I/O backend (a `mirror_io_backend` value).
  *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
  */
@@ -647,6 +664,9 @@ mirror_result mirror_primary_config_set_io_backend(struct mirror_primary_config 
 
 /**
  * Sets which side compares digests during checksum scans (a `mirror_compare_side` value).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
  *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
@@ -660,6 +680,9 @@ mirror_result mirror_primary_config_set_compare_side(struct mirror_primary_confi
  *
  * Ownership: the bytes are copied.
  *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
  * # Safety
  * `config` is NULL or a live config used by no other thread; `secret` is NULL or readable
  * for `secret_len` bytes.
@@ -671,6 +694,9 @@ mirror_result mirror_primary_config_set_secret(struct mirror_primary_config *con
 /**
  * Reads the shared secret from a file now: its bytes less one trailing newline, at least 8.
  * `MIRROR_RESULT_IO` if the file cannot be read.
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
  *
  * # Safety
  * `config` is NULL or a live config used by no other thread; `path` is NULL or a
@@ -684,6 +710,9 @@ mirror_result mirror_primary_config_set_secret_file(struct mirror_primary_config
  * previous one ends, reading at most `rate_mib_s` MiB/s on each side. `interval_ms` 0 turns
  * it off. `MIRROR_RESULT_INVALID_ARGUMENT` if the rate is not a positive finite number.
  *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
  */
@@ -693,6 +722,9 @@ mirror_result mirror_primary_config_set_periodic_scan(struct mirror_primary_conf
 
 /**
  * Sets how many replicated writes may wait in the link's queue in async mode (default 1024).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
  *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
@@ -704,6 +736,9 @@ mirror_result mirror_primary_config_set_queue_depth(struct mirror_primary_config
  * Sets how long a silent link lives before it is declared dead, in milliseconds (at least
  * 100; default 5000).
  *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
  */
@@ -713,6 +748,9 @@ mirror_result mirror_primary_config_set_link_timeout_ms(struct mirror_primary_co
 /**
  * Chooses whether the primary resyncs by itself on every (re)connection (default true).
  * With false, the caller runs `mirror_primary_resync` after a reconnection.
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
  *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
@@ -742,6 +780,8 @@ mirror_result mirror_secondary_config_new(const char *volume_path,
 /**
  * Frees a secondary configuration. `NULL` is a no-op.
  *
+ * Thread safety: no other call may be running on this config.
+ *
  * # Safety
  * `config` is NULL or a config from `mirror_secondary_config_new` not yet freed, used by no
  * other thread.
@@ -751,6 +791,9 @@ void mirror_secondary_config_free(struct mirror_secondary_config *config);
 /**
  * Sets the block size of all I/O, in bytes (see `mirror_primary_config_set_block_size`).
  *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
  */
@@ -759,6 +802,9 @@ mirror_result mirror_secondary_config_set_block_size(struct mirror_secondary_con
 
 /**
  * Sets the volume's I/O backend (a `mirror_io_backend` value).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
  *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
@@ -771,6 +817,9 @@ mirror_result mirror_secondary_config_set_io_backend(struct mirror_secondary_con
  *
  * Ownership: the bytes are copied.
  *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
  * # Safety
  * `config` is NULL or a live config used by no other thread; `secret` is NULL or readable
  * for `secret_len` bytes.
@@ -781,6 +830,9 @@ mirror_result mirror_secondary_config_set_secret(struct mirror_secondary_config 
 
 /**
  * Reads the shared secret from a file now (see `mirror_primary_config_set_secret_file`).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
  *
  * # Safety
  * `config` is NULL or a live config used by no other thread; `path` is NULL or a
@@ -793,6 +845,9 @@ mirror_result mirror_secondary_config_set_secret_file(struct mirror_secondary_co
  * Allows listening on a non-loopback address without a shared secret (default false: such a
  * `mirror_secondary_serve` fails with `MIRROR_RESULT_INVALID_ARGUMENT`).
  *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
  */
@@ -801,6 +856,9 @@ mirror_result mirror_secondary_config_set_allow_insecure(struct mirror_secondary
 
 /**
  * Sets how long a silent link lives, in milliseconds (at least 100; default 5000).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
  *
  * # Safety
  * `config` is NULL or a live config used by no other thread.
@@ -861,6 +919,9 @@ mirror_result mirror_primary_open(const struct mirror_primary_config *config,
  * Size of the primary's volume in bytes, into `size_out`; its block size into
  * `block_size_out` (either may be NULL).
  *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
  * # Safety
  * `primary` is NULL or a handle not yet freed; the out-pointers are NULL or writable.
  */
@@ -896,6 +957,9 @@ mirror_result mirror_primary_write(const struct mirror_primary *primary,
  * Replicates `len` bytes from `data` that the caller has already written at `offset` of the
  * primary's volume. Same rules and results as `mirror_primary_write`, without the local write.
  *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
  * # Safety
  * As `mirror_primary_write`.
  */
@@ -909,6 +973,9 @@ mirror_result mirror_primary_replicate(const struct mirror_primary *primary,
  * Records that bytes `[offset, offset + len)` changed and the secondary lacks them; the
  * next resync sends them. The range must lie inside the volume.
  *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
  * # Safety
  * `primary` is NULL or a handle not yet freed.
  */
@@ -918,6 +985,9 @@ mirror_result mirror_primary_mark_dirty(const struct mirror_primary *primary,
 
 /**
  * Flushes the local volume and, when connected, the secondary's.
+ *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
  *
  * # Safety
  * `primary` is NULL or a handle not yet freed.
@@ -972,6 +1042,9 @@ mirror_result mirror_primary_resync(const struct mirror_primary *primary,
  *
  * `flags` and `connect_timeout_ms` as for `mirror_primary_resync`.
  *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
  * # Safety
  * `primary` is NULL or a handle not yet freed; `report_out` is NULL or writable;
  * `ranges_out` is NULL or writable for `ranges_cap` elements.
@@ -998,6 +1071,9 @@ mirror_result mirror_primary_cancel(const struct mirror_primary *primary);
  * Waits until the link is up and handshaken, at most `timeout_ms` milliseconds
  * (`MIRROR_RESULT_LINK` on timeout).
  *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
  * # Safety
  * `primary` is NULL or a handle not yet freed.
  */
@@ -1006,6 +1082,9 @@ mirror_result mirror_primary_wait_connected(const struct mirror_primary *primary
 
 /**
  * A snapshot of the primary's state, into `status_out`.
+ *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
  *
  * # Safety
  * `primary` is NULL or a handle not yet freed; `status_out` is NULL or writable.
@@ -1020,6 +1099,9 @@ mirror_result mirror_primary_get_status(const struct mirror_primary *primary,
  *
  * Errors: the engine's, if queued writes could not be delivered (they are then lost to the
  * secondary, which will be resynced by the next primary with a full scan).
+ *
+ * Ownership: the handle stays the caller's until `mirror_primary_free`. Thread safety: may race other
+ * calls on the handle; each finishes or returns `MIRROR_RESULT_CLOSED`.
  *
  * # Safety
  * `primary` is NULL or a handle not yet freed.
@@ -1066,6 +1148,9 @@ mirror_result mirror_volume_scan(const char *volume_path,
  *
  * Lifetime: `view_out->digests` is valid until `mirror_scan_free(scan)`.
  *
+ * Ownership: the pointers handed out belong to the scan. Thread safety: a scan may be read
+ * from several threads at once.
+ *
  * # Safety
  * `scan` is NULL or a scan not yet freed; `view_out` is NULL or writable.
  */
@@ -1079,6 +1164,9 @@ mirror_result mirror_scan_get_view(const struct mirror_scan *scan,
  *
  * Lifetime: valid until `mirror_scan_free(scan)`.
  *
+ * Ownership: the pointers handed out belong to the scan. Thread safety: a scan may be read
+ * from several threads at once.
+ *
  * # Safety
  * `scan` is NULL or a scan not yet freed; `digest_out` is NULL or writable; `digest_len_out`
  * is NULL or writable.
@@ -1090,6 +1178,8 @@ mirror_result mirror_scan_digest(const struct mirror_scan *scan,
 
 /**
  * Frees a scan and its digest buffer. `NULL` is a no-op.
+ *
+ * Thread safety: no other call may be running on this scan.
  *
  * # Safety
  * `scan` is NULL or a scan not yet freed, with no view or digest pointer of it used
@@ -1105,6 +1195,8 @@ void mirror_scan_free(struct mirror_scan *scan);
  * - `secondary_out`: receives the handle on success; untouched on error.
  *
  * Ownership: the caller owns the handle and frees it with `mirror_secondary_free`.
+ *
+ * Thread safety: safe from any thread.
  *
  * # Safety
  * `config` is NULL or a live config not being modified; `secondary_out` is NULL or writable.
@@ -1123,6 +1215,9 @@ mirror_result mirror_secondary_new(const struct mirror_secondary_config *config,
  * After `mirror_secondary_stop` it may be called again: the secondary keeps what it knows of
  * its coherence, so the primary resyncs from its dirty map.
  *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
  * # Safety
  * `secondary` is NULL or a handle not yet freed; `port_out` is NULL or writable.
  */
@@ -1134,6 +1229,9 @@ mirror_result mirror_secondary_serve(const struct mirror_secondary *secondary,
  * without the NUL into `len_out` if not NULL. `MIRROR_RESULT_BUFFER_TOO_SMALL` (nothing
  * written) if it does not fit — 64 bytes always do; `MIRROR_RESULT_INVALID_ARGUMENT` when not
  * serving.
+ *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
  *
  * # Safety
  * `secondary` is NULL or a handle not yet freed; `buf` is NULL or writable for `cap` bytes;
@@ -1149,6 +1247,9 @@ mirror_result mirror_secondary_local_addr(const struct mirror_secondary *seconda
  * writes in its dirty map. What the secondary knows of its coherence is kept for a later
  * `mirror_secondary_serve`. Stopping a secondary that is not serving does nothing.
  *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
  * # Safety
  * `secondary` is NULL or a handle not yet freed.
  */
@@ -1156,6 +1257,9 @@ mirror_result mirror_secondary_stop(const struct mirror_secondary *secondary);
 
 /**
  * A snapshot of the secondary, into `status_out`.
+ *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
  *
  * # Safety
  * `secondary` is NULL or a handle not yet freed; `status_out` is NULL or writable.
@@ -1167,6 +1271,9 @@ mirror_result mirror_secondary_get_status(const struct mirror_secondary *seconda
  * Closes the secondary: stops serving if it is. The handle stays allocated: every later
  * call on it, a second close included, returns `MIRROR_RESULT_CLOSED`. Free it with
  * `mirror_secondary_free`.
+ *
+ * Ownership: the handle stays the caller's until `mirror_secondary_free`. Thread safety: may race other
+ * calls on the handle; each finishes or returns `MIRROR_RESULT_CLOSED`.
  *
  * # Safety
  * `secondary` is NULL or a handle not yet freed.

@@ -110,6 +110,8 @@ pub unsafe extern "C" fn mirror_primary_config_new(
 ///
 /// Ownership: `config` must not be used afterwards. Primaries opened from it are unaffected.
 ///
+/// Thread safety: no other call may be running on this config.
+///
 /// # Safety
 /// `config` is NULL or a config from `mirror_primary_config_new` not yet freed, used by no
 /// other thread.
@@ -160,6 +162,9 @@ fn block_size(bytes: u32) -> FfiResult<BlockSize> {
 /// Sets the digest algorithm of checksum scans (a `mirror_algorithm` value).
 /// `MIRROR_RESULT_INVALID_ARGUMENT` for an unknown value.
 ///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
 #[no_mangle]
@@ -178,6 +183,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_algorithm(
 
 /// Sets the block size of all I/O, in bytes: a power of two from 512 to 1048576 (default
 /// 4096). It must equal the secondary's.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
@@ -198,6 +206,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_block_size(
 /// Sets the dirty-map region size in bytes: a power of two, at least the block size (checked
 /// by `mirror_primary_open`). The map costs one bit per region: 64 KiB regions cost 2 MiB of
 /// memory per TiB of volume.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
@@ -224,6 +235,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_region_size(
 
 /// Sets the replication mode (a `mirror_mode` value).
 ///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
 #[no_mangle]
@@ -242,6 +256,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_mode(
 
 /// Sets the volume's I/O backend (a `mirror_io_backend` value).
 ///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
 #[no_mangle]
@@ -259,6 +276,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_io_backend(
 }
 
 /// Sets which side compares digests during checksum scans (a `mirror_compare_side` value).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
@@ -280,6 +300,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_compare_side(
 /// `secret_len` 0 (with any `secret`, even NULL) removes it.
 ///
 /// Ownership: the bytes are copied.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread; `secret` is NULL or readable
@@ -303,6 +326,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_secret(
 /// Reads the shared secret from a file now: its bytes less one trailing newline, at least 8.
 /// `MIRROR_RESULT_IO` if the file cannot be read.
 ///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread; `path` is NULL or a
 /// NUL-terminated string.
@@ -324,6 +350,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_secret_file(
 /// Turns on the periodic low-priority checksum scan: every `interval_ms` milliseconds after the
 /// previous one ends, reading at most `rate_mib_s` MiB/s on each side. `interval_ms` 0 turns
 /// it off. `MIRROR_RESULT_INVALID_ARGUMENT` if the rate is not a positive finite number.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
@@ -356,6 +385,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_periodic_scan(
 
 /// Sets how many replicated writes may wait in the link's queue in async mode (default 1024).
 ///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
 #[no_mangle]
@@ -378,6 +410,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_queue_depth(
 /// Sets how long a silent link lives before it is declared dead, in milliseconds (at least
 /// 100; default 5000).
 ///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
 #[no_mangle]
@@ -396,6 +431,9 @@ pub unsafe extern "C" fn mirror_primary_config_set_link_timeout_ms(
 
 /// Chooses whether the primary resyncs by itself on every (re)connection (default true).
 /// With false, the caller runs `mirror_primary_resync` after a reconnection.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
@@ -456,6 +494,8 @@ pub unsafe extern "C" fn mirror_secondary_config_new(
 
 /// Frees a secondary configuration. `NULL` is a no-op.
 ///
+/// Thread safety: no other call may be running on this config.
+///
 /// # Safety
 /// `config` is NULL or a config from `mirror_secondary_config_new` not yet freed, used by no
 /// other thread.
@@ -470,6 +510,9 @@ pub unsafe extern "C" fn mirror_secondary_config_free(config: *mut mirror_second
 }
 
 /// Sets the block size of all I/O, in bytes (see `mirror_primary_config_set_block_size`).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
@@ -488,6 +531,9 @@ pub unsafe extern "C" fn mirror_secondary_config_set_block_size(
 }
 
 /// Sets the volume's I/O backend (a `mirror_io_backend` value).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
@@ -508,6 +554,9 @@ pub unsafe extern "C" fn mirror_secondary_config_set_io_backend(
 /// Sets the shared secret a primary must prove (at least 8 bytes); length 0 removes it.
 ///
 /// Ownership: the bytes are copied.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread; `secret` is NULL or readable
@@ -530,6 +579,9 @@ pub unsafe extern "C" fn mirror_secondary_config_set_secret(
 
 /// Reads the shared secret from a file now (see `mirror_primary_config_set_secret_file`).
 ///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread; `path` is NULL or a
 /// NUL-terminated string.
@@ -551,6 +603,9 @@ pub unsafe extern "C" fn mirror_secondary_config_set_secret_file(
 /// Allows listening on a non-loopback address without a shared secret (default false: such a
 /// `mirror_secondary_serve` fails with `MIRROR_RESULT_INVALID_ARGUMENT`).
 ///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.
 #[no_mangle]
@@ -568,6 +623,9 @@ pub unsafe extern "C" fn mirror_secondary_config_set_allow_insecure(
 }
 
 /// Sets how long a silent link lives, in milliseconds (at least 100; default 5000).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
 ///
 /// # Safety
 /// `config` is NULL or a live config used by no other thread.

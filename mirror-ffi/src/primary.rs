@@ -128,6 +128,9 @@ pub unsafe extern "C" fn mirror_primary_open(
 /// Size of the primary's volume in bytes, into `size_out`; its block size into
 /// `block_size_out` (either may be NULL).
 ///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
+///
 /// # Safety
 /// `primary` is NULL or a handle not yet freed; the out-pointers are NULL or writable.
 #[no_mangle]
@@ -215,6 +218,9 @@ pub unsafe extern "C" fn mirror_primary_write(
 /// Replicates `len` bytes from `data` that the caller has already written at `offset` of the
 /// primary's volume. Same rules and results as `mirror_primary_write`, without the local write.
 ///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
+///
 /// # Safety
 /// As `mirror_primary_write`.
 #[no_mangle]
@@ -231,6 +237,9 @@ pub unsafe extern "C" fn mirror_primary_replicate(
 
 /// Records that bytes `[offset, offset + len)` changed and the secondary lacks them; the
 /// next resync sends them. The range must lie inside the volume.
+///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
 ///
 /// # Safety
 /// `primary` is NULL or a handle not yet freed.
@@ -255,6 +264,9 @@ pub unsafe extern "C" fn mirror_primary_mark_dirty(
 }
 
 /// Flushes the local volume and, when connected, the secondary's.
+///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
 ///
 /// # Safety
 /// `primary` is NULL or a handle not yet freed.
@@ -339,6 +351,9 @@ pub unsafe extern "C" fn mirror_primary_resync(
 ///
 /// `flags` and `connect_timeout_ms` as for `mirror_primary_resync`.
 ///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
+///
 /// # Safety
 /// `primary` is NULL or a handle not yet freed; `report_out` is NULL or writable;
 /// `ranges_out` is NULL or writable for `ranges_cap` elements.
@@ -397,6 +412,9 @@ pub unsafe extern "C" fn mirror_primary_cancel(primary: *const mirror_primary) -
 /// Waits until the link is up and handshaken, at most `timeout_ms` milliseconds
 /// (`MIRROR_RESULT_LINK` on timeout).
 ///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
+///
 /// # Safety
 /// `primary` is NULL or a handle not yet freed.
 #[no_mangle]
@@ -413,6 +431,9 @@ pub unsafe extern "C" fn mirror_primary_wait_connected(
 }
 
 /// A snapshot of the primary's state, into `status_out`.
+///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
 ///
 /// # Safety
 /// `primary` is NULL or a handle not yet freed; `status_out` is NULL or writable.
@@ -438,6 +459,9 @@ pub unsafe extern "C" fn mirror_primary_get_status(
 ///
 /// Errors: the engine's, if queued writes could not be delivered (they are then lost to the
 /// secondary, which will be resynced by the next primary with a full scan).
+///
+/// Ownership: the handle stays the caller's until `mirror_primary_free`. Thread safety: may race other
+/// calls on the handle; each finishes or returns `MIRROR_RESULT_CLOSED`.
 ///
 /// # Safety
 /// `primary` is NULL or a handle not yet freed.

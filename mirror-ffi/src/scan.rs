@@ -115,6 +115,9 @@ pub unsafe extern "C" fn mirror_volume_scan(
 ///
 /// Lifetime: `view_out->digests` is valid until `mirror_scan_free(scan)`.
 ///
+/// Ownership: the pointers handed out belong to the scan. Thread safety: a scan may be read
+/// from several threads at once.
+///
 /// # Safety
 /// `scan` is NULL or a scan not yet freed; `view_out` is NULL or writable.
 #[no_mangle]
@@ -150,6 +153,9 @@ pub unsafe extern "C" fn mirror_scan_get_view(
 /// `digest_len_out` if not NULL. `MIRROR_RESULT_INVALID_ARGUMENT` if `index` is out of range.
 ///
 /// Lifetime: valid until `mirror_scan_free(scan)`.
+///
+/// Ownership: the pointers handed out belong to the scan. Thread safety: a scan may be read
+/// from several threads at once.
 ///
 /// # Safety
 /// `scan` is NULL or a scan not yet freed; `digest_out` is NULL or writable; `digest_len_out`
@@ -188,6 +194,8 @@ pub unsafe extern "C" fn mirror_scan_digest(
 }
 
 /// Frees a scan and its digest buffer. `NULL` is a no-op.
+///
+/// Thread safety: no other call may be running on this scan.
 ///
 /// # Safety
 /// `scan` is NULL or a scan not yet freed, with no view or digest pointer of it used

@@ -44,6 +44,8 @@ impl mirror_secondary {
 ///
 /// Ownership: the caller owns the handle and frees it with `mirror_secondary_free`.
 ///
+/// Thread safety: safe from any thread.
+///
 /// # Safety
 /// `config` is NULL or a live config not being modified; `secondary_out` is NULL or writable.
 #[no_mangle]
@@ -78,6 +80,9 @@ pub unsafe extern "C" fn mirror_secondary_new(
 /// After `mirror_secondary_stop` it may be called again: the secondary keeps what it knows of
 /// its coherence, so the primary resyncs from its dirty map.
 ///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
+///
 /// # Safety
 /// `secondary` is NULL or a handle not yet freed; `port_out` is NULL or writable.
 #[no_mangle]
@@ -102,6 +107,9 @@ pub unsafe extern "C" fn mirror_secondary_serve(
 /// without the NUL into `len_out` if not NULL. `MIRROR_RESULT_BUFFER_TOO_SMALL` (nothing
 /// written) if it does not fit — 64 bytes always do; `MIRROR_RESULT_INVALID_ARGUMENT` when not
 /// serving.
+///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
 ///
 /// # Safety
 /// `secondary` is NULL or a handle not yet freed; `buf` is NULL or writable for `cap` bytes;
@@ -133,6 +141,9 @@ pub unsafe extern "C" fn mirror_secondary_local_addr(
 /// writes in its dirty map. What the secondary knows of its coherence is kept for a later
 /// `mirror_secondary_serve`. Stopping a secondary that is not serving does nothing.
 ///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
+///
 /// # Safety
 /// `secondary` is NULL or a handle not yet freed.
 #[no_mangle]
@@ -151,6 +162,9 @@ pub unsafe extern "C" fn mirror_secondary_stop(
 }
 
 /// A snapshot of the secondary, into `status_out`.
+///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
 ///
 /// # Safety
 /// `secondary` is NULL or a handle not yet freed; `status_out` is NULL or writable.
@@ -174,6 +188,9 @@ pub unsafe extern "C" fn mirror_secondary_get_status(
 /// Closes the secondary: stops serving if it is. The handle stays allocated: every later
 /// call on it, a second close included, returns `MIRROR_RESULT_CLOSED`. Free it with
 /// `mirror_secondary_free`.
+///
+/// Ownership: the handle stays the caller's until `mirror_secondary_free`. Thread safety: may race other
+/// calls on the handle; each finishes or returns `MIRROR_RESULT_CLOSED`.
 ///
 /// # Safety
 /// `secondary` is NULL or a handle not yet freed.
