@@ -1,1 +1,75 @@
-//! Python bindings of mirror.
+//! Python bindings of mirror: the extension module `mirror._mirror`, re-exported by the pure
+//! Python package `mirror` (`python/mirror/`).
+//!
+//! The module is thin: every verb calls the engine once. What lives here is only what Python
+//! needs: buffers borrowed without copies ([`buffer`]), the GIL released around every blocking
+//! call and Ctrl-C turned into a cancelled job ([`blocking`]), engine errors mapped to
+//! exception classes in one place ([`errors`]), and arguments checked before use ([`args`]).
+
+mod args;
+mod blocking;
+mod buffer;
+mod errors;
+mod primary;
+mod scan;
+mod secondary;
+mod types;
+mod volume;
+
+use pyo3::prelude::*;
+
+/// Keeps a secondary block volume coherent with a primary over TCP (extension module).
+#[pymodule]
+mod _mirror {
+    use std::path::PathBuf;
+
+    use mirror_uring::IoBackend;
+    use pyo3::prelude::*;
+
+    use crate::args::{named, unsigned};
+    use crate::blocking::interruptible;
+    use crate::errors::IntoPyResult;
+
+    #[pymodule_export]
+    use crate::primary::Primary;
+    #[pymodule_export]
+    use crate::secondary::Secondary;
+    #[pymodule_export]
+    use crate::types::{Report, ScanMap, ScanMapIter, SecondaryStatus, Status};
+
+    /// Per-block digests of blocks ``first`` to ``first + count`` (default: to the end) of the
+    /// file or block device at ``path``, as one :class:`ScanMap`. Releases the GIL; Ctrl-C
+    /// interrupts it.
+    #[pyfunction]
+    #[pyo3(signature = (path, *, algorithm = "md5", block_size = 4096, io = "uring", first = 0, count = None))]
+    fn scan(
+        py: Python<'_>,
+        path: PathBuf,
+        algorithm: &str,
+        block_size: i128,
+        io: &str,
+        first: i128,
+        count: Option<i128>,
+    ) -> PyResult<crate::types::ScanMap> {
+        let algorithm = named(algorithm)?;
+        let bs = crate::args::block_size(block_size)?;
+        let io: IoBackend = named(io)?;
+        let first = unsigned("first", first)?;
+        let count = count.map(|c| unsigned("count", c)).transpose()?;
+        let vol = py
+            .detach(|| crate::volume::open(&path, bs, io, true))
+            .py()?;
+        let range = crate::scan::block_range(&*vol, first, count).py()?;
+        let map = interruptible(py, |cancel| {
+            crate::scan::scan_volume(&*vol, algorithm, range, cancel)
+        })?;
+        Ok(crate::types::ScanMap::new(py, &map, bs))
+    }
+
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+        m.add("DEFAULT_RATE_MIB_S", crate::primary::DEFAULT_RATE_MIB_S)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,373 @@
+//! `mirror.Primary`: the primary side, over a local volume, replicating to a secondary.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mirror_core::config::read_secret_file;
+use mirror_core::{
+    Algorithm, CompareSide, ErrorKind, JobOptions, PeriodicScan, PrimaryConfig, ReplicationMode,
+    Volume, WriteOutcome,
+};
+use mirror_uring::IoBackend;
+use pyo3::prelude::*;
+
+use crate::args::{named, seconds, unsigned};
+use crate::blocking::{check_cancel, detached, interruptible};
+use crate::buffer::BufferView;
+use crate::errors::{invalid, to_py, IntoPyResult};
+use crate::types::{Report, ScanMap, Status};
+use crate::volume;
+
+/// Periodic scan rate when only an interval is given, MiB/s.
+pub(crate) const DEFAULT_RATE_MIB_S: f64 = 64.0;
+
+/// The primary side of a mirrored pair.
+///
+/// Opens the file or block device ``volume`` and keeps the secondary at ``peer``
+/// (``"host:port"``) coherent with it: it connects in the background, reconnects by itself,
+/// tracks what the secondary lacks in a dirty map of ``region_size``-byte regions while the
+/// link is down, and resyncs on every reconnection (from the dirty map when it is valid, by a
+/// full checksum scan otherwise).
+///
+/// ``mode`` is ``"sync"`` (a write returns once the secondary has it) or ``"async"`` (a write
+/// returns once queued; a full queue marks the dirty map). ``compare`` says which side
+/// compares digests during a scan. ``interval`` (seconds) turns on the periodic low-priority
+/// scan, read at ``rate`` MiB/s (default 64). ``secret_file`` holds a shared secret both
+/// peers must prove. ``io`` picks the volume backend: ``"uring"`` (falling back to
+/// ``"sync"`` where io_uring is not available) or ``"sync"``.
+///
+/// Every method releases the GIL while it waits; long jobs (``scan``, ``resync``, ``verify``,
+/// ``wait_connected``) can be interrupted with Ctrl-C. Use it as a context manager, or call
+/// :meth:`close`.
+#[pyclass(frozen, module = "mirror")]
+#[derive(Debug)]
+pub struct Primary {
+    inner: mirror_core::Primary,
+    volume: Arc<dyn Volume>,
+    peer: String,
+    algorithm: Algorithm,
+    mode: ReplicationMode,
+    compare: CompareSide,
+    closed: AtomicBool,
+}
+
+fn outcome_name(o: WriteOutcome) -> &'static str {
+    match o {
+        WriteOutcome::Replicated => "replicated",
+        WriteOutcome::Queued => "queued",
+        WriteOutcome::Degraded => "degraded",
+    }
+}
+
+impl Primary {
+    fn check_open(&self) -> PyResult<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(to_py(mirror_core::Error::Closed("primary")))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn job<'a>(
+        full: bool,
+        cancel: &'a AtomicBool,
+        connect_timeout: Option<Duration>,
+    ) -> JobOptions<'a> {
+        JobOptions {
+            full,
+            progress: None,
+            cancel: Some(cancel),
+            connect_timeout,
+        }
+    }
+}
+
+#[pymethods]
+impl Primary {
+    #[new]
+    #[pyo3(signature = (
+        volume,
+        *,
+        peer,
+        algorithm = "md5",
+        block_size = 4096,
+        region_size = None,
+        mode = "sync",
+        io = "uring",
+        secret_file = None,
+        interval = None,
+        rate = None,
+        compare = "primary",
+        link_timeout = 5.0,
+        queue_depth = 1024,
+        auto_resync = true,
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        volume: PathBuf,
+        peer: String,
+        algorithm: &str,
+        block_size: i128,
+        region_size: Option<i128>,
+        mode: &str,
+        io: &str,
+        secret_file: Option<PathBuf>,
+        interval: Option<f64>,
+        rate: Option<f64>,
+        compare: &str,
+        link_timeout: f64,
+        queue_depth: i128,
+        auto_resync: bool,
+    ) -> PyResult<Self> {
+        let mut config = PrimaryConfig::new(peer.clone());
+        config.algorithm = named(algorithm)?;
+        config.mode = named(mode)?;
+        config.compare = named(compare)?;
+        let io: IoBackend = named(io)?;
+        let bs = crate::args::block_size(block_size)?;
+        if let Some(r) = region_size {
+            config.region_size = unsigned("region_size", r)?;
+        }
+        config.link_timeout = seconds("link_timeout", link_timeout)?;
+        config.queue_depth = usize::try_from(unsigned("queue_depth", queue_depth)?)
+            .map_err(|_| invalid("queue_depth is too large"))?;
+        config.auto_resync = auto_resync;
+        config.periodic = match (interval, rate) {
+            (Some(i), r) => Some(PeriodicScan {
+                interval: seconds("interval", i)?,
+                rate_mib_s: r.unwrap_or(DEFAULT_RATE_MIB_S),
+            }),
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "rate limits the periodic scan: give an interval too",
+                ))
+            }
+            (None, None) => None,
+        };
+        if let Some(path) = &secret_file {
+            config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
+        }
+        config.validate().py()?;
+        let (algorithm, mode, compare) = (config.algorithm, config.mode, config.compare);
+        let (inner, vol) = detached(py, move || {
+            let vol = volume::open(&volume, bs, io, false)?;
+            let inner = mirror_core::Primary::open(Arc::clone(&vol), config)?;
+            Ok((inner, vol))
+        })?;
+        Ok(Primary {
+            inner,
+            volume: vol,
+            peer,
+            algorithm,
+            mode,
+            compare,
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Writes ``data`` (any contiguous buffer) at byte ``offset`` of the local volume, then
+    /// replicates it. Returns ``"replicated"`` (sync mode: the secondary has it),
+    /// ``"queued"`` (async mode) or ``"degraded"`` (no link: the range is in the dirty map).
+    fn write(
+        &self,
+        py: Python<'_>,
+        offset: i128,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<&'static str> {
+        let offset = unsigned("offset", offset)?;
+        let data = BufferView::get(data)?;
+        self.check_open()?;
+        let out = detached(py, || self.inner.write(offset, data.as_slice()))?;
+        Ok(outcome_name(out))
+    }
+
+    /// Sends ``data``, which the caller already wrote locally at byte ``offset``, to the
+    /// secondary. Returns as :meth:`write` does.
+    fn replicate(
+        &self,
+        py: Python<'_>,
+        offset: i128,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<&'static str> {
+        let offset = unsigned("offset", offset)?;
+        let data = BufferView::get(data)?;
+        self.check_open()?;
+        let out = detached(py, || self.inner.replicate(offset, data.as_slice()))?;
+        Ok(outcome_name(out))
+    }
+
+    /// Records that bytes ``[offset, offset + length)`` changed and the secondary lacks
+    /// them; the next resync sends them.
+    fn mark_dirty(&self, py: Python<'_>, offset: i128, length: i128) -> PyResult<()> {
+        let offset = unsigned("offset", offset)?;
+        let length = unsigned("length", length)?;
+        self.check_open()?;
+        detached(py, || self.inner.mark_dirty(offset, length))
+    }
+
+    /// Flushes the local volume and, when connected, the secondary's.
+    fn flush(&self, py: Python<'_>) -> PyResult<()> {
+        self.check_open()?;
+        detached(py, || self.inner.flush())
+    }
+
+    /// Per-block digests of blocks ``first`` to ``first + count`` (default: to the end) of
+    /// the local volume, with ``algorithm`` (default: the primary's).
+    #[pyo3(signature = (algorithm = None, first = 0, count = None))]
+    fn scan(
+        &self,
+        py: Python<'_>,
+        algorithm: Option<&str>,
+        first: i128,
+        count: Option<i128>,
+    ) -> PyResult<ScanMap> {
+        let algorithm = match algorithm {
+            Some(a) => named(a)?,
+            None => self.algorithm,
+        };
+        let first = unsigned("first", first)?;
+        let count = count.map(|c| unsigned("count", c)).transpose()?;
+        self.check_open()?;
+        let vol = &*self.volume;
+        let range = crate::scan::block_range(vol, first, count).py()?;
+        let map = interruptible(py, |cancel| {
+            crate::scan::scan_volume(vol, algorithm, range, cancel)
+        })?;
+        Ok(ScanMap::new(py, &map, vol.block_size()))
+    }
+
+    /// Makes the secondary coherent now and reports how: from the dirty map when it is
+    /// valid, else by a full checksum scan (``full=True`` forces one). ``timeout`` (seconds)
+    /// bounds the wait for the link.
+    #[pyo3(signature = (full = false, timeout = None))]
+    fn resync(&self, py: Python<'_>, full: bool, timeout: Option<f64>) -> PyResult<Report> {
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        self.check_open()?;
+        let report = interruptible(py, |cancel| {
+            self.inner.resync_with(&Self::job(full, cancel, timeout))
+        })?;
+        Ok(Report::from(&report))
+    }
+
+    /// Compares every block with the secondary, repairing nothing; the report's
+    /// ``mismatched`` and ``mismatched_ranges`` say what differs.
+    #[pyo3(signature = (timeout = None))]
+    fn verify(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Report> {
+        let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        self.check_open()?;
+        let report = interruptible(py, |cancel| {
+            self.inner.verify_with(&Self::job(true, cancel, timeout))
+        })?;
+        Ok(Report::from(&report))
+    }
+
+    /// Waits up to ``timeout`` seconds for the link to be up and handshaken; raises
+    /// :class:`LinkError` if it is not.
+    #[pyo3(signature = (timeout = 10.0))]
+    fn wait_connected(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let timeout = seconds("timeout", timeout)?;
+        self.check_open()?;
+        let deadline = Instant::now() + timeout;
+        // Waits in short steps so Ctrl-C is seen.
+        let step = Duration::from_millis(100);
+        interruptible(py, |cancel| loop {
+            let start = Instant::now();
+            let left = deadline.saturating_duration_since(start);
+            match self.inner.wait_connected(left.min(step)) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Link && left > step => {
+                    check_cancel(cancel, "wait for the link")?;
+                    std::thread::sleep(step.saturating_sub(start.elapsed()));
+                }
+                Err(e) => return Err(e),
+            }
+        })
+    }
+
+    /// A snapshot of the primary's state.
+    fn status(&self, py: Python<'_>) -> PyResult<Status> {
+        self.check_open()?;
+        let s = py.detach(|| self.inner.status());
+        Ok(Status::from(&s))
+    }
+
+    /// Stops the primary: waits for queued writes (bounded by the link timeout), then closes
+    /// the link. Closing twice is allowed; any other call afterwards raises
+    /// :class:`ClosedError`.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        detached(py, || self.inner.close())
+    }
+
+    /// True once :meth:`close` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// The secondary's address, as given.
+    #[getter]
+    fn peer(&self) -> &str {
+        &self.peer
+    }
+
+    /// Digest algorithm of checksum scans.
+    #[getter]
+    fn algorithm(&self) -> &'static str {
+        self.algorithm.name()
+    }
+
+    /// Replication mode: ``"sync"`` or ``"async"``.
+    #[getter]
+    fn mode(&self) -> &'static str {
+        self.mode.name()
+    }
+
+    /// Which side compares digests: ``"primary"`` or ``"secondary"``.
+    #[getter]
+    fn compare(&self) -> &'static str {
+        self.compare.name()
+    }
+
+    /// Bytes per block.
+    #[getter]
+    fn block_size(&self) -> u32 {
+        self.volume.block_size().get()
+    }
+
+    /// Size of the local volume in bytes.
+    #[getter]
+    fn size(&self) -> u64 {
+        self.volume.size()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc_info))]
+    fn __exit__(
+        &self,
+        py: Python<'_>,
+        _exc_info: &Bound<'_, pyo3::types::PyTuple>,
+    ) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<mirror.Primary {} -> {} ({}, {}){}>",
+            self.volume.name(),
+            self.peer,
+            self.mode.name(),
+            self.algorithm.name(),
+            if self.closed() { " closed" } else { "" }
+        )
+    }
+}
