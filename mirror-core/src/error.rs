@@ -85,6 +85,43 @@ pub enum Error {
     Cancelled(&'static str),
 }
 
+impl Clone for Error {
+    fn clone(&self) -> Self {
+        match self {
+            Error::InvalidArgument(m) => Error::InvalidArgument(m.clone()),
+            Error::Io {
+                path,
+                op,
+                offset,
+                source,
+            } => Error::Io {
+                path: path.clone(),
+                op,
+                offset: *offset,
+                source: match source.raw_os_error() {
+                    Some(code) => io::Error::from_raw_os_error(code),
+                    None => io::Error::new(source.kind(), source.to_string()),
+                },
+            },
+            Error::Link { peer, msg } => Error::Link {
+                peer: peer.clone(),
+                msg: msg.clone(),
+            },
+            Error::Protocol { peer, msg } => Error::Protocol {
+                peer: peer.clone(),
+                msg: msg.clone(),
+            },
+            Error::Mismatch(m) => Error::Mismatch(m.clone()),
+            Error::Auth { peer, msg } => Error::Auth {
+                peer: peer.clone(),
+                msg: msg.clone(),
+            },
+            Error::Closed(w) => Error::Closed(w),
+            Error::Cancelled(w) => Error::Cancelled(w),
+        }
+    }
+}
+
 impl Error {
     /// The stable kind of this error.
     pub fn kind(&self) -> ErrorKind {

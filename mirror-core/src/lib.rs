@@ -7,16 +7,19 @@
 //! - [`Primary`], [`Secondary`]: the controllers, blocking and thread-safe.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod dirty;
 mod error;
+pub mod link;
 pub mod primary;
 pub mod report;
 pub mod scan;
 pub mod secondary;
 pub mod units;
 pub mod volume;
+pub mod wire;
 
 pub use config::{CompareSide, PeriodicScan, PrimaryConfig, ReplicationMode, SecondaryConfig};
 pub use digest::Algorithm;
