@@ -307,6 +307,35 @@ typedef uint32_t mirror_io_backend;
 #endif // __cplusplus
 
 /**
+ * Whether a volume is opened with `O_DIRECT`.
+ */
+enum mirror_direct_io
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * On for block devices, off for regular files. The default.
+     */
+    MIRROR_DIRECT_IO_AUTO = 1,
+    /**
+     * Always (buffers are bounced to the required alignment by the library).
+     */
+    MIRROR_DIRECT_IO_ON = 2,
+    /**
+     * Never: I/O goes through the page cache.
+     */
+    MIRROR_DIRECT_IO_OFF = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mirror_direct_io mirror_direct_io;
+#else
+typedef uint32_t mirror_direct_io;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * What became of a replicated write.
  */
 enum mirror_write_outcome
@@ -663,6 +692,18 @@ mirror_result mirror_primary_config_set_io_backend(struct mirror_primary_config 
                                                    uint32_t backend);
 
 /**
+ * Sets whether the volume is opened with `O_DIRECT` (a `mirror_direct_io` value).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_direct_io(struct mirror_primary_config *config,
+                                                  uint32_t direct_io);
+
+/**
  * Sets which side compares digests during checksum scans (a `mirror_compare_side` value).
  *
  * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
@@ -811,6 +852,18 @@ mirror_result mirror_secondary_config_set_block_size(struct mirror_secondary_con
  */
 mirror_result mirror_secondary_config_set_io_backend(struct mirror_secondary_config *config,
                                                      uint32_t backend);
+
+/**
+ * Sets whether the volume is opened with `O_DIRECT` (a `mirror_direct_io` value).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_direct_io(struct mirror_secondary_config *config,
+                                                    uint32_t direct_io);
 
 /**
  * Sets the shared secret a primary must prove (at least 8 bytes); length 0 removes it.
@@ -1110,7 +1163,8 @@ mirror_result mirror_primary_close(const struct mirror_primary *primary);
 
 /**
  * Frees a primary, closing it first if it is open (errors are ignored; call
- * `mirror_primary_close` first to see them). `NULL` is a no-op.
+ * `mirror_primary_close` first to see them), which may block like `mirror_primary_close`.
+ * `NULL` is a no-op.
  *
  * Thread safety: no other call may be running on, or made after, this handle.
  *

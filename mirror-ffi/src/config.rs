@@ -15,7 +15,9 @@ use mirror_uring::VolumeOptions;
 
 use crate::args::{arg_bytes, arg_mut, arg_str, out_ptr, write_out, CEnum};
 use crate::error::{guard, guard_or, mirror_result, Failure, FfiResult};
-use crate::types::{mirror_algorithm, mirror_compare_side, mirror_io_backend, mirror_mode};
+use crate::types::{
+    mirror_algorithm, mirror_compare_side, mirror_direct_io, mirror_io_backend, mirror_mode,
+};
 
 /// Where a controller's volume is and how to open it.
 #[derive(Debug, Clone)]
@@ -270,6 +272,27 @@ pub unsafe extern "C" fn mirror_primary_config_set_io_backend(
     unsafe {
         with_primary(config, |c| {
             c.volume.options.io = mirror_io_backend::from_c(backend)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// Sets whether the volume is opened with `O_DIRECT` (a `mirror_direct_io` value).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_direct_io(
+    config: *mut mirror_primary_config,
+    direct_io: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_primary(config, |c| {
+            c.volume.options.direct = mirror_direct_io::from_c(direct_io)?.option();
             Ok(())
         })
     }
@@ -546,6 +569,27 @@ pub unsafe extern "C" fn mirror_secondary_config_set_io_backend(
     unsafe {
         with_secondary(config, |c| {
             c.volume.options.io = mirror_io_backend::from_c(backend)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// Sets whether the volume is opened with `O_DIRECT` (a `mirror_direct_io` value).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_direct_io(
+    config: *mut mirror_secondary_config,
+    direct_io: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_secondary(config, |c| {
+            c.volume.options.direct = mirror_direct_io::from_c(direct_io)?.option();
             Ok(())
         })
     }

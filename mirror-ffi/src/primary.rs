@@ -478,7 +478,8 @@ pub unsafe extern "C" fn mirror_primary_close(primary: *const mirror_primary) ->
 }
 
 /// Frees a primary, closing it first if it is open (errors are ignored; call
-/// `mirror_primary_close` first to see them). `NULL` is a no-op.
+/// `mirror_primary_close` first to see them), which may block like `mirror_primary_close`.
+/// `NULL` is a no-op.
 ///
 /// Thread safety: no other call may be running on, or made after, this handle.
 ///

@@ -100,6 +100,30 @@ impl From<mirror_io_backend> for IoBackend {
     }
 }
 
+/// Whether a volume is opened with `O_DIRECT`.
+#[allow(non_camel_case_types)]
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_direct_io {
+    /// On for block devices, off for regular files. The default.
+    Auto = 1,
+    /// Always (buffers are bounced to the required alignment by the library).
+    On = 2,
+    /// Never: I/O goes through the page cache.
+    Off = 3,
+}
+c_enum!(mirror_direct_io, "mirror_direct_io", [Auto, On, Off]);
+
+impl mirror_direct_io {
+    pub(crate) fn option(self) -> Option<bool> {
+        match self {
+            mirror_direct_io::Auto => None,
+            mirror_direct_io::On => Some(true),
+            mirror_direct_io::Off => Some(false),
+        }
+    }
+}
+
 /// Which side compares digests during a checksum scan.
 #[allow(non_camel_case_types)]
 #[repr(u32)]

@@ -59,6 +59,9 @@ static void configs_refuse_bad_values(const char *volume, uint32_t backend) {
     EXPECT_OK(mirror_primary_config_set_mode(pc, MIRROR_MODE_SYNC));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_io_backend(pc, 7));
     EXPECT_OK(mirror_primary_config_set_io_backend(pc, backend));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_direct_io(pc, 0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_direct_io(pc, 4));
+    EXPECT_OK(mirror_primary_config_set_direct_io(pc, MIRROR_DIRECT_IO_AUTO));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_compare_side(pc, 0));
     EXPECT_OK(mirror_primary_config_set_compare_side(pc, MIRROR_COMPARE_SIDE_SECONDARY));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_block_size(pc, 1000));
@@ -94,6 +97,8 @@ static void configs_refuse_bad_values(const char *volume, uint32_t backend) {
     REQUIRE_OK(mirror_secondary_config_new(volume, "127.0.0.1:0", &sc));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_secondary_config_set_io_backend(sc, 0));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_secondary_config_set_block_size(sc, 3));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_secondary_config_set_direct_io(sc, 99));
+    EXPECT_OK(mirror_secondary_config_set_direct_io(sc, MIRROR_DIRECT_IO_OFF));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
               mirror_secondary_config_set_link_timeout_ms(sc, 99));
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_config_set_secret(sc, NULL, 1));
