@@ -824,7 +824,7 @@ mod tests {
             block_size: 4096,
         };
         let f = m.to_frame().unwrap();
-        let mut want = vec![60, 0, 0, 0, kind::OPEN, 0, 0, 0];
+        let mut want = vec![52, 0, 0, 0, kind::OPEN, 0, 0, 0];
         want.extend_from_slice(&1u128.to_le_bytes());
         want.extend_from_slice(&2u128.to_le_bytes());
         want.extend_from_slice(&3u64.to_le_bytes());

@@ -124,26 +124,56 @@ fn primary_restart_loses_the_map_and_falls_back_to_full_scan() {
 }
 
 #[test]
-fn secondary_restart_forces_a_full_scan_but_stop_and_serve_keeps_the_map() {
-    let pair = Pair::new(2 * MIB, 9);
+fn secondary_stop_and_serve_keeps_the_map_but_a_new_secondary_forces_full_scan() {
+    // A fixed port, so the secondary comes back where the proxy points.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let pair = Pair::with(
+        2 * MIB,
+        9,
+        mirror_core::SecondaryConfig::new(format!("127.0.0.1:{port}")),
+    );
     let p = pair.open_primary(pair.config());
     wait_coherent(&p);
-    // stop + serve on the same handle keeps the coherence record.
+    // stop + serve on the same handle keeps the coherence record: dirty-map resync.
     pair.secondary.stop();
     wait_for(10, "link down", || {
         p.status().state == LinkState::Disconnected
     });
-    p.write(0, &[1u8; BS as usize]).unwrap();
-    let addr = pair.secondary.serve().unwrap();
-    let proxy2 = Proxy::start(addr);
-    drop(proxy2); // the first proxy still points at the old port; open a primary on the new one
-    let mut c = pair.config();
-    c.peer = addr.to_string();
-    p.close().unwrap();
-    let p2 = pair.open_primary(c);
-    wait_coherent(&p2);
-    // A different primary session: the secondary's record names the old one.
-    assert_eq!(p2.status().last_report.unwrap().mode, ResyncMode::FullScan);
+    assert_eq!(
+        p.write(0, &[1u8; BS as usize]).unwrap(),
+        WriteOutcome::Degraded
+    );
+    pair.secondary.serve().unwrap();
+    wait_for(20, "dirty-map resync", || {
+        p.status()
+            .last_report
+            .is_some_and(|r| r.mode == ResyncMode::DirtyMap)
+    });
+    wait_coherent(&p);
+    assert!(pair.equal());
+
+    // A new secondary process on the same file knows nothing of this primary: full scan.
+    pair.secondary.stop();
+    wait_for(10, "link down", || {
+        p.status().state == LinkState::Disconnected
+    });
+    p.write(BS, &[2u8; BS as usize]).unwrap();
+    let fresh = mirror_core::Secondary::new(
+        pair.secondary_vol.clone(),
+        mirror_core::SecondaryConfig::new(format!("127.0.0.1:{port}")),
+    )
+    .unwrap();
+    fresh.serve().unwrap();
+    wait_for(20, "full-scan resync", || {
+        p.status()
+            .last_report
+            .is_some_and(|r| r.mode == ResyncMode::FullScan && r.blocks_sent >= 1)
+    });
+    wait_coherent(&p);
     assert!(pair.equal());
 }
 
