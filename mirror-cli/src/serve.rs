@@ -1,0 +1,66 @@
+//! `mirror serve`: a secondary daemon.
+//!
+//! Its first line on stdout is `listening on ADDR` (ADDR as `host:port`, the port the kernel
+//! chose when 0 was asked), flushed at once, so a script can start it with port 0 and read
+//! where to connect. It then serves until SIGINT or SIGTERM and exits 0.
+
+use std::io::Write;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use mirror_core::{Secondary, SecondaryConfig};
+
+use crate::cli::ServeArgs;
+use crate::error::{stdout_err, CliError, Result, EXIT_OK};
+use crate::{signals, volumes};
+
+pub fn run(args: ServeArgs) -> Result<u8> {
+    let listen = resolve(&args.listen)?;
+    let mut config = SecondaryConfig::new(listen.to_string());
+    config.allow_insecure = args.allow_insecure;
+    config.link_timeout = args.link_timeout;
+    if let Some(f) = &args.secret_file {
+        config.secret = Some(mirror_core::config::read_secret_file(f)?);
+    }
+    // Refuse a non-loopback listener without a secret before touching the volume.
+    if !listen.ip().is_loopback() && config.secret.is_none() && !config.allow_insecure {
+        return Err(CliError::Usage(format!(
+            "refusing to listen on non-loopback address {listen} without a shared secret: give --secret-file, or --allow-insecure if you mean it"
+        )));
+    }
+    config.validate(&listen)?;
+
+    if let Some(size) = args.create {
+        if volumes::create_sparse(&args.volume, size)? {
+            tracing::info!("created {} ({} bytes, sparse)", args.volume.display(), size);
+        }
+    }
+    let volume = volumes::open(&args.volume, &args.volume_opts, false)?;
+    let stop = signals::stop_flag()?;
+    let secondary = Secondary::new(volume, config)?;
+    let addr = secondary.serve()?;
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}").map_err(stdout_err)?;
+        out.flush().map_err(stdout_err)?;
+    }
+    tracing::info!("serving {} on {addr}", args.volume.display());
+    while !signals::sleep_unless(&stop, std::time::Duration::from_secs(3600)) {}
+    tracing::info!("signal received: stopping");
+    secondary.stop();
+    let st = secondary.status();
+    tracing::info!(
+        "stopped after {} connections, {} writes applied",
+        st.connections,
+        st.writes_applied
+    );
+    Ok(EXIT_OK)
+}
+
+/// The first address `listen` names.
+fn resolve(listen: &str) -> Result<SocketAddr> {
+    listen
+        .to_socket_addrs()
+        .map_err(|e| CliError::Usage(format!("cannot listen on {listen:?}: {e}")))?
+        .next()
+        .ok_or_else(|| CliError::Usage(format!("{listen:?} names no address")))
+}
