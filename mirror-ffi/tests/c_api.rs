@@ -31,19 +31,28 @@ fn repo_root() -> PathBuf {
     crate_dir().parent().unwrap().to_path_buf()
 }
 
-/// Where Cargo put `libmirror.so` and `libmirror.a` for this build: the profile directory
-/// above this test binary's `deps/`.
+/// Where Cargo put the `libmirror.so` and `libmirror.a` of this build. `cargo test` builds the
+/// library unit with all its crate types into `deps/` beside this test binary (without copying
+/// them up to the profile directory, as `cargo build` does), so they are always this build's.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
-    for lib in ["libmirror.so", "libmirror.a"] {
-        assert!(
-            dir.join(lib).exists(),
-            "{} is missing: build the libraries first (cargo build -p mirror-ffi, same profile)",
-            dir.join(lib).display()
-        );
+    let deps = exe.parent().unwrap();
+    let has_libs = |d: &Path| {
+        ["libmirror.so", "libmirror.a"]
+            .iter()
+            .all(|l| d.join(l).exists())
+    };
+    if has_libs(deps) {
+        return deps.to_path_buf();
     }
-    dir
+    let profile = deps.parent().unwrap();
+    assert!(
+        has_libs(profile),
+        "libmirror.so and libmirror.a are in neither {} nor {}",
+        deps.display(),
+        profile.display()
+    );
+    profile.to_path_buf()
 }
 
 fn scratch(name: &str) -> PathBuf {
