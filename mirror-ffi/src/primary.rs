@@ -254,7 +254,11 @@ pub unsafe extern "C" fn mirror_primary_mark_dirty(
         let p = unsafe { arg_ref(primary, "primary")? };
         let live = p.live()?;
         let size = p.volume.size();
-        if !offset.checked_add(len).is_some_and(|end| end <= size) {
+        let past_end = match offset.checked_add(len) {
+            Some(end) => end > size,
+            None => true,
+        };
+        if past_end {
             return Err(Failure::invalid(format!(
                 "range {offset}+{len} reaches past the end of the volume ({size} bytes)"
             )));
