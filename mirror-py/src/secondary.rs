@@ -35,7 +35,7 @@ impl Secondary {
     #[new]
     #[pyo3(signature = (
         volume,
-        listen = "127.0.0.1:0".to_owned(),
+        listen = "127.0.0.1:0",
         *,
         secret_file = None,
         block_size = 4096,
@@ -48,7 +48,7 @@ impl Secondary {
     fn new(
         py: Python<'_>,
         volume: PathBuf,
-        listen: String,
+        listen: &str,
         secret_file: Option<PathBuf>,
         block_size: i128,
         io: &str,

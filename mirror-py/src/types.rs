@@ -6,7 +6,7 @@
 use mirror_core::{Algorithm, BlockSize};
 use pyo3::exceptions::{PyIndexError, PyStopIteration};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList};
 
 /// The result of a resync, a verify or a periodic scan; its fields are those of the
 /// ``mirror`` command's ``--json`` report.
@@ -65,7 +65,8 @@ impl Report {
         self.mismatched == 0
     }
 
-    /// The report as a dict, keyed as in the ``--json`` report.
+    /// The report as a dict with the keys and values of the ``--json`` report
+    /// (``mismatched_ranges`` as ``{"start": ..., "count": ...}`` dicts, plus ``coherent``).
     fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("mode", &self.mode)?;
@@ -77,11 +78,14 @@ impl Report {
         d.set_item("bytes_sent", self.bytes_sent)?;
         d.set_item("bytes_received", self.bytes_received)?;
         d.set_item("seconds", self.seconds)?;
-        let ranges: Vec<[u64; 2]> = self
-            .mismatched_ranges
-            .iter()
-            .map(|&(s, c)| [s, c])
-            .collect();
+        d.set_item("coherent", self.mismatched == 0)?;
+        let ranges = PyList::empty(py);
+        for &(start, count) in &self.mismatched_ranges {
+            let r = PyDict::new(py);
+            r.set_item("start", start)?;
+            r.set_item("count", count)?;
+            ranges.append(r)?;
+        }
         d.set_item("mismatched_ranges", ranges)?;
         Ok(d)
     }
