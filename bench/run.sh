@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The benchmarks, one command (`make bench`); every result is a Markdown table on stdout.
+#
+#   bench/run.sh                      all of them: scans (bench/scan*.sh), sync, link cut
+#   SIZE=256M bench/run.sh            smaller files for a quick look (default 1G)
+#   BENCH_DIR=/var/tmp bench/run.sh   where the temporary files go (needs about 4 x SIZE)
+#
+# - sync: `mirror sync` of two SIZE files differing in 1% of their 4 KiB blocks, scattered,
+#   per algorithm and compare side: seconds, and bytes on the wire / bytes that differ.
+# - link cut: 10,000 random 4 KiB writes land while the link is down; the bytes the
+#   dirty-map resync sends, / 40,960,000, per dirty-map region size and compare side.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+size="${SIZE:-1G}"
+dir_args=()
+if [ -n "${BENCH_DIR:-}" ]; then
+    dir_args=(--dir "$BENCH_DIR")
+fi
+
+cargo build --release -p mirror-cli
+target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
+mirror="$target_dir/release/mirror"
+
+for scan in bench/scan*.sh; do
+    [ -f "$scan" ] || continue
+    echo "## $(basename "$scan")"
+    echo
+    bash "$scan"
+    echo
+done
+
+echo "## Sync and resync"
+echo
+"$mirror" bench-sync --size "$size" --diff-percent 1 "${dir_args[@]}"
+echo
+"$mirror" bench-link-cut --size "$size" --writes 10000 "${dir_args[@]}"
