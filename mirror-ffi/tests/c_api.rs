@@ -219,6 +219,16 @@ fn c_pair_link_cut_during_writes_resyncs_from_dirty_map_linked_static() {
 }
 
 #[test]
+fn c_handles_are_thread_safe_linked_shared() {
+    run_program("threads", Link::Shared);
+}
+
+#[test]
+fn c_handles_are_thread_safe_linked_static() {
+    run_program("threads", Link::Static);
+}
+
+#[test]
 fn c_programs_run_clean_under_valgrind() {
     if !have("valgrind") {
         assert!(
@@ -230,7 +240,7 @@ fn c_programs_run_clean_under_valgrind() {
     }
     let dir = scratch("valgrind");
     let supp = crate_dir().join("tests/c/valgrind.supp");
-    for program in ["misuse", "pair"] {
+    for program in ["misuse", "pair", "threads"] {
         let exe = compile(program, Link::Shared, &dir);
         let mut cmd = Command::new("valgrind");
         cmd.args([
