@@ -23,7 +23,10 @@ BLOCK = 4096
 
 def find_mirror_bin() -> Optional[str]:
     """The ``mirror`` binary: $MIRROR_BIN, else target/{release,debug}/mirror under the
-    repository (or $CARGO_TARGET_DIR)."""
+    repository (or $CARGO_TARGET_DIR). MIRROR_SECONDARY=python runs the secondary as a
+    Python ``mirror.Secondary`` in a subprocess instead."""
+    if os.environ.get("MIRROR_SECONDARY") == "python":
+        return None
     env = os.environ.get("MIRROR_BIN")
     if env:
         return env
