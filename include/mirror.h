@@ -1146,6 +1146,25 @@ mirror_result mirror_primary_get_status(const struct mirror_primary *primary,
                                         struct mirror_status *status_out);
 
 /**
+ * Copies the primary's last link or resync error (the one `mirror_status` cannot carry), a
+ * NUL-terminated message, into `buf` of `cap` bytes; its length without the NUL into
+ * `len_out` if not NULL. An empty string when there has been none.
+ * `MIRROR_RESULT_BUFFER_TOO_SMALL` (nothing written) if it does not fit: 1024 bytes do for
+ * any message the engine writes today, and `len_out` is not a hint in that case.
+ *
+ * Ownership: the caller owns `buf`. Thread safety: may be called from several threads at
+ * once on the same handle.
+ *
+ * # Safety
+ * `primary` is NULL or a handle not yet freed; `buf` is NULL or writable for `cap` bytes;
+ * `len_out` is NULL or writable.
+ */
+mirror_result mirror_primary_last_link_error(const struct mirror_primary *primary,
+                                             char *buf,
+                                             size_t cap,
+                                             size_t *len_out);
+
+/**
  * Closes the primary: waits for queued writes (bounded by the link timeout), then closes the
  * link and stops its threads. The handle stays allocated: every later call on it, a second
  * close included, returns `MIRROR_RESULT_CLOSED`. Free it with `mirror_primary_free`.
@@ -1320,6 +1339,24 @@ mirror_result mirror_secondary_stop(const struct mirror_secondary *secondary);
  */
 mirror_result mirror_secondary_get_status(const struct mirror_secondary *secondary,
                                           struct mirror_secondary_status *status_out);
+
+/**
+ * Copies the secondary's last connection error (a refused or failed primary), a
+ * NUL-terminated message, into `buf` of `cap` bytes; its length without the NUL into
+ * `len_out` if not NULL. An empty string when there has been none.
+ * `MIRROR_RESULT_BUFFER_TOO_SMALL` (nothing written) if it does not fit.
+ *
+ * Ownership: the caller owns `buf`. Thread safety: may be called from several threads at
+ * once on the same handle.
+ *
+ * # Safety
+ * `secondary` is NULL or a handle not yet freed; `buf` is NULL or writable for `cap` bytes;
+ * `len_out` is NULL or writable.
+ */
+mirror_result mirror_secondary_last_link_error(const struct mirror_secondary *secondary,
+                                               char *buf,
+                                               size_t cap,
+                                               size_t *len_out);
 
 /**
  * Closes the secondary: stops serving if it is. The handle stays allocated: every later

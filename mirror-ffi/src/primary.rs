@@ -4,6 +4,7 @@
 //! it closed (every later call returns `MIRROR_RESULT_CLOSED`) but keeps the memory, so a
 //! call racing a close, or made after it, is an error code and never a use of freed memory.
 
+use std::ffi::c_char;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -11,7 +12,7 @@ use std::time::Duration;
 use mirror_core::volume::check_io;
 use mirror_core::{Algorithm, BlockRange, JobOptions, Primary, Report, Volume};
 
-use crate::args::{arg_bytes, arg_ref, out_ptr, write_out, CEnum};
+use crate::args::{arg_bytes, arg_ref, out_ptr, write_out, write_string, CEnum};
 use crate::config::mirror_primary_config;
 use crate::error::{guard, guard_or, mirror_result, Failure, FfiResult};
 use crate::scan::{mirror_scan, resolve_range};
@@ -454,6 +455,35 @@ pub unsafe extern "C" fn mirror_primary_get_status(
         // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
         unsafe { write_out(out, status) };
         Ok(())
+    })
+}
+
+/// Copies the primary's last link or resync error (the one `mirror_status` cannot carry), a
+/// NUL-terminated message, into `buf` of `cap` bytes; its length without the NUL into
+/// `len_out` if not NULL. An empty string when there has been none.
+/// `MIRROR_RESULT_BUFFER_TOO_SMALL` (nothing written) if it does not fit: 1024 bytes do for
+/// any message the engine writes today, and `len_out` is not a hint in that case.
+///
+/// Ownership: the caller owns `buf`. Thread safety: may be called from several threads at
+/// once on the same handle.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; `buf` is NULL or writable for `cap` bytes;
+/// `len_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_last_link_error(
+    primary: *const mirror_primary,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        let message = p.live()?.status().last_error.unwrap_or_default();
+        // SAFETY: per the contract, `buf` has `cap` writable bytes and `len_out` is NULL or
+        // writable.
+        unsafe { write_string(&message, buf, cap, len_out) }
     })
 }
 

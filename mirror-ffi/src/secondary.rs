@@ -185,6 +185,34 @@ pub unsafe extern "C" fn mirror_secondary_get_status(
     })
 }
 
+/// Copies the secondary's last connection error (a refused or failed primary), a
+/// NUL-terminated message, into `buf` of `cap` bytes; its length without the NUL into
+/// `len_out` if not NULL. An empty string when there has been none.
+/// `MIRROR_RESULT_BUFFER_TOO_SMALL` (nothing written) if it does not fit.
+///
+/// Ownership: the caller owns `buf`. Thread safety: may be called from several threads at
+/// once on the same handle.
+///
+/// # Safety
+/// `secondary` is NULL or a handle not yet freed; `buf` is NULL or writable for `cap` bytes;
+/// `len_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_last_link_error(
+    secondary: *const mirror_secondary,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let s = unsafe { arg_ref(secondary, "secondary")? };
+        let message = s.live()?.status().last_error.unwrap_or_default();
+        // SAFETY: per the contract, `buf` has `cap` writable bytes and `len_out` is NULL or
+        // writable.
+        unsafe { write_string(&message, buf, cap, len_out) }
+    })
+}
+
 /// Closes the secondary: stops serving if it is. The handle stays allocated: every later
 /// call on it, a second close included, returns `MIRROR_RESULT_CLOSED`. Free it with
 /// `mirror_secondary_free`.

@@ -221,6 +221,11 @@ static void primary_refuses_misuse_and_use_after_close(const char *volume, uint3
     EXPECT(st.dirty_regions >= 1);
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_primary_get_status(p, NULL));
     EXPECT_RC(MIRROR_RESULT_LINK, mirror_primary_wait_connected(p, 200));
+    char link_error[1024];
+    size_t link_error_len = 0;
+    EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_primary_last_link_error(p, NULL, 0, NULL));
+    EXPECT_OK(mirror_primary_last_link_error(p, link_error, sizeof link_error, &link_error_len));
+    EXPECT(link_error_len == strlen(link_error));
 
     mirror_scan *scan = NULL;
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_scan(p, 0, 0, 1, &scan));
@@ -257,6 +262,7 @@ static void primary_refuses_misuse_and_use_after_close(const char *volume, uint3
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_scan(p, MIRROR_ALGORITHM_MD5, 0, 1, &scan));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_wait_connected(p, 10));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_cancel(p));
+    EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_last_link_error(p, link_error, 8, NULL));
     EXPECT(strstr(mirror_last_error_message(), "closed") != NULL);
     mirror_primary_free(p);
 }
@@ -308,12 +314,15 @@ static void secondary_refuses_misuse_and_use_after_close(const char *volume, uin
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_get_status(s, NULL));
     EXPECT_OK(mirror_secondary_get_status(s, &st));
     EXPECT(st.serving && !st.connected);
+    EXPECT_OK(mirror_secondary_last_link_error(s, addr, sizeof addr, &addr_len));
+    EXPECT(addr[0] == '\0' && addr_len == 0);
 
     EXPECT_OK(mirror_secondary_close(s));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_secondary_close(s));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_secondary_serve(s, &port));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_secondary_stop(s));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_secondary_get_status(s, &st));
+    EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_secondary_last_link_error(s, addr, sizeof addr, NULL));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_secondary_local_addr(s, addr, sizeof addr, NULL));
     mirror_secondary_free(s);
 }
