@@ -54,7 +54,7 @@ pub const MIRROR_JOB_FULL: u32 = 1;
 #[no_mangle]
 pub extern "C" fn mirror_version() -> *const c_char {
     const V: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
-    V.as_ptr().cast()
+    error::guard_or(V.as_ptr().cast(), || V.as_ptr().cast())
 }
 
 #[cfg(test)]

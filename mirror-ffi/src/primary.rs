@@ -67,18 +67,36 @@ impl mirror_primary {
         if flags & !MIRROR_JOB_FULL != 0 {
             return Err(Failure::invalid(format!("unknown job flags {flags:#x}")));
         }
-        let cancel = Arc::new(AtomicBool::new(false));
-        lock(&self.jobs).push(cancel.clone());
+        let job = RunningJob::register(&self.jobs);
         let opts = JobOptions {
             full: flags & MIRROR_JOB_FULL != 0,
             progress: None,
-            cancel: Some(&cancel),
+            cancel: Some(&job.cancel),
             connect_timeout: (connect_timeout_ms != 0)
                 .then(|| Duration::from_millis(connect_timeout_ms.into())),
         };
-        let result = run(primary, &opts);
-        lock(&self.jobs).retain(|j| !Arc::ptr_eq(j, &cancel));
-        Ok(result?)
+        Ok(run(primary, &opts)?)
+    }
+}
+
+/// A job's cancel flag, listed in its primary's jobs while the job runs (and removed however
+/// the job ends, a panic included).
+struct RunningJob<'a> {
+    cancel: Arc<AtomicBool>,
+    jobs: &'a Mutex<Vec<Arc<AtomicBool>>>,
+}
+
+impl<'a> RunningJob<'a> {
+    fn register(jobs: &'a Mutex<Vec<Arc<AtomicBool>>>) -> Self {
+        let cancel = Arc::new(AtomicBool::new(false));
+        lock(jobs).push(cancel.clone());
+        RunningJob { cancel, jobs }
+    }
+}
+
+impl Drop for RunningJob<'_> {
+    fn drop(&mut self) {
+        lock(self.jobs).retain(|j| !Arc::ptr_eq(j, &self.cancel));
     }
 }
 
