@@ -511,10 +511,19 @@ fn a_secret_is_required_and_checked() {
     let peer = served.addr.as_str();
     let before = std::fs::read(&sp).unwrap();
 
-    let o = run(&["sync", s(&p), "--peer", peer, "--secret-file", s(&bad)]);
+    let o = run(&[
+        "sync",
+        s(&p),
+        "--peer",
+        peer,
+        "--secret-file",
+        s(&bad),
+        "--connect-timeout",
+        "2s",
+    ]);
     let line = assert_one_line_error(&o, 5);
     assert!(line.contains("authentication"), "{line}");
-    let o = run(&["sync", s(&p), "--peer", peer]);
+    let o = run(&["sync", s(&p), "--peer", peer, "--connect-timeout", "2s"]);
     assert_one_line_error(&o, 5);
     assert_eq!(std::fs::read(&sp).unwrap(), before, "nothing written");
 
@@ -528,7 +537,14 @@ fn a_size_mismatch_is_refused_with_exit_5() {
     let p = write_file(dir.path(), "p.img", &pseudo_random(16 * BLOCK, 5));
     let sp = dir.path().join("s.img");
     let served = Served::start(&sp, &["--create", "32K"]);
-    let o = run(&["sync", s(&p), "--peer", &served.addr]);
+    let o = run(&[
+        "sync",
+        s(&p),
+        "--peer",
+        &served.addr,
+        "--connect-timeout",
+        "2s",
+    ]);
     let line = assert_one_line_error(&o, 5);
     assert!(
         line.contains("65536") && line.contains("32768"),
