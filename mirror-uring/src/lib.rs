@@ -64,6 +64,11 @@ pub struct VolumeOptions {
     pub direct: Option<bool>,
     /// Reads and writes in flight at once (io_uring).
     pub queue_depth: u32,
+    /// Reads in flight at once at [`mirror_core::IoPriority::Idle`] (background scans, resync
+    /// reads), at most `queue_depth`. A device serves what it was handed in order whatever its
+    /// priority, so every idle read queued ahead of a foreground write delays it: keep this
+    /// small. See the write-latency table in the README.
+    pub idle_queue_depth: u32,
     /// Open read-only.
     pub read_only: bool,
 }
@@ -75,6 +80,7 @@ impl Default for VolumeOptions {
             io: IoBackend::Uring,
             direct: None,
             queue_depth: 32,
+            idle_queue_depth: 2,
             read_only: false,
         }
     }

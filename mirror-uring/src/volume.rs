@@ -44,6 +44,7 @@ pub struct UringVolume {
     read_only: bool,
     direct: Option<DirectAlign>,
     queue_depth: u32,
+    idle_queue_depth: u32,
 }
 
 impl std::fmt::Debug for UringVolume {
@@ -55,6 +56,7 @@ impl std::fmt::Debug for UringVolume {
             .field("block_device", &self.block_device)
             .field("direct", &self.direct)
             .field("queue_depth", &self.queue_depth)
+            .field("idle_queue_depth", &self.idle_queue_depth)
             .finish()
     }
 }
@@ -174,6 +176,7 @@ impl UringVolume {
             read_only: opts.read_only,
             direct: align,
             queue_depth: opts.queue_depth,
+            idle_queue_depth: opts.idle_queue_depth.clamp(1, opts.queue_depth),
         })
     }
 
@@ -248,12 +251,14 @@ impl UringVolume {
     }
 
     fn run(&self, segs: &[Segment], priority: IoPriority) -> Result<()> {
-        let ioprio = match priority {
-            IoPriority::Normal => 0,
-            IoPriority::Idle => IOPRIO_IDLE,
+        let (ioprio, limit) = match priority {
+            IoPriority::Normal => (0, self.queue_depth),
+            IoPriority::Idle => (IOPRIO_IDLE, self.idle_queue_depth),
         };
-        self.pool
-            .with(|ring| ring.run(segs, ioprio).map_err(|f| self.explain(f)))
+        self.pool.with(|ring| {
+            ring.run_limited(segs, ioprio, limit as usize)
+                .map_err(|f| self.explain(f))
+        })
     }
 
     /// Turns a failed batch into an error that says what happened; `EINVAL` on a direct
