@@ -28,6 +28,12 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/** The version this header was generated from, "MAJOR.MINOR.PATCH" (from the macros below). */
+#define MIRROR_VERSION MIRROR_VERSION_STR_(MIRROR_VERSION_MAJOR.MIRROR_VERSION_MINOR.MIRROR_VERSION_PATCH)
+#define MIRROR_VERSION_STR_(v) MIRROR_VERSION_STR2_(v)
+#define MIRROR_VERSION_STR2_(v) #v
+
+
 /**
  * Major version of the library this header was generated from.
  */
@@ -575,11 +581,6 @@ typedef struct mirror_secondary_status {
      */
     uint64_t bytes_sent;
 } mirror_secondary_status;
-
-/**
- * Every code, for tests and `mirror_result_name`.
- */
-#define mirror_result_ALL { mirror_result_Ok, mirror_result_InvalidArgument, mirror_result_Io, mirror_result_Link, mirror_result_Protocol, mirror_result_Mismatch, mirror_result_Auth, mirror_result_Closed, mirror_result_Cancelled, mirror_result_NullParameter, mirror_result_Panic, mirror_result_BufferTooSmall, mirror_result_InvalidUtf8, mirror_result_Unknown, }
 
 #ifdef __cplusplus
 extern "C" {
@@ -1386,8 +1387,3 @@ void mirror_secondary_free(struct mirror_secondary *secondary);
 #endif  // __cplusplus
 
 #endif  /* MIRROR_H */
-
-/** The version this header was generated from, "MAJOR.MINOR.PATCH" (from the macros above). */
-#define MIRROR_VERSION_STRINGIFY_(x) #x
-#define MIRROR_VERSION_STRINGIFY(x) MIRROR_VERSION_STRINGIFY_(x)
-#define MIRROR_VERSION                                                                   MIRROR_VERSION_STRINGIFY(MIRROR_VERSION_MAJOR) "." MIRROR_VERSION_STRINGIFY(          MIRROR_VERSION_MINOR) "." MIRROR_VERSION_STRINGIFY(MIRROR_VERSION_PATCH)

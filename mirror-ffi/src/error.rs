@@ -51,25 +51,25 @@ pub enum mirror_result {
     Unknown = 199,
 }
 
-impl mirror_result {
-    /// Every code, for tests and `mirror_result_name`.
-    pub const ALL: [mirror_result; 14] = [
-        mirror_result::Ok,
-        mirror_result::InvalidArgument,
-        mirror_result::Io,
-        mirror_result::Link,
-        mirror_result::Protocol,
-        mirror_result::Mismatch,
-        mirror_result::Auth,
-        mirror_result::Closed,
-        mirror_result::Cancelled,
-        mirror_result::NullParameter,
-        mirror_result::Panic,
-        mirror_result::BufferTooSmall,
-        mirror_result::InvalidUtf8,
-        mirror_result::Unknown,
-    ];
+/// Every code, for tests and `mirror_result_name` (not public: cbindgen would export it).
+const ALL_RESULTS: [mirror_result; 14] = [
+    mirror_result::Ok,
+    mirror_result::InvalidArgument,
+    mirror_result::Io,
+    mirror_result::Link,
+    mirror_result::Protocol,
+    mirror_result::Mismatch,
+    mirror_result::Auth,
+    mirror_result::Closed,
+    mirror_result::Cancelled,
+    mirror_result::NullParameter,
+    mirror_result::Panic,
+    mirror_result::BufferTooSmall,
+    mirror_result::InvalidUtf8,
+    mirror_result::Unknown,
+];
 
+impl mirror_result {
     /// The code's C name, NUL-terminated.
     pub(crate) fn c_name(self) -> &'static CStr {
         match self {
@@ -249,7 +249,7 @@ pub extern "C" fn mirror_last_error_errno() -> i32 {
 #[no_mangle]
 pub extern "C" fn mirror_result_name(result: u32) -> *const c_char {
     guard_or(c"MIRROR_RESULT_UNKNOWN".as_ptr(), || {
-        mirror_result::ALL
+        ALL_RESULTS
             .into_iter()
             .find(|r| *r as u32 == result)
             .unwrap_or(mirror_result::Unknown)
@@ -318,7 +318,7 @@ mod tests {
             (mirror_result::InvalidUtf8, 103),
             (mirror_result::Unknown, 199),
         ];
-        assert_eq!(want.len(), mirror_result::ALL.len());
+        assert_eq!(want.len(), ALL_RESULTS.len());
         for (r, v) in want {
             assert_eq!(r as u32, v, "{r:?}");
             // SAFETY: mirror_result_name returns a static NUL-terminated string.
