@@ -6,47 +6,66 @@ use std::io::IsTerminal;
 use indicatif::{ProgressBar, ProgressStyle};
 use mirror_core::Progress;
 
-/// A progress bar counting blocks, or nothing.
+/// A progress bar over a volume's bytes, fed in blocks, or nothing.
 #[derive(Debug)]
-pub struct Bar(Option<ProgressBar>);
+pub struct Bar {
+    pb: Option<ProgressBar>,
+    block: u64,
+    size: u64,
+}
 
 impl Bar {
-    /// A bar titled `what`, shown only when stderr is a terminal and `quiet` is false.
-    pub fn new(what: &str, total: u64, quiet: bool) -> Bar {
+    /// A bar titled `what` over a volume of `size` bytes in blocks of `block` bytes, shown
+    /// only when stderr is a terminal and `quiet` is false.
+    pub fn new(what: &str, size: u64, block: u64, quiet: bool) -> Bar {
         if quiet || !std::io::stderr().is_terminal() {
-            return Bar(None);
+            return Bar {
+                pb: None,
+                block,
+                size,
+            };
         }
-        let pb = ProgressBar::new(total);
+        let pb = ProgressBar::new(size);
         let style = ProgressStyle::with_template(
-            "{msg:8} [{bar:40}] {pos}/{len} blocks ({per_sec}, {eta} left)",
+            "{msg:8} [{bar:40}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
         pb.set_style(style);
         pb.set_message(what.to_owned());
-        Bar(Some(pb))
+        Bar {
+            pb: Some(pb),
+            block,
+            size,
+        }
     }
 
-    /// Records engine progress.
+    fn bytes(&self, blocks: u64) -> u64 {
+        blocks.saturating_mul(self.block).min(self.size)
+    }
+
+    /// Records engine progress (blocks done of a total that may be less than the volume:
+    /// a dirty-map resync compares only dirty regions).
     pub fn update(&self, p: Progress) {
-        if let Some(pb) = &self.0 {
-            if pb.length() != Some(p.total) {
-                pb.set_length(p.total);
+        if let Some(pb) = &self.pb {
+            let total = self.bytes(p.total);
+            if pb.length() != Some(total) {
+                pb.set_length(total);
             }
-            pb.set_position(p.done);
+            pb.set_position(self.bytes(p.done));
         }
     }
 
     /// Advances by `n` blocks.
     pub fn inc(&self, n: u64) {
-        if let Some(pb) = &self.0 {
-            pb.inc(n);
+        if let Some(pb) = &self.pb {
+            pb.set_position((pb.position() + n * self.block).min(self.size));
         }
     }
 
     /// Removes the bar.
     pub fn finish(&self) {
-        if let Some(pb) = &self.0 {
+        if let Some(pb) = &self.pb {
             pb.finish_and_clear();
         }
     }

@@ -20,7 +20,12 @@ pub fn run(args: ScanArgs) -> Result<u8> {
     let volume = volumes::open(&args.path, &args.volume_opts, true)?;
     let stop = signals::stop_flag()?;
     let blocks = volume.blocks();
-    let bar = Bar::new("scan", blocks, args.json);
+    let bar = Bar::new(
+        "scan",
+        volume.size(),
+        volume.block_size().bytes(),
+        args.json,
+    );
     let mut out = BufWriter::with_capacity(256 << 10, std::io::stdout().lock());
     if args.json {
         let head = serde_json::json!({

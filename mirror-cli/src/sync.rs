@@ -41,10 +41,10 @@ pub fn run(args: PairArgs, job: Job) -> Result<u8> {
     config.validate()?;
     // The primary only reads its volume in these jobs.
     let volume = volumes::open(&args.path, &args.volume_opts, true)?;
-    let total = volume.blocks();
+    let (size, block) = (volume.size(), volume.block_size().bytes());
     let stop = signals::stop_flag()?;
     let primary = Primary::open(volume, config)?;
-    let result = run_job(&primary, &args, job, total, &stop);
+    let result = run_job(&primary, &args, job, (size, block), &stop);
     // A close error after a good report changes nothing the report says.
     if let Err(e) = primary.close() {
         tracing::debug!("closing the primary: {e}");
@@ -61,7 +61,7 @@ fn run_job(
     primary: &Primary,
     args: &PairArgs,
     job: Job,
-    total: u64,
+    (size, block): (u64, u64),
     stop: &AtomicBool,
 ) -> Result<Report> {
     primary.wait_connected(args.link.connect_timeout)?;
@@ -69,7 +69,7 @@ fn run_job(
         Job::Sync => "sync",
         Job::Verify => "verify",
     };
-    let bar = Bar::new(title, total, args.json);
+    let bar = Bar::new(title, size, block, args.json);
     let progress = |p: Progress| bar.update(p);
     let opts = JobOptions {
         full: true,
