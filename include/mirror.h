@@ -467,6 +467,18 @@ typedef struct mirror_block_range {
 } mirror_block_range;
 
 /**
+ * A function the library calls as a resync or verify advances: `done` of `total` blocks
+ * compared. `userdata` is the pointer given to `mirror_primary_set_progress`.
+ *
+ * It may be called from any thread, the library's worker threads included, and from several
+ * at once; it must return promptly, must not unwind or `longjmp` out, and must not free the
+ * primary.
+ */
+typedef void (*mirror_progress_fn)(void *userdata,
+                                   uint64_t done,
+                                   uint64_t total);
+
+/**
  * A snapshot of a primary.
  */
 typedef struct mirror_status {
@@ -1109,6 +1121,23 @@ mirror_result mirror_primary_verify(const struct mirror_primary *primary,
                                     struct mirror_report *report_out,
                                     struct mirror_block_range *ranges_out,
                                     size_t ranges_cap);
+
+/**
+ * Sets the function resyncs and verifies started from now on call as they advance (see
+ * `mirror_progress_fn`); NULL `callback` removes it. Jobs already running keep the one they
+ * started with.
+ *
+ * Ownership: `userdata` stays the caller's; it must stay valid until every resync and verify
+ * started while this callback was set has returned. Thread safety: may be called from
+ * several threads at once on the same handle.
+ *
+ * # Safety
+ * `primary` is NULL or a handle not yet freed; `callback` is NULL or a function that keeps
+ * the `mirror_progress_fn` contract with this `userdata`.
+ */
+mirror_result mirror_primary_set_progress(const struct mirror_primary *primary,
+                                          mirror_progress_fn callback,
+                                          void *userdata);
 
 /**
  * Cancels the resyncs and verifies running on this primary now; they return

@@ -4,13 +4,13 @@
 //! it closed (every later call returns `MIRROR_RESULT_CLOSED`) but keeps the memory, so a
 //! call racing a close, or made after it, is an error code and never a use of freed memory.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use mirror_core::volume::check_io;
-use mirror_core::{Algorithm, BlockRange, JobOptions, Primary, Report, Volume};
+use mirror_core::{Algorithm, BlockRange, JobOptions, Primary, Progress, Report, Volume};
 
 use crate::args::{arg_bytes, arg_ref, out_ptr, write_out, write_string, CEnum};
 use crate::config::mirror_primary_config;
@@ -34,6 +34,38 @@ pub struct mirror_primary {
     closed: AtomicBool,
     /// Cancel flags of the resyncs and verifies running now.
     jobs: Mutex<Vec<Arc<AtomicBool>>>,
+    /// The progress callback jobs report to, if any.
+    progress: Mutex<Option<ProgressCallback>>,
+}
+
+/// A function the library calls as a resync or verify advances: `done` of `total` blocks
+/// compared. `userdata` is the pointer given to `mirror_primary_set_progress`.
+///
+/// It may be called from any thread, the library's worker threads included, and from several
+/// at once; it must return promptly, must not unwind or `longjmp` out, and must not free the
+/// primary.
+#[allow(non_camel_case_types)]
+pub type mirror_progress_fn =
+    Option<unsafe extern "C" fn(userdata: *mut c_void, done: u64, total: u64)>;
+
+/// A C callback and its user data.
+#[derive(Debug, Clone, Copy)]
+struct ProgressCallback {
+    f: unsafe extern "C" fn(*mut c_void, u64, u64),
+    userdata: *mut c_void,
+}
+
+// SAFETY: the caller of `mirror_primary_set_progress` promises the callback may be called
+// with `userdata` from any thread, at once from several (its documented contract).
+unsafe impl Send for ProgressCallback {}
+// SAFETY: as for `Send`: sharing only lets threads call the callback, which is allowed.
+unsafe impl Sync for ProgressCallback {}
+
+impl ProgressCallback {
+    fn call(&self, p: Progress) {
+        // SAFETY: a function pointer C registered for exactly this call, with its userdata.
+        unsafe { (self.f)(self.userdata, p.done, p.total) }
+    }
 }
 
 impl mirror_primary {
@@ -68,9 +100,11 @@ impl mirror_primary {
             return Err(Failure::invalid(format!("unknown job flags {flags:#x}")));
         }
         let job = RunningJob::register(&self.jobs);
+        let callback = *lock(&self.progress);
+        let report = callback.map(|cb| move |p: Progress| cb.call(p));
         let opts = JobOptions {
             full: flags & MIRROR_JOB_FULL != 0,
-            progress: None,
+            progress: report.as_ref().map(|r| r as &(dyn Fn(Progress) + Sync)),
             cancel: Some(&job.cancel),
             connect_timeout: (connect_timeout_ms != 0)
                 .then(|| Duration::from_millis(connect_timeout_ms.into())),
@@ -137,6 +171,7 @@ pub unsafe extern "C" fn mirror_primary_open(
             volume,
             closed: AtomicBool::new(false),
             jobs: Mutex::new(Vec::new()),
+            progress: Mutex::new(None),
         });
         // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
         unsafe { write_out(out, Box::into_raw(handle)) };
@@ -408,6 +443,32 @@ pub unsafe extern "C" fn mirror_primary_verify(
         }
         // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
         unsafe { write_out(out, mirror_report::from(&report)) };
+        Ok(())
+    })
+}
+
+/// Sets the function resyncs and verifies started from now on call as they advance (see
+/// `mirror_progress_fn`); NULL `callback` removes it. Jobs already running keep the one they
+/// started with.
+///
+/// Ownership: `userdata` stays the caller's; it must stay valid until every resync and verify
+/// started while this callback was set has returned. Thread safety: may be called from
+/// several threads at once on the same handle.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; `callback` is NULL or a function that keeps
+/// the `mirror_progress_fn` contract with this `userdata`.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_set_progress(
+    primary: *const mirror_primary,
+    callback: mirror_progress_fn,
+    userdata: *mut c_void,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        p.live()?;
+        *lock(&p.progress) = callback.map(|f| ProgressCallback { f, userdata });
         Ok(())
     })
 }

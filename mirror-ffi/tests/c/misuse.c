@@ -262,6 +262,7 @@ static void primary_refuses_misuse_and_use_after_close(const char *volume, uint3
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_scan(p, MIRROR_ALGORITHM_MD5, 0, 1, &scan));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_wait_connected(p, 10));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_cancel(p));
+    EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_set_progress(p, NULL, NULL));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_last_link_error(p, link_error, 8, NULL));
     EXPECT(strstr(mirror_last_error_message(), "closed") != NULL);
     mirror_primary_free(p);

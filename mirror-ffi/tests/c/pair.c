@@ -6,10 +6,30 @@
  */
 #include "harness.h"
 
+#include <stdatomic.h>
+
 #define BLOCK 4096
 #define REGION (64 * 1024)
 #define VOLUME_SIZE (8 * 1024 * 1024)
 #define SECRET "correct horse battery staple"
+
+/* Progress as reported by the library, from whichever thread it calls on. */
+struct progress {
+    atomic_ulong calls, max_done, max_total;
+};
+
+static void atomic_max(atomic_ulong *a, unsigned long v) {
+    unsigned long cur = atomic_load(a);
+    while (v > cur && !atomic_compare_exchange_weak(a, &cur, v)) {
+    }
+}
+
+static void on_progress(void *userdata, uint64_t done, uint64_t total) {
+    struct progress *pr = userdata;
+    atomic_fetch_add(&pr->calls, 1);
+    atomic_max(&pr->max_done, (unsigned long)done);
+    atomic_max(&pr->max_total, (unsigned long)total);
+}
 
 static void wait_for_state(mirror_primary *p, uint32_t want, long timeout_ms) {
     mirror_status st;
@@ -162,12 +182,18 @@ int main(int argc, char **argv) {
     EXPECT_OK(mirror_primary_get_status(p, &st));
     EXPECT(st.state == MIRROR_LINK_STATE_CONNECTED && st.dirty_regions == 0);
 
-    /* Verify: every block compared, nothing differs. */
+    /* Verify: every block compared, nothing differs; progress is reported on the way. */
+    static struct progress progress;
+    EXPECT_OK(mirror_primary_set_progress(p, on_progress, &progress));
     mirror_block_range ranges[4];
     REQUIRE_OK(mirror_primary_verify(p, MIRROR_JOB_FULL, 10000, &rep, ranges, 4));
     EXPECT(rep.mode == MIRROR_RESYNC_MODE_VERIFY);
     EXPECT(rep.blocks == VOLUME_SIZE / BLOCK);
     EXPECT(rep.mismatched == 0 && rep.mismatched_runs == 0);
+    EXPECT(atomic_load(&progress.calls) > 0);
+    EXPECT(atomic_load(&progress.max_total) == VOLUME_SIZE / BLOCK);
+    EXPECT(atomic_load(&progress.max_done) <= atomic_load(&progress.max_total));
+    EXPECT_OK(mirror_primary_set_progress(p, NULL, NULL));
 
     /* The primary's own scan agrees with a scan of its file. */
     mirror_scan *scan = NULL;
