@@ -290,3 +290,35 @@ def test_another_thread_runs_while_a_resync_waits_on_the_network(
     assert r.mismatched == BLOCKS // 2
     assert ticks > 1000
     assert_equal(path, secondary.volume)
+
+
+def test_ctrl_c_interrupts_a_long_resync_and_the_primary_stays_usable(
+    tmp_path: Path,
+    start_secondary: Callable[..., SecondaryProcess],
+    proxy_to: Callable[[str], Proxy],
+) -> None:
+    import signal
+    import threading
+    import time
+
+    big = 16 << 30  # sparse on both sides; a full sha1 scan of it takes many seconds
+    secondary = start_secondary(big, "big-secondary.img")
+    proxy = proxy_to(secondary.address)
+    path = make_volume(tmp_path / "big-primary.img", big)
+    with open_primary(path, proxy, algorithm="sha1") as p:
+        old = signal.signal(signal.SIGINT, signal.default_int_handler)
+        timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+        try:
+            start = time.monotonic()
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):
+                p.resync(full=True)
+            elapsed = time.monotonic() - start
+        finally:
+            timer.cancel()
+            timer.join()
+            signal.signal(signal.SIGINT, old)
+        assert elapsed < 10.0, f"took {elapsed:.1f}s to stop"
+        p.wait_connected(20)
+        assert p.write(0, b"x" * BLOCK) in ("replicated", "degraded")
+        assert p.status().state in ("connected", "resyncing", "disconnected")
