@@ -134,7 +134,12 @@ fn assert_not_linked_to_libmirror_so(exe: &Path) {
 }
 
 /// Runs `cmd` with a deadline, returning its output; kills it when the deadline passes.
+///
+/// `LD_LIBRARY_PATH` is removed: Cargo sets it for tests to directories that may hold an
+/// older `libmirror.so` (the one `cargo build` copied up), and it would take precedence over
+/// the run path the programs are linked with.
 fn run(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.env_remove("LD_LIBRARY_PATH");
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
