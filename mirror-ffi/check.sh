@@ -7,4 +7,4 @@ set -eu
 here=$(cd "$(dirname "$0")" && pwd -P)
 "$here/gen-header.sh" --check
 cd "$here/.."
-MIRROR_REQUIRE_VALGRIND=1 cargo test --locked -p mirror-ffi
+MIRROR_REQUIRE_VALGRIND=1 cargo test -p mirror-ffi

@@ -26,7 +26,7 @@ header="$root/include/mirror.h"
 if [ -n "${MIRROR_LIB_DIR:-}" ]; then
     built=$MIRROR_LIB_DIR
 else
-    (cd "$root" && cargo build --release --locked -p mirror-ffi)
+    (cd "$root" && cargo build --release -p mirror-ffi)
     built=${CARGO_TARGET_DIR:-$root/target}/release
 fi
 for f in libmirror.so libmirror.a; do
