@@ -31,6 +31,18 @@ use mirror_uring::{open_volume_with_info, IoBackend, VolumeOptions};
 
 const MIB: f64 = 1024.0 * 1024.0;
 
+const USAGE: &str = "\
+usage: scan_bench [OPTIONS]   (bench/scan.sh [OPTIONS])
+
+  --size-mib N        size of the file and loop device (1024)
+  --dir PATH          where the file goes; a real disk, not tmpfs (the temp dir)
+  --algorithms LIST   comma-separated: crc32,md5,sha1 (all)
+  --no-loop           skip the loop device (skipped anyway when not root)
+  --writes N          4 KiB writes per latency row (5000)
+  --rate-mib-s R      rate limit of the limited background scan (100)
+  --latency-only      skip hashing and scan tables
+  --out FILE          also write the Markdown tables to FILE";
+
 struct Args {
     size_mib: u64,
     dir: PathBuf,
@@ -76,7 +88,7 @@ fn parse_args() -> Args {
             }
             "--out" => a.out = Some(PathBuf::from(val())),
             "-h" | "--help" => {
-                println!("see the top of mirror-uring/examples/scan_bench.rs");
+                println!("{USAGE}");
                 std::process::exit(0);
             }
             other => die(&format!("unknown option {other}")),
