@@ -139,3 +139,43 @@ def test_ctrl_c_interrupts_a_long_scan_with_keyboard_interrupt(tmp_path: Path) -
     assert elapsed < 5.0, f"took {elapsed:.1f}s to stop"
     # The module still works afterwards.
     assert len(mirror.scan(path, algorithm="crc32", count=4)) == 4
+
+
+def test_scan_reports_progress_and_a_raising_callback_stops_it(tmp_path: Path) -> None:
+    path = make_volume(tmp_path / "v.img", 64 << 20)
+    seen: list[tuple[int, int]] = []
+    threads: set[int] = set()
+
+    def progress(done: int, total: int) -> None:
+        seen.append((done, total))
+        threads.add(threading.get_ident())
+
+    m = mirror.scan(path, algorithm="crc32", progress=progress)
+    assert seen and seen[-1] == (len(m), len(m))
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
+
+    class Stop(Exception):
+        pass
+
+    calls = 0
+
+    def stop(done: int, total: int) -> None:
+        nonlocal calls
+        calls += 1
+        raise Stop(f"stop at {done}/{total}")
+
+    with pytest.raises(Stop, match="stop at"):
+        mirror.scan(path, algorithm="crc32", progress=stop)
+    assert calls == 1
+    with pytest.raises(TypeError):
+        mirror.scan(path, progress=lambda: None)
+
+
+@pytest.mark.parametrize("io", ["uring", "sync"])
+def test_both_io_backends_scan_the_same(tmp_path: Path, io: str) -> None:
+    data = os.urandom(BLOCK * 50)
+    path = make_volume(tmp_path / "v.img", len(data), data)
+    m = mirror.scan(path, algorithm="md5", io=io)
+    assert m.digests == b"".join(
+        hashlib.md5(data[i : i + BLOCK]).digest() for i in range(0, len(data), BLOCK)
+    )

@@ -186,8 +186,10 @@ def test_full_scan_repairs_differences_in_both_compare_directions_with_every_alg
         flat = [b for start, count in v.mismatched_ranges for b in range(start, start + count)]
         assert flat == changed
         assert read(path) != read(secondary.volume)  # verify repairs nothing
-        r = p.resync(full=True)
+        seen: list[tuple[int, int]] = []
+        r = p.resync(full=True, progress=lambda done, total: seen.append((done, total)))
         assert (r.mode, r.algorithm, r.compare) == ("full-scan", algorithm, compare)
+        assert seen and seen[-1][0] <= seen[-1][1] == BLOCKS
         assert r.mismatched == len(changed)
         assert r.blocks_sent == len(changed)
         d = r.to_dict()

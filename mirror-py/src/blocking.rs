@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use pyo3::exceptions::PyKeyboardInterrupt;
 use pyo3::prelude::*;
 
 use crate::errors::IntoPyResult;
@@ -35,12 +36,20 @@ where
     F: FnOnce(&AtomicBool) -> mirror_core::Result<T> + Send,
 {
     let cancel = AtomicBool::new(false);
+    interruptible_with(py, &cancel, || job(&cancel))
+}
+
+/// [`interruptible`] with the caller's cancel flag, which the job must poll.
+pub(crate) fn interruptible_with<T, F>(py: Python<'_>, cancel: &AtomicBool, job: F) -> PyResult<T>
+where
+    T: Send,
+    F: FnOnce() -> mirror_core::Result<T> + Send,
+{
     let (result, interrupt) = py.detach(|| {
         std::thread::scope(|s| {
             let (tx, rx) = mpsc::sync_channel(1);
-            let cancel = &cancel;
             s.spawn(move || {
-                let _ = tx.send(job(cancel));
+                let _ = tx.send(job());
             });
             let mut interrupt: Option<PyErr> = None;
             loop {
@@ -75,5 +84,57 @@ pub(crate) fn check_cancel(cancel: &AtomicBool, what: &'static str) -> mirror_co
         Err(mirror_core::Error::Cancelled(what))
     } else {
         Ok(())
+    }
+}
+
+/// A Python progress callback `f(done, total)`, called from engine threads. The first
+/// exception it raises sets the job's cancel flag and is raised in place of the job's result.
+pub(crate) struct ProgressHook {
+    callback: Option<Py<PyAny>>,
+    failed: std::sync::Mutex<Option<PyErr>>,
+    cancel: AtomicBool,
+}
+
+impl ProgressHook {
+    /// A hook around `callback` (none: reports go nowhere).
+    pub(crate) fn new(callback: Option<Py<PyAny>>) -> Self {
+        ProgressHook {
+            callback,
+            failed: std::sync::Mutex::new(None),
+            cancel: AtomicBool::new(false),
+        }
+    }
+
+    /// The job's cancel flag: set by a failing callback, or by Ctrl-C through
+    /// [`interruptible_with`].
+    pub(crate) fn cancel(&self) -> &AtomicBool {
+        &self.cancel
+    }
+
+    /// True when there is a callback to call.
+    pub(crate) fn is_set(&self) -> bool {
+        self.callback.is_some()
+    }
+
+    /// Reports `done` of `total` blocks.
+    pub(crate) fn report(&self, done: u64, total: u64) {
+        let Some(f) = &self.callback else { return };
+        if let Err(e) = Python::attach(|py| f.call1(py, (done, total)).map(drop)) {
+            let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
+            if failed.is_none() {
+                *failed = Some(e);
+            }
+            self.cancel.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The job's result, unless the callback raised (a Ctrl-C still wins).
+    pub(crate) fn finish<T>(self, py: Python<'_>, result: PyResult<T>) -> PyResult<T> {
+        let failed = self.failed.into_inner().unwrap_or_else(|e| e.into_inner());
+        match (failed, result) {
+            (Some(_), Err(e)) if e.is_instance_of::<PyKeyboardInterrupt>(py) => Err(e),
+            (Some(e), _) => Err(e),
+            (None, r) => r,
+        }
     }
 }

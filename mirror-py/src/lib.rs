@@ -27,7 +27,6 @@ mod _mirror {
     use pyo3::prelude::*;
 
     use crate::args::{named, unsigned};
-    use crate::blocking::interruptible;
     use crate::errors::IntoPyResult;
 
     #[pymodule_export]
@@ -39,9 +38,11 @@ mod _mirror {
 
     /// Per-block digests of blocks ``first`` to ``first + count`` (default: to the end) of the
     /// file or block device at ``path``, as one :class:`ScanMap`. Releases the GIL; Ctrl-C
-    /// interrupts it.
+    /// interrupts it. ``progress(done, total)``, if given, is called (from another thread)
+    /// after each batch of blocks; if it raises, the scan stops and that is raised.
     #[pyfunction]
-    #[pyo3(signature = (path, *, algorithm = "md5", block_size = 4096, io = "uring", first = 0, count = None))]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (path, *, algorithm = "md5", block_size = 4096, io = "uring", first = 0, count = None, progress = None))]
     fn scan(
         py: Python<'_>,
         path: PathBuf,
@@ -50,6 +51,7 @@ mod _mirror {
         io: &str,
         first: i128,
         count: Option<i128>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<crate::types::ScanMap> {
         let algorithm = named(algorithm)?;
         let bs = crate::args::block_size(block_size)?;
@@ -60,10 +62,7 @@ mod _mirror {
             .detach(|| crate::volume::open(&path, bs, io, true))
             .py()?;
         let range = crate::scan::block_range(&*vol, first, count).py()?;
-        let map = interruptible(py, |cancel| {
-            crate::scan::scan_volume(&*vol, algorithm, range, cancel)
-        })?;
-        Ok(crate::types::ScanMap::new(py, &map, bs))
+        crate::scan::scan_interruptible(py, &*vol, algorithm, range, progress)
     }
 
     #[pymodule_init]

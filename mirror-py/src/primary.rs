@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use mirror_core::config::read_secret_file;
 use mirror_core::{
-    Algorithm, CompareSide, ErrorKind, JobOptions, PeriodicScan, PrimaryConfig, ReplicationMode,
-    Volume, WriteOutcome,
+    Algorithm, CompareSide, ErrorKind, JobOptions, PeriodicScan, PrimaryConfig, Progress,
+    ReplicationMode, Volume, WriteOutcome,
 };
 use mirror_uring::IoBackend;
 use pyo3::prelude::*;
 
 use crate::args::{named, seconds, unsigned};
-use crate::blocking::{check_cancel, detached, interruptible};
+use crate::blocking::{check_cancel, detached, interruptible, interruptible_with, ProgressHook};
 use crate::buffer::BufferView;
 use crate::errors::{invalid, to_py, IntoPyResult};
 use crate::types::{Report, ScanMap, Status};
@@ -70,17 +70,34 @@ impl Primary {
         }
     }
 
-    fn job<'a>(
+    /// Runs a resync or a verify, interruptible, reporting progress to `progress`.
+    fn run_job(
+        &self,
+        py: Python<'_>,
+        verify: bool,
         full: bool,
-        cancel: &'a AtomicBool,
-        connect_timeout: Option<Duration>,
-    ) -> JobOptions<'a> {
-        JobOptions {
-            full,
-            progress: None,
-            cancel: Some(cancel),
-            connect_timeout,
-        }
+        timeout: Option<Duration>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Report> {
+        self.check_open()?;
+        let hook = ProgressHook::new(progress);
+        let result = interruptible_with(py, hook.cancel(), || {
+            let report = |p: Progress| hook.report(p.done, p.total);
+            let opts = JobOptions {
+                full,
+                progress: hook
+                    .is_set()
+                    .then_some(&report as &(dyn Fn(Progress) + Sync)),
+                cancel: Some(hook.cancel()),
+                connect_timeout: timeout,
+            };
+            if verify {
+                self.inner.verify_with(&opts)
+            } else {
+                self.inner.resync_with(&opts)
+            }
+        });
+        hook.finish(py, result).map(|r| Report::from(&r))
     }
 }
 
@@ -215,14 +232,16 @@ impl Primary {
     }
 
     /// Per-block digests of blocks ``first`` to ``first + count`` (default: to the end) of
-    /// the local volume, with ``algorithm`` (default: the primary's).
-    #[pyo3(signature = (algorithm = None, first = 0, count = None))]
+    /// the local volume, with ``algorithm`` (default: the primary's). ``progress`` is as for
+    /// :meth:`resync`.
+    #[pyo3(signature = (algorithm = None, first = 0, count = None, progress = None))]
     fn scan(
         &self,
         py: Python<'_>,
         algorithm: Option<&str>,
         first: i128,
         count: Option<i128>,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<ScanMap> {
         let algorithm = match algorithm {
             Some(a) => named(a)?,
@@ -233,35 +252,37 @@ impl Primary {
         self.check_open()?;
         let vol = &*self.volume;
         let range = crate::scan::block_range(vol, first, count).py()?;
-        let map = interruptible(py, |cancel| {
-            crate::scan::scan_volume(vol, algorithm, range, cancel)
-        })?;
-        Ok(ScanMap::new(py, &map, vol.block_size()))
+        crate::scan::scan_interruptible(py, vol, algorithm, range, progress)
     }
 
     /// Makes the secondary coherent now and reports how: from the dirty map when it is
     /// valid, else by a full checksum scan (``full=True`` forces one). ``timeout`` (seconds)
-    /// bounds the wait for the link.
-    #[pyo3(signature = (full = false, timeout = None))]
-    fn resync(&self, py: Python<'_>, full: bool, timeout: Option<f64>) -> PyResult<Report> {
+    /// bounds the wait for the link. ``progress(done, total)`` is called (from another
+    /// thread) as blocks are compared; if it raises, the job stops and that is raised.
+    #[pyo3(signature = (full = false, timeout = None, progress = None))]
+    fn resync(
+        &self,
+        py: Python<'_>,
+        full: bool,
+        timeout: Option<f64>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Report> {
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
-        self.check_open()?;
-        let report = interruptible(py, |cancel| {
-            self.inner.resync_with(&Self::job(full, cancel, timeout))
-        })?;
-        Ok(Report::from(&report))
+        self.run_job(py, false, full, timeout, progress)
     }
 
     /// Compares every block with the secondary, repairing nothing; the report's
     /// ``mismatched`` and ``mismatched_ranges`` say what differs.
-    #[pyo3(signature = (timeout = None))]
-    fn verify(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Report> {
+    /// ``timeout`` and ``progress`` are as for :meth:`resync`.
+    #[pyo3(signature = (timeout = None, progress = None))]
+    fn verify(
+        &self,
+        py: Python<'_>,
+        timeout: Option<f64>,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Report> {
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
-        self.check_open()?;
-        let report = interruptible(py, |cancel| {
-            self.inner.verify_with(&Self::job(true, cancel, timeout))
-        })?;
-        Ok(Report::from(&report))
+        self.run_job(py, true, true, timeout, progress)
     }
 
     /// Waits up to ``timeout`` seconds for the link to be up and handshaken; raises

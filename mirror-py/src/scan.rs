@@ -1,20 +1,22 @@
 //! Whole-range scans with a cancel flag, for `mirror.scan` and `Primary.scan`.
 
-use std::sync::atomic::AtomicBool;
-
 use mirror_core::scan::{check_range, scan_range};
 use mirror_core::{Algorithm, BlockRange, ScanMap, ScanOptions, Volume};
 
-use crate::blocking::check_cancel;
+use pyo3::prelude::*;
 
-/// Digests of `range` of `vol`, stopping at the next batch once `cancel` is set.
+use crate::blocking::{check_cancel, interruptible_with, ProgressHook};
+
+/// Digests of `range` of `vol`, reporting each batch to `hook` and stopping at the next batch
+/// once its cancel flag is set.
 pub(crate) fn scan_volume(
     vol: &dyn Volume,
     algorithm: Algorithm,
     range: BlockRange,
-    cancel: &AtomicBool,
+    hook: &ProgressHook,
 ) -> mirror_core::Result<ScanMap> {
     check_range(vol, range)?;
+    let cancel = hook.cancel();
     let mut all = ScanMap::empty(algorithm, range.start);
     scan_range(
         vol,
@@ -23,6 +25,7 @@ pub(crate) fn scan_volume(
         |_| check_cancel(cancel, "scan"),
         |batch| {
             all.extend(&batch)?;
+            hook.report(all.len() as u64, range.count);
             Ok(true)
         },
     )?;
@@ -40,4 +43,20 @@ pub(crate) fn block_range(
     let range = BlockRange::new(first, count);
     check_range(vol, range)?;
     Ok(range)
+}
+
+/// Scans `range` of `vol` with the GIL released, interruptible, reporting to `progress`.
+pub(crate) fn scan_interruptible(
+    py: Python<'_>,
+    vol: &dyn Volume,
+    algorithm: Algorithm,
+    range: BlockRange,
+    progress: Option<Py<PyAny>>,
+) -> PyResult<crate::types::ScanMap> {
+    let hook = ProgressHook::new(progress);
+    let result = interruptible_with(py, hook.cancel(), || {
+        scan_volume(vol, algorithm, range, &hook)
+    });
+    let map = hook.finish(py, result)?;
+    Ok(crate::types::ScanMap::new(py, &map, vol.block_size()))
 }

@@ -2,13 +2,14 @@
 
 import os
 from types import TracebackType
-from typing import Dict, Iterator, List, Optional, Tuple, Type, Union, final
+from typing import Callable, Dict, List, Optional, Tuple, Type, Union, final
 
 from typing_extensions import Buffer, Literal, Self
 
 _Path = Union[str, "os.PathLike[str]"]
 _Algorithm = Literal["crc32", "md5", "sha1"]
 _Outcome = Literal["replicated", "queued", "degraded"]
+_Progress = Optional[Callable[[int, int], object]]
 
 __version__: str
 DEFAULT_RATE_MIB_S: float
@@ -149,9 +150,12 @@ class Primary:
         algorithm: Optional[_Algorithm] = None,
         first: int = 0,
         count: Optional[int] = None,
+        progress: _Progress = None,
     ) -> ScanMap: ...
-    def resync(self, full: bool = False, timeout: Optional[float] = None) -> Report: ...
-    def verify(self, timeout: Optional[float] = None) -> Report: ...
+    def resync(
+        self, full: bool = False, timeout: Optional[float] = None, progress: _Progress = None
+    ) -> Report: ...
+    def verify(self, timeout: Optional[float] = None, progress: _Progress = None) -> Report: ...
     def wait_connected(self, timeout: float = 10.0) -> None: ...
     def status(self) -> Status: ...
     def close(self) -> None: ...
@@ -211,6 +215,7 @@ def scan(
     io: Literal["uring", "sync"] = "uring",
     first: int = 0,
     count: Optional[int] = None,
+    progress: _Progress = None,
 ) -> ScanMap: ...
 
 
