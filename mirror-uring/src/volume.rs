@@ -13,7 +13,7 @@
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
@@ -36,6 +36,10 @@ pub struct UringVolume {
     pool: RingPool,
     file: File,
     tail_file: Option<File>,
+    /// Start of the unaligned file's last page: writes at or past it go through `tail_file`,
+    /// one at a time (see `write_at`). `u64::MAX` when there is no tail file.
+    tail_zone: u64,
+    tail_lock: Mutex<()>,
     name: String,
     path: PathBuf,
     size: u64,
@@ -153,6 +157,21 @@ impl UringVolume {
             _ => None,
         };
 
+        // The page (or filesystem block, if larger) holding the unaligned end: buffered and
+        // direct writes must never share it, or a stale cached copy of the page could be
+        // written back over a direct write.
+        let tail_zone = if tail_file.is_some() {
+            let dio = align.map_or(1, |a| a.offset as u64);
+            let unit = meta
+                .blksize()
+                .max(align::PAGE as u64)
+                .max(dio)
+                .next_power_of_two();
+            size / unit * unit
+        } else {
+            u64::MAX
+        };
+
         let files = Files {
             main: file.as_raw_fd(),
             tail: tail_file.as_ref().map(|f| f.as_raw_fd()),
@@ -168,6 +187,8 @@ impl UringVolume {
             pool,
             file,
             tail_file,
+            tail_zone,
+            tail_lock: Mutex::new(()),
             name,
             path: path.to_owned(),
             size,
@@ -224,18 +245,22 @@ impl UringVolume {
     fn segments(&self, kind: Kind, offset: u64, ptr: *mut u8, len: usize, out: &mut Vec<Segment>) {
         let mut done = 0;
         while done < len {
-            let n = SEGMENT.min(len - done);
+            let off = offset + done as u64;
+            let mut n = SEGMENT.min(len - done);
+            if off < self.tail_zone {
+                // Never straddle the tail zone: what is before it stays direct.
+                n = n.min((self.tail_zone - off).min(usize::MAX as u64) as usize);
+            }
             // SAFETY: `done < len`, so the pointer stays inside the caller's buffer.
             let p = unsafe { ptr.add(done) };
-            let off = offset + done as u64;
             let (target, bounce) = match self.direct {
                 None => (Target::Main, false),
+                // Writes in the last page of a file whose size is not aligned go through the
+                // buffered descriptor: O_DIRECT cannot write the partial end.
+                Some(_) if kind == Kind::Write && off >= self.tail_zone => (Target::Tail, false),
                 Some(a) if a.fits(off, p as usize, n) => (Target::Main, false),
-                // Unaligned length: only the partial last block of a file. Writes go through
-                // the buffered descriptor; reads bounce (the kernel stops at end of file).
-                Some(a) if kind == Kind::Write && n % a.offset != 0 && self.tail_file.is_some() => {
-                    (Target::Tail, false)
-                }
+                // Reads of the partial end bounce (the kernel stops at end of file), and so
+                // does anything from a buffer the kernel would refuse.
                 Some(_) => (Target::Main, true),
             };
             out.push(Segment {
@@ -276,6 +301,30 @@ impl UringVolume {
             ));
         }
         io_err(&self.name, f.kind.name(), f.offset, f.error)
+    }
+
+    /// Writes the tail page back and drops it from the page cache.
+    fn settle_tail(&self) -> Result<()> {
+        let Some(tail) = &self.tail_file else {
+            return Ok(());
+        };
+        let fd = tail.as_raw_fd();
+        let start = self.tail_zone as libc::off64_t;
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        // SAFETY: a plain syscall on a descriptor this volume keeps open; no memory is passed.
+        if unsafe { libc::sync_file_range(fd, start, 0, flags) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io_err(&self.name, "write", self.tail_zone, e));
+        }
+        // SAFETY: as above; the advice only drops clean cached pages of this file.
+        let rc = unsafe { libc::posix_fadvise(fd, start, 0, libc::POSIX_FADV_DONTNEED) };
+        if rc != 0 {
+            let e = io::Error::from_raw_os_error(rc);
+            return Err(io_err(&self.name, "write", self.tail_zone, e));
+        }
+        Ok(())
     }
 
     fn check_writable(&self, offset: u64) -> Result<()> {
@@ -335,7 +384,14 @@ impl Volume for UringVolume {
             data.len(),
             &mut segs,
         );
-        self.run(&segs, IoPriority::Normal)
+        if !segs.iter().any(|s| s.target == Target::Tail) {
+            return self.run(&segs, IoPriority::Normal);
+        }
+        // Buffered writes to the tail page go one at a time, and the page is written back and
+        // dropped from the cache before the next, so no stale cached copy of it outlives them.
+        let _tail = self.tail_lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.run(&segs, IoPriority::Normal)?;
+        self.settle_tail()
     }
 
     fn flush(&self) -> Result<()> {
