@@ -116,9 +116,12 @@ impl ProgressHook {
         self.callback.is_some()
     }
 
-    /// Reports `done` of `total` blocks.
+    /// Reports `done` of `total` blocks; nothing once the job is being cancelled.
     pub(crate) fn report(&self, done: u64, total: u64) {
         let Some(f) = &self.callback else { return };
+        if self.cancel.load(Ordering::Relaxed) {
+            return;
+        }
         if let Err(e) = Python::attach(|py| f.call1(py, (done, total)).map(drop)) {
             let mut failed = self.failed.lock().unwrap_or_else(|e| e.into_inner());
             if failed.is_none() {

@@ -1,5 +1,7 @@
 //! Whole-range scans with a cancel flag, for `mirror.scan` and `Primary.scan`.
 
+use std::sync::atomic::Ordering;
+
 use mirror_core::scan::{check_range, scan_range};
 use mirror_core::{Algorithm, BlockRange, ScanMap, ScanOptions, Volume};
 
@@ -26,7 +28,7 @@ pub(crate) fn scan_volume(
         |batch| {
             all.extend(&batch)?;
             hook.report(all.len() as u64, range.count);
-            Ok(true)
+            Ok(!cancel.load(Ordering::Relaxed))
         },
     )?;
     check_cancel(cancel, "scan")?;
