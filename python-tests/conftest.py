@@ -13,12 +13,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Set
+from typing import Callable, Iterator, List, Literal, Optional, Set
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 BLOCK = 4096
+
+Algorithm = Literal["crc32", "md5", "sha1"]
+Compare = Literal["primary", "secondary"]
+Io = Literal["uring", "sync"]
 
 
 def find_mirror_bin() -> Optional[str]:

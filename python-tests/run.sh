@@ -3,7 +3,8 @@
 #   1. a virtual environment (.venv at the repository root, or $MIRROR_VENV),
 #   2. pip install of the test tools and of ./mirror-py (maturin builds the abi3 wheel),
 #   3. cargo build of the `mirror` binary (the tests run `mirror serve` as the secondary),
-#   4. mypy.stubtest of the hand-written stubs against the built module,
+#   4. mypy.stubtest of the hand-written stubs against the built module, and mypy of the
+#      tests against those stubs,
 #   5. pytest (warnings are errors; every test has a timeout).
 # Exits non-zero on any failure, including a pytest run that collected no test.
 set -euo pipefail
@@ -37,6 +38,8 @@ cd "$ROOT/python-tests"
 
 echo "== mypy.stubtest mirror"
 "$PY" -m mypy.stubtest mirror
+echo "== mypy (the tests, against the stubs)"
+"$PY" -m mypy conftest.py test_*.py
 
 echo "== pytest"
 status=0

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import mirror
-from conftest import BLOCK, make_volume
+from conftest import BLOCK, Algorithm, Io, make_volume
 
 
 def reference_digest(algorithm: str, block: bytes) -> bytes:
@@ -25,7 +25,7 @@ def reference_digest(algorithm: str, block: bytes) -> bytes:
 
 @pytest.mark.parametrize("algorithm", ["crc32", "md5", "sha1"])
 def test_scan_digests_equal_hashlib_and_zlib_including_a_partial_last_block(
-    tmp_path: Path, algorithm: str
+    tmp_path: Path, algorithm: Algorithm
 ) -> None:
     data = os.urandom(BLOCK * 37 + 1000)
     path = make_volume(tmp_path / "v.img", len(data), data)
@@ -168,11 +168,11 @@ def test_scan_reports_progress_and_a_raising_callback_stops_it(tmp_path: Path) -
         mirror.scan(path, algorithm="crc32", progress=stop)
     assert calls == 1
     with pytest.raises(TypeError):
-        mirror.scan(path, progress=lambda: None)
+        mirror.scan(path, progress=lambda: None)  # type: ignore[arg-type,misc]
 
 
 @pytest.mark.parametrize("io", ["uring", "sync"])
-def test_both_io_backends_scan_the_same(tmp_path: Path, io: str) -> None:
+def test_both_io_backends_scan_the_same(tmp_path: Path, io: Io) -> None:
     data = os.urandom(BLOCK * 50)
     path = make_volume(tmp_path / "v.img", len(data), data)
     m = mirror.scan(path, algorithm="md5", io=io)

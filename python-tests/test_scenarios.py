@@ -12,7 +12,16 @@ from typing import Callable, Iterator, Tuple
 import pytest
 
 import mirror
-from conftest import BLOCK, Proxy, SecondaryProcess, make_volume, read, wait_until
+from conftest import (
+    BLOCK,
+    Algorithm,
+    Compare,
+    Proxy,
+    SecondaryProcess,
+    make_volume,
+    read,
+    wait_until,
+)
 
 SIZE = 8 << 20  # 2048 blocks of 4 KiB
 BLOCKS = SIZE // BLOCK
@@ -34,7 +43,7 @@ def pair(
 
 
 def random_writes(p: mirror.Primary, path: Path, rng: random.Random, n: int) -> list[str]:
-    outcomes = []
+    outcomes: list[str] = []
     for _ in range(n):
         block = rng.randrange(BLOCKS)
         count = rng.randint(1, 4)
@@ -173,7 +182,7 @@ def test_primary_restart_loses_the_map_and_resyncs_by_full_scan(
 @pytest.mark.parametrize("compare", ["primary", "secondary"])
 @pytest.mark.parametrize("algorithm", ["crc32", "md5", "sha1"])
 def test_full_scan_repairs_differences_in_both_compare_directions_with_every_algorithm(
-    pair: Pair, rng: random.Random, compare: str, algorithm: str
+    pair: Pair, rng: random.Random, compare: Compare, algorithm: Algorithm
 ) -> None:
     path, secondary, proxy = pair
     changed = sorted(rng.sample(range(BLOCKS), 40))
