@@ -18,9 +18,10 @@ pub enum Algorithm {
     /// CRC-32 (IEEE 802.3, as zlib's `crc32`), by crc32fast.
     Crc32 = 1,
     /// MD5, by md-5.
-    #[default]
     Md5 = 2,
-    /// SHA-1, by sha1.
+    /// SHA-1, by sha1. The default: it uses the CPU's SHA extensions where they exist (several
+    /// times MD5's speed there, about MD5's elsewhere) and is the stronger of the two.
+    #[default]
     Sha1 = 3,
 }
 

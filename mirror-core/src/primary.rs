@@ -87,7 +87,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Blocks per digest request and per compare chunk.
 const CHUNK_BLOCKS: u64 = 1024;
 /// Digest requests kept in flight ahead of the local scan.
-const REQUESTS_AHEAD: u64 = 4;
+const REQUESTS_AHEAD: u64 = 16;
 /// Dirty regions taken per resync window.
 const WINDOW_REGIONS: usize = 256;
 /// Number of stripe locks.
@@ -1063,7 +1063,9 @@ impl<'a> Job<'a> {
 
     fn scan_options(&self) -> ScanOptions {
         let mut o = ScanOptions::new(self.inner.config.algorithm);
-        o.priority = self.priority;
+        if self.ctl.background {
+            o = o.background();
+        }
         o.batch_bytes = (CHUNK_BLOCKS * self.inner.volume.block_size().bytes()) as usize;
         o
     }
@@ -1561,7 +1563,13 @@ fn manager(inner: Arc<Inner>) {
                 d.is_valid() && d.next_dirty(Region(0)).is_some()
             };
             if inner.config.auto_resync && has_dirty {
-                let _ = inner.run_job(JobKind::Auto, &JobOptions::default());
+                if inner
+                    .run_job(JobKind::Auto, &JobOptions::default())
+                    .is_err()
+                {
+                    // A failing volume must not spin: retry after a pause.
+                    inner.sleep(Duration::from_secs(1));
+                }
                 continue;
             }
             let wait = next_periodic

@@ -77,6 +77,9 @@ impl ScanMap {
 
     /// Digest of the `i`-th block of the map (block `first + i`).
     pub fn get(&self, i: usize) -> Option<&[u8]> {
+        if i >= self.len() {
+            return None;
+        }
         let w = self.algorithm.digest_len();
         self.digests.get(i * w..(i + 1) * w)
     }
@@ -192,6 +195,9 @@ pub struct ScanOptions {
     pub batch_bytes: usize,
     /// Bytes per read submitted (a batch is read as several reads in flight).
     pub read_bytes: usize,
+    /// Hash on every core (foreground), or on the calling thread alone (background jobs, so
+    /// a core stays free for foreground work).
+    pub parallel: bool,
 }
 
 impl ScanOptions {
@@ -202,12 +208,14 @@ impl ScanOptions {
             priority: IoPriority::Normal,
             batch_bytes: 4 << 20,
             read_bytes: 256 << 10,
+            parallel: true,
         }
     }
 
-    /// The same, at idle priority.
+    /// The same, as a background job: idle I/O priority, hashing on one thread.
     pub fn background(mut self) -> Self {
         self.priority = IoPriority::Idle;
+        self.parallel = false;
         self
     }
 
@@ -239,12 +247,28 @@ pub fn check_range(vol: &dyn Volume, range: BlockRange) -> Result<()> {
     Ok(())
 }
 
-/// Digests of every block of `data`, which starts on a block boundary.
+/// Digests of every block of `data`, which starts on a block boundary, on every core.
 pub fn hash_blocks(algorithm: Algorithm, bs: BlockSize, data: &[u8], out: &mut Vec<u8>) {
+    hash_blocks_with(algorithm, bs, data, out, true)
+}
+
+fn hash_blocks_with(
+    algorithm: Algorithm,
+    bs: BlockSize,
+    data: &[u8],
+    out: &mut Vec<u8>,
+    parallel: bool,
+) {
     let w = algorithm.digest_len();
     let n = data.len().div_ceil(bs.as_usize());
     let start = out.len();
     out.resize(start + n * w, 0);
+    if !parallel {
+        for (d, block) in out[start..].chunks_mut(w).zip(data.chunks(bs.as_usize())) {
+            algorithm.digest_into(block, d);
+        }
+        return;
+    }
     out[start..]
         .par_chunks_mut(w)
         .zip(data.par_chunks(bs.as_usize()))
@@ -304,7 +328,7 @@ pub fn scan_range(
             for item in full_rx.iter() {
                 let (first, buf) = item?;
                 let mut digests = Vec::new();
-                hash_blocks(opts.algorithm, bs, &buf, &mut digests);
+                hash_blocks_with(opts.algorithm, bs, &buf, &mut digests, opts.parallel);
                 let _ = free_tx.send(buf);
                 if !sink(ScanMap::new(opts.algorithm, first, digests)?)? {
                     break;
@@ -350,8 +374,14 @@ mod tests {
         let size = 4096 * 1000 + 123;
         let vol = patterned(size);
         let bytes = vol.to_vec();
-        for alg in Algorithm::ALL {
+        for (alg, background) in Algorithm::ALL
+            .into_iter()
+            .flat_map(|a| [(a, false), (a, true)])
+        {
             let mut opts = ScanOptions::new(alg);
+            if background {
+                opts = opts.background();
+            }
             opts.batch_bytes = 64 << 10; // many batches
             let map = scan_all(&vol, BlockRange::new(0, vol.blocks()), opts).unwrap();
             assert_eq!(map.len(), 1001);

@@ -655,6 +655,9 @@ fn send_work(tx: &crossbeam_channel::Sender<Work>, w: Work, peer: &str) -> Resul
         .map_err(|_| Error::link(peer, "scan worker stopped"))
 }
 
+/// Most blocks of queued scan requests merged into one scan.
+const MAX_MERGED_SCAN_BLOCKS: u64 = 1 << 16;
+
 struct CompareState {
     req: u64,
     algorithm: Algorithm,
@@ -680,16 +683,42 @@ fn worker(
             IoPriority::Normal
         }
     };
-    for w in rx.iter() {
+    let mut held: Option<Work> = None;
+    while let Some(w) = held.take().or_else(|| rx.recv().ok()) {
         match w {
             Work::Scan {
                 req,
                 algorithm,
                 priority,
-                range,
+                mut range,
             } => {
+                // Requests queued behind this one that continue it are scanned as one run, so
+                // reads stay in flight across request boundaries.
+                while range.count < MAX_MERGED_SCAN_BLOCKS {
+                    match rx.try_recv() {
+                        Ok(Work::Scan {
+                            req: r,
+                            algorithm: a,
+                            priority: p,
+                            range: next,
+                        }) if r == req
+                            && a == algorithm
+                            && p == priority
+                            && next.start.0 == range.end() =>
+                        {
+                            range.count += next.count;
+                        }
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
                 let mut opts = ScanOptions::new(algorithm);
-                opts.priority = prio(priority);
+                if priority == wire::priority::IDLE {
+                    opts = opts.background();
+                }
                 scan::scan_range(
                     vol,
                     range,
@@ -764,7 +793,9 @@ fn worker(
                 c.next = start + n;
                 let theirs = scan::ScanMap::new(algorithm, BlockIndex(start), digests)?;
                 let mut opts = ScanOptions::new(algorithm);
-                opts.priority = c.priority;
+                if c.priority == IoPriority::Idle {
+                    opts = opts.background();
+                }
                 let ours = scan::scan_all(vol, theirs.range(), opts)?;
                 let mut runs = RunBuilder::default();
                 for ((b, a), (_, t)) in ours.iter().zip(theirs.iter()) {
