@@ -607,7 +607,7 @@ extern "C" {
 const char *mirror_version(void);
 
 /**
- * Creates a primary configuration with defaults: MD5 digests, 4096-byte blocks, 64 KiB
+ * Creates a primary configuration with defaults: SHA-1 digests, 4096-byte blocks, 64 KiB
  * dirty-map regions, synchronous replication, io_uring, primary-side comparison, no secret,
  * no periodic scan, 5 s link timeout, automatic resync on (re)connection.
  *

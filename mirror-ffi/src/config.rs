@@ -69,7 +69,7 @@ fn link_timeout(ms: u32) -> FfiResult<Duration> {
     Ok(Duration::from_millis(ms.into()))
 }
 
-/// Creates a primary configuration with defaults: MD5 digests, 4096-byte blocks, 64 KiB
+/// Creates a primary configuration with defaults: SHA-1 digests, 4096-byte blocks, 64 KiB
 /// dirty-map regions, synchronous replication, io_uring, primary-side comparison, no secret,
 /// no periodic scan, 5 s link timeout, automatic resync on (re)connection.
 ///
