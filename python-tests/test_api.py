@@ -263,7 +263,7 @@ def test_primary_properties(primary: mirror.Primary, dead_peer: str) -> None:
 
 
 def test_wait_connected_to_nobody_raises_link_error(primary: mirror.Primary) -> None:
-    with pytest.raises(mirror.LinkError, match="not connected"):
+    with pytest.raises(mirror.LinkError, match="not connected after 0.3s"):
         primary.wait_connected(0.3)
     with pytest.raises(mirror.LinkError):
         primary.resync(timeout=0.3)
@@ -289,3 +289,24 @@ def test_every_public_name_has_a_docstring() -> None:
                 if issubclass(obj, BaseException):
                     continue  # inherited from the built-ins
                 assert getattr(member, "__doc__", None), f"{name}.{mname}"
+
+
+def test_ctrl_c_interrupts_waiting_for_the_link(primary: mirror.Primary) -> None:
+    import signal
+    import threading
+    import time
+
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        start = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            primary.wait_connected(60)
+        elapsed = time.monotonic() - start
+    finally:
+        timer.cancel()
+        timer.join()
+        signal.signal(signal.SIGINT, old)
+    assert elapsed < 5.0
+    primary.close()  # the abandoned wait ends with the primary

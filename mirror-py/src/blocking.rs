@@ -5,7 +5,9 @@
 //! verifies, waiting for a link) run on a helper thread while the calling thread wakes every
 //! [`SIGNAL_POLL`] and takes the GIL back just long enough to run Python's signal handlers.
 //! When a handler raises (Ctrl-C: `KeyboardInterrupt`), the job's cancel flag is set, the job
-//! is waited for (it stops at its next batch), and the handler's exception is raised.
+//! is waited for (it stops at its next batch), and the handler's exception is raised. A wait
+//! that has no cancel flag but ends by itself (waiting for the link) is left to end in the
+//! background instead.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
@@ -29,17 +31,7 @@ where
 }
 
 /// Runs a long job with the GIL released, interruptible by signals (see the module doc). The
-/// job gets a cancel flag that it must poll between batches.
-pub(crate) fn interruptible<T, F>(py: Python<'_>, job: F) -> PyResult<T>
-where
-    T: Send,
-    F: FnOnce(&AtomicBool) -> mirror_core::Result<T> + Send,
-{
-    let cancel = AtomicBool::new(false);
-    interruptible_with(py, &cancel, || job(&cancel))
-}
-
-/// [`interruptible`] with the caller's cancel flag, which the job must poll.
+/// job must poll `cancel` between batches; the caller's signal handlers set it.
 pub(crate) fn interruptible_with<T, F>(py: Python<'_>, cancel: &AtomicBool, job: F) -> PyResult<T>
 where
     T: Send,
@@ -51,20 +43,13 @@ where
             s.spawn(move || {
                 let _ = tx.send(job());
             });
-            let mut interrupt: Option<PyErr> = None;
+            // Waits for the job even after an interrupt: it borrows from this frame.
+            let mut interrupt = None;
             loop {
-                match rx.recv_timeout(SIGNAL_POLL) {
-                    Ok(r) => return (Some(r), interrupt),
-                    // The job panicked; the scope re-raises the panic when it ends.
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return (None, interrupt),
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        if interrupt.is_none() {
-                            if let Err(e) = Python::attach(|py| py.check_signals()) {
-                                interrupt = Some(e);
-                                cancel.store(true, Ordering::Relaxed);
-                            }
-                        }
-                    }
+                match poll(&rx, &mut interrupt) {
+                    Poll::Done(r) => return (r, interrupt),
+                    Poll::Interrupted => cancel.store(true, Ordering::Relaxed),
+                    Poll::Waiting => {}
                 }
             }
         })
@@ -75,6 +60,67 @@ where
     match result {
         Some(r) => r.py(),
         None => unreachable!("a job that panicked re-raises its panic at the end of its scope"),
+    }
+}
+
+/// Runs a wait that cannot be cancelled (it ends by itself at its timeout) on its own thread
+/// with the GIL released; a signal handler's exception is raised at once, leaving the wait to
+/// end in the background.
+pub(crate) fn interruptible_wait<T, F>(py: Python<'_>, wait: F) -> PyResult<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> mirror_core::Result<T> + Send + 'static,
+{
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("mirror-py-wait".into())
+        .spawn(move || {
+            let _ = tx.send(wait());
+        })
+        .map_err(|e| pyo3::exceptions::PyRuntimeError::new_err(format!("spawn: {e}")))?;
+    let (result, interrupt) = py.detach(move || {
+        let mut interrupt = None;
+        loop {
+            match poll(&rx, &mut interrupt) {
+                Poll::Done(r) => return (r, interrupt),
+                Poll::Interrupted => return (None, interrupt),
+                Poll::Waiting => {}
+            }
+        }
+    });
+    match (interrupt, result) {
+        (Some(e), _) => Err(e),
+        (None, Some(r)) => r.py(),
+        (None, None) => Err(pyo3::exceptions::PyRuntimeError::new_err(
+            "the wait ended without a result",
+        )),
+    }
+}
+
+enum Poll<T> {
+    /// The job ended (`None`: it panicked).
+    Done(Option<T>),
+    /// A signal handler raised; the exception is in `interrupt`.
+    Interrupted,
+    /// Nothing yet.
+    Waiting,
+}
+
+/// Waits up to [`SIGNAL_POLL`] for the job, then, unless a handler already raised, runs the
+/// pending signal handlers.
+fn poll<T>(rx: &mpsc::Receiver<T>, interrupt: &mut Option<PyErr>) -> Poll<T> {
+    match rx.recv_timeout(SIGNAL_POLL) {
+        Ok(r) => Poll::Done(Some(r)),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Poll::Done(None),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            if interrupt.is_none() {
+                if let Err(e) = Python::attach(|py| py.check_signals()) {
+                    *interrupt = Some(e);
+                    return Poll::Interrupted;
+                }
+            }
+            Poll::Waiting
+        }
     }
 }
 

@@ -3,18 +3,18 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mirror_core::config::read_secret_file;
 use mirror_core::{
-    Algorithm, CompareSide, ErrorKind, JobOptions, PeriodicScan, PrimaryConfig, Progress,
-    ReplicationMode, Volume, WriteOutcome,
+    Algorithm, CompareSide, JobOptions, PeriodicScan, PrimaryConfig, Progress, ReplicationMode,
+    Volume, WriteOutcome,
 };
 use mirror_uring::IoBackend;
 use pyo3::prelude::*;
 
 use crate::args::{named, seconds, unsigned};
-use crate::blocking::{check_cancel, detached, interruptible, interruptible_with, ProgressHook};
+use crate::blocking::{detached, interruptible_wait, interruptible_with, ProgressHook};
 use crate::buffer::BufferView;
 use crate::errors::{invalid, to_py, IntoPyResult};
 use crate::types::{Report, ScanMap, Status};
@@ -44,7 +44,7 @@ pub(crate) const DEFAULT_RATE_MIB_S: f64 = 64.0;
 #[pyclass(frozen, module = "mirror")]
 #[derive(Debug)]
 pub struct Primary {
-    inner: mirror_core::Primary,
+    inner: Arc<mirror_core::Primary>,
     volume: Arc<dyn Volume>,
     peer: String,
     algorithm: Algorithm,
@@ -171,7 +171,7 @@ impl Primary {
         let (algorithm, mode, compare) = (config.algorithm, config.mode, config.compare);
         let (inner, vol) = detached(py, move || {
             let vol = volume::open(&volume, bs, io, false)?;
-            let inner = mirror_core::Primary::open(Arc::clone(&vol), config)?;
+            let inner = Arc::new(mirror_core::Primary::open(Arc::clone(&vol), config)?);
             Ok((inner, vol))
         })?;
         Ok(Primary {
@@ -286,26 +286,14 @@ impl Primary {
     }
 
     /// Waits up to ``timeout`` seconds for the link to be up and handshaken; raises
-    /// :class:`LinkError` if it is not.
+    /// :class:`LinkError` if it is not (or the handshake's own error: :class:`MismatchError`,
+    /// :class:`AuthError`, :class:`ProtocolError`).
     #[pyo3(signature = (timeout = 10.0))]
     fn wait_connected(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
         let timeout = seconds("timeout", timeout)?;
         self.check_open()?;
-        let deadline = Instant::now() + timeout;
-        // Waits in short steps so Ctrl-C is seen.
-        let step = Duration::from_millis(100);
-        interruptible(py, |cancel| loop {
-            let start = Instant::now();
-            let left = deadline.saturating_duration_since(start);
-            match self.inner.wait_connected(left.min(step)) {
-                Ok(()) => return Ok(()),
-                Err(e) if e.kind() == ErrorKind::Link && left > step => {
-                    check_cancel(cancel, "wait for the link")?;
-                    std::thread::sleep(step.saturating_sub(start.elapsed()));
-                }
-                Err(e) => return Err(e),
-            }
-        })
+        let inner = Arc::clone(&self.inner);
+        interruptible_wait(py, move || inner.wait_connected(timeout))
     }
 
     /// A snapshot of the primary's state.
