@@ -97,7 +97,11 @@ fn print(report: &Report, args: &PairArgs, job: Job) -> Result<()> {
         writeln!(out, "{json}").map_err(stdout_err)?;
         return Ok(());
     }
-    writeln!(out, "{command}: {}", summary(report)).map_err(stdout_err)?;
+    if report.mode.name() == command {
+        writeln!(out, "{}", summary(report)).map_err(stdout_err)?;
+    } else {
+        writeln!(out, "{command}: {}", summary(report)).map_err(stdout_err)?;
+    }
     if job == Job::Verify {
         if report.coherent() {
             writeln!(out, "coherent").map_err(stdout_err)?;
