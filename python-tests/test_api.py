@@ -164,7 +164,7 @@ def test_wrong_types_raise_type_error(tmp_path: Path, dead_peer: str) -> None:
     with pytest.raises(TypeError):
         mirror.Primary(12, peer=dead_peer)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
-        mirror.scan(path, algorithm=None)  # type: ignore[arg-type]
+        mirror.scan(path, algorithm=5)  # type: ignore[arg-type]
 
 
 def test_missing_files_raise_the_matching_os_error(tmp_path: Path, dead_peer: str) -> None:
@@ -255,7 +255,7 @@ def test_secondary_creates_a_sparse_volume(tmp_path: Path) -> None:
 
 def test_primary_properties(primary: mirror.Primary, dead_peer: str) -> None:
     assert primary.peer == dead_peer
-    assert primary.algorithm == "md5"
+    assert primary.algorithm == "sha1"  # the engine's default
     assert primary.mode == "sync"
     assert primary.compare == "primary"
     assert primary.block_size == BLOCK

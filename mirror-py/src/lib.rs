@@ -23,6 +23,7 @@ use pyo3::prelude::*;
 mod _mirror {
     use std::path::PathBuf;
 
+    use mirror_core::Algorithm;
     use mirror_uring::IoBackend;
     use pyo3::prelude::*;
 
@@ -37,23 +38,24 @@ mod _mirror {
     use crate::types::{Report, ScanMap, ScanMapIter, SecondaryStatus, Status};
 
     /// Per-block digests of blocks ``first`` to ``first + count`` (default: to the end) of the
-    /// file or block device at ``path``, as one :class:`ScanMap`. Releases the GIL; Ctrl-C
+    /// file or block device at ``path``, as one :class:`ScanMap`, with ``algorithm`` (default:
+    /// the engine's, ``"sha1"``). Releases the GIL; Ctrl-C
     /// interrupts it. ``progress(done, total)``, if given, is called (from another thread)
     /// after each batch of blocks; if it raises, the scan stops and that is raised.
     #[pyfunction]
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (path, *, algorithm = "md5", block_size = 4096, io = "uring", first = 0, count = None, progress = None))]
+    #[pyo3(signature = (path, *, algorithm = None, block_size = 4096, io = "uring", first = 0, count = None, progress = None))]
     fn scan(
         py: Python<'_>,
         path: PathBuf,
-        algorithm: &str,
+        algorithm: Option<&str>,
         block_size: i128,
         io: &str,
         first: i128,
         count: Option<i128>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<crate::types::ScanMap> {
-        let algorithm = named(algorithm)?;
+        let algorithm: Algorithm = algorithm.map(named).transpose()?.unwrap_or_default();
         let bs = crate::args::block_size(block_size)?;
         let io: IoBackend = named(io)?;
         let first = unsigned("first", first)?;

@@ -31,7 +31,8 @@ pub(crate) const DEFAULT_RATE_MIB_S: f64 = 64.0;
 /// link is down, and resyncs on every reconnection (from the dirty map when it is valid, by a
 /// full checksum scan otherwise).
 ///
-/// ``mode`` is ``"sync"`` (a write returns once the secondary has it) or ``"async"`` (a write
+/// ``algorithm`` is the digest of checksum scans: ``"crc32"``, ``"md5"`` or ``"sha1"``
+/// (default: the engine's, ``"sha1"``). ``mode`` is ``"sync"`` (a write returns once the secondary has it) or ``"async"`` (a write
 /// returns once queued; a full queue marks the dirty map). ``compare`` says which side
 /// compares digests during a scan. ``interval`` (seconds) turns on the periodic low-priority
 /// scan, read at ``rate`` MiB/s (default 64). ``secret_file`` holds a shared secret both
@@ -108,7 +109,7 @@ impl Primary {
         volume,
         *,
         peer,
-        algorithm = "md5",
+        algorithm = None,
         block_size = 4096,
         region_size = None,
         mode = "sync",
@@ -126,7 +127,7 @@ impl Primary {
         py: Python<'_>,
         volume: PathBuf,
         peer: String,
-        algorithm: &str,
+        algorithm: Option<&str>,
         block_size: i128,
         region_size: Option<i128>,
         mode: &str,
@@ -140,7 +141,9 @@ impl Primary {
         auto_resync: bool,
     ) -> PyResult<Self> {
         let mut config = PrimaryConfig::new(peer.clone());
-        config.algorithm = named(algorithm)?;
+        if let Some(a) = algorithm {
+            config.algorithm = named(a)?;
+        }
         config.mode = named(mode)?;
         config.compare = named(compare)?;
         let io: IoBackend = named(io)?;

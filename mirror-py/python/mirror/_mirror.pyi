@@ -128,7 +128,7 @@ class Primary:
         volume: _Path,
         *,
         peer: str,
-        algorithm: _Algorithm = "md5",
+        algorithm: Optional[_Algorithm] = None,
         block_size: int = 4096,
         region_size: Optional[int] = None,
         mode: Literal["sync", "async"] = "sync",
@@ -210,7 +210,7 @@ class Secondary:
 def scan(
     path: _Path,
     *,
-    algorithm: _Algorithm = "md5",
+    algorithm: Optional[_Algorithm] = None,
     block_size: int = 4096,
     io: Literal["uring", "sync"] = "uring",
     first: int = 0,
