@@ -117,9 +117,9 @@ def test_another_python_thread_runs_during_a_long_scan(tmp_path: Path) -> None:
         done.set()
         t.join()
     assert len(m) == (1 << 30) // BLOCK
-    # With the GIL held for the whole scan the counter would not move at all.
-    assert elapsed > 0.2, "scan too fast to show anything"
-    assert ticks_during > elapsed * 50, (ticks_during, elapsed)
+    # With the GIL held for the whole scan the counter would not move at all; released, it
+    # ticks about once a millisecond.
+    assert ticks_during >= max(5, int(elapsed * 50)), (ticks_during, elapsed)
 
 
 def test_ctrl_c_interrupts_a_long_scan_with_keyboard_interrupt(tmp_path: Path) -> None:
