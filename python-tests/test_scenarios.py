@@ -338,3 +338,70 @@ def test_ctrl_c_interrupts_a_long_resync_and_the_primary_stays_usable(
         p.wait_connected(20)
         assert p.write(0, b"x" * BLOCK) in ("replicated", "degraded")
         assert p.status().state in ("connected", "resyncing", "disconnected")
+
+
+def test_replicate_and_mark_dirty_ship_what_the_caller_wrote_itself(
+    pair: Pair, rng: random.Random
+) -> None:
+    path, secondary, proxy = pair
+    with open_primary(path, proxy) as p:
+        p.resync()
+        # The storage stack wrote these itself; replicate sends them.
+        data = rng.randbytes(3 * BLOCK)
+        with open(path, "r+b") as f:
+            f.seek(10 * BLOCK)
+            f.write(data)
+        assert p.replicate(10 * BLOCK, memoryview(data)) == "replicated"
+        assert read(secondary.volume)[10 * BLOCK : 13 * BLOCK] == data
+        # Written behind mirror's back, then declared: the next resync ships it.
+        corrupt(path, [100, 101, 700], rng)
+        p.mark_dirty(100 * BLOCK, 2 * BLOCK)
+        p.mark_dirty(700 * BLOCK, 1)
+        assert p.status().dirty_regions >= 2
+        r = p.resync()
+        assert r.mode == "dirty-map"
+        assert r.mismatched == 3
+    assert_equal(path, secondary.volume)
+
+
+def test_python_secondary_in_process(tmp_path: Path, rng: random.Random) -> None:
+    ppath = make_volume(tmp_path / "p.img", SIZE)
+    spath = tmp_path / "s.img"
+    with mirror.Secondary(spath, create=SIZE) as s, mirror.Primary(
+        ppath, peer=s.address, auto_resync=False
+    ) as p:
+        p.wait_connected(20)
+        p.resync()
+        random_writes(p, ppath, rng, 20)
+        st = s.status()
+        assert st.connections == 1 and st.writes_applied >= 20
+        assert st.peer is not None
+    assert_equal(ppath, spath)
+
+
+def test_report_fields_are_those_of_the_command_json_report(
+    tmp_path: Path, pair: Pair, rng: random.Random
+) -> None:
+    import json
+    import subprocess
+
+    from conftest import MIRROR_BIN
+
+    if MIRROR_BIN is None:
+        pytest.skip("needs the mirror binary")
+    path, secondary, proxy = pair
+    corrupt(path, [1, 2, 3], rng)
+    out = subprocess.run(
+        [MIRROR_BIN, "verify", str(path), "--peer", secondary.address, "--json"]
+        + ["--algorithm", "crc32"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 1, out.stderr
+    cli = json.loads(out.stdout)
+    with open_primary(path, proxy, algorithm="crc32") as p:
+        report = p.verify().to_dict()
+    assert set(report) == set(cli) - {"command"}
+    for key in ("mode", "blocks", "mismatched", "coherent", "mismatched_ranges", "algorithm"):
+        assert report[key] == cli[key], key
