@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The benchmarks, one command (`make bench`); every result is a Markdown table on stdout.
 #
-#   bench/run.sh                      all of them: scans (bench/scan*.sh), sync, link cut
-#   SIZE=256M bench/run.sh            smaller files for a quick look (default 1G)
+#   bench/run.sh                      all of them: scans (bench/scan*.sh), write latency
+#                                     through a Primary, sync, link cut
+#   SIZE=256M bench/run.sh            smaller files for a quick look (default 1G; M or G)
 #   BENCH_DIR=/var/tmp bench/run.sh   where the temporary files go (needs about 4 x SIZE)
 #
+# - write latency through a Primary: p50/p99 of random 4 KiB `Primary::write` calls alone and
+#   with periodic scans running back to back (mirror-uring/examples/primary_latency.rs).
 # - sync: `mirror sync` of two SIZE files differing in 1% of their 4 KiB blocks, scattered,
 #   per algorithm and compare side: seconds, and bytes on the wire / bytes that differ.
 # - link cut: 10,000 random 4 KiB writes land while the link is down; the bytes the
@@ -13,6 +16,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 size="${SIZE:-1G}"
+case "$size" in
+    *G) size_mib=$(( ${size%G} * 1024 )) ;;
+    *M) size_mib=${size%M} ;;
+    *) echo "SIZE must be written like 256M or 1G" >&2; exit 2 ;;
+esac
 dir_args=()
 if [ -n "${BENCH_DIR:-}" ]; then
     dir_args=(--dir "$BENCH_DIR")
@@ -26,9 +34,20 @@ for scan in bench/scan*.sh; do
     [ -f "$scan" ] || continue
     echo "## $(basename "$scan")"
     echo
-    bash "$scan"
+    bash "$scan" --size-mib "$size_mib" "${dir_args[@]}"
     echo
 done
+
+echo "## Write latency through a Primary under a periodic scan"
+echo
+size_mib="${size%[GM]}"
+case "$size" in
+    *G) size_mib=$(( size_mib * 1024 )) ;;
+    *M) ;;
+    *) echo "SIZE must end in M or G (got $size)" >&2; exit 2 ;;
+esac
+cargo run --release -p mirror-uring --example primary_latency -- --size-mib "$size_mib" "${dir_args[@]}"
+echo
 
 echo "## Sync and resync"
 echo
