@@ -40,12 +40,6 @@ done
 
 echo "## Write latency through a Primary under a periodic scan"
 echo
-size_mib="${size%[GM]}"
-case "$size" in
-    *G) size_mib=$(( size_mib * 1024 )) ;;
-    *M) ;;
-    *) echo "SIZE must end in M or G (got $size)" >&2; exit 2 ;;
-esac
 cargo run --release -p mirror-uring --example primary_latency -- --size-mib "$size_mib" "${dir_args[@]}"
 echo
 
