@@ -13,6 +13,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use indicatif::HumanBytes;
@@ -43,6 +44,7 @@ macro_rules! say {
 /// The demo's steps, their checks and their figures.
 struct Steps<'p> {
     proxy: &'p Proxy,
+    stop: &'p AtomicBool,
     number: usize,
     failed: Vec<String>,
     checks: usize,
@@ -51,11 +53,17 @@ struct Steps<'p> {
 }
 
 impl<'p> Steps<'p> {
-    fn begin(&mut self, title: &str) {
+    /// Starts the next step, unless SIGINT or SIGTERM asked the demo to stop (it then returns
+    /// an error, and the temporary files are removed on the way out).
+    fn begin(&mut self, title: &str) -> Result<()> {
+        if self.stop.load(Ordering::Relaxed) {
+            return Err(mirror_core::Error::Cancelled("demo").into());
+        }
         self.number += 1;
         say!("\n[{}] {}", self.number, title);
         self.started = Instant::now();
         self.wire_at_start = self.proxy.total_bytes();
+        Ok(())
     }
 
     fn end(&self) {
@@ -142,8 +150,10 @@ pub fn run(args: DemoArgs) -> Result<u8> {
         proxy.addr()
     );
 
+    let stop = crate::signals::stop_flag()?;
     let mut steps = Steps {
         proxy: &proxy,
+        stop: &stop,
         number: 0,
         failed: Vec::new(),
         checks: 0,
@@ -161,7 +171,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     let n = args.writes as usize;
 
     // 1. The primary starts with data the secondary lacks; its first sync is a full scan.
-    steps.begin("primary holds data the secondary lacks: open it, connect, first resync");
+    steps.begin("primary holds data the secondary lacks: open it, connect, first resync")?;
     let seeded = write_behind(&p_path, &mut writer, (blocks / 8).max(1) as usize)?;
     say!(
         "    wrote {} random blocks to the primary's file before mirror started",
@@ -188,7 +198,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     // 2. Replication while connected.
     steps.begin(&format!(
         "replicate {n} random 4 KiB writes (synchronous mode)"
-    ));
+    ))?;
     let outcomes = write_through(&primary, &mut writer, n)?;
     let t = steps.started.elapsed().as_secs_f64();
     say!(
@@ -206,7 +216,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     steps.end();
 
     // 3. The link goes down; writes go on and land in the dirty map.
-    steps.begin(&format!("cut the link and keep writing: {n} more writes"));
+    steps.begin(&format!("cut the link and keep writing: {n} more writes"))?;
     proxy.cut();
     let outcomes = write_through(&primary, &mut writer, n)?;
     let st = primary.status();
@@ -230,7 +240,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     steps.end();
 
     // 4. The link comes back: the dirty map says what to send.
-    steps.begin("restore the link: reconnect and resync from the dirty map");
+    steps.begin("restore the link: reconnect and resync from the dirty map")?;
     proxy.restore();
     primary.wait_connected(Duration::from_secs(30))?;
     let r = primary.resync()?;
@@ -255,7 +265,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     steps.end();
 
     // 5. The primary restarts: the dirty map is gone, and writes happened meanwhile.
-    steps.begin("restart the primary (dirty map lost) and resync by full scan");
+    steps.begin("restart the primary (dirty map lost) and resync by full scan")?;
     primary.close()?;
     drop(primary);
     let behind = write_behind(&p_path, &mut writer, (n / 10).max(1))?;
@@ -290,7 +300,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     let corrupt = 16.min(blocks as usize);
     steps.begin(&format!(
         "corrupt {corrupt} blocks of the secondary's file behind mirror's back; wait for the periodic scan"
-    ));
+    ))?;
     let seen_before = primary.status().last_report;
     let hit = corrupt_blocks(&s_path, &mut writer, corrupt)?;
     say!(
@@ -314,7 +324,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     steps.end();
 
     // 7. The proof.
-    steps.begin("verify: compare every block, then the two files byte for byte");
+    steps.begin("verify: compare every block, then the two files byte for byte")?;
     let r = primary.verify()?;
     say!("    {}", summary(&r));
     steps.check(r.coherent(), "verify finds no mismatched block");
