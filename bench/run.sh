@@ -34,7 +34,8 @@ for scan in bench/scan*.sh; do
     [ -f "$scan" ] || continue
     echo "## $(basename "$scan")"
     echo
-    bash "$scan" --size-mib "$size_mib" "${dir_args[@]}"
+    # The scan scripts read SIZE and BENCH_DIR themselves.
+    SIZE="$size" bash "$scan"
     echo
 done
 
