@@ -62,7 +62,7 @@ pub struct VolumeArgs {
 #[derive(Debug, Clone, Args)]
 pub struct LinkArgs {
     /// Digest algorithm of checksum scans.
-    #[arg(long, value_name = "ALG", default_value = "md5", value_parser = parse_algorithm)]
+    #[arg(long, value_name = "ALG", default_value = "sha1", value_parser = parse_algorithm)]
     pub algorithm: Algorithm,
 
     /// Which side compares digests: primary (secondary streams digests) or secondary (it
@@ -146,7 +146,7 @@ pub struct ScanArgs {
     pub path: PathBuf,
 
     /// Digest algorithm: crc32, md5 or sha1.
-    #[arg(long, value_name = "ALG", default_value = "md5", value_parser = parse_algorithm)]
+    #[arg(long, value_name = "ALG", default_value = "sha1", value_parser = parse_algorithm)]
     pub algorithm: Algorithm,
 
     #[command(flatten)]
@@ -199,7 +199,7 @@ pub struct DemoArgs {
     pub writes: u32,
 
     /// Digest algorithm of the checksum scans.
-    #[arg(long, value_name = "ALG", default_value = "md5", value_parser = parse_algorithm)]
+    #[arg(long, value_name = "ALG", default_value = "sha1", value_parser = parse_algorithm)]
     pub algorithm: Algorithm,
 
     /// I/O backend of the two volumes.

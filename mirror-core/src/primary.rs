@@ -90,6 +90,8 @@ const CHUNK_BLOCKS: u64 = 1024;
 const REQUESTS_AHEAD: u64 = 16;
 /// Dirty regions taken per resync window.
 const WINDOW_REGIONS: usize = 256;
+/// Bytes of dirty regions taken per resync window.
+const WINDOW_BYTES: u64 = 16 << 20;
 /// Number of stripe locks.
 const STRIPES: usize = 256;
 
@@ -354,6 +356,8 @@ struct Inner {
     totals: Counters,
     connections: AtomicU64,
     last_error: Mutex<Option<Error>>,
+    /// Errors recorded since open (lets a waiter see a fresh one).
+    errors: AtomicU64,
     last_report: Mutex<Option<Report>>,
     started: Instant,
     last_write_ms: AtomicU64,
@@ -398,6 +402,7 @@ impl Primary {
             totals: Counters::default(),
             connections: AtomicU64::new(0),
             last_error: Mutex::new(None),
+            errors: AtomicU64::new(0),
             last_report: Mutex::new(None),
             started: Instant::now(),
             last_write_ms: AtomicU64::new(0),
@@ -704,10 +709,13 @@ impl Inner {
 
     fn record_error(&self, e: &Error) {
         *lock(&self.last_error) = Some(e.clone());
+        self.errors.fetch_add(1, Ordering::SeqCst);
+        self.state_cv.notify_all();
     }
 
     fn wait_connected(&self, timeout: Duration) -> Result<Arc<Conn>> {
         let deadline = Instant::now() + timeout;
+        let errors_before = self.errors.load(Ordering::SeqCst);
         let mut st = lock(&self.state);
         loop {
             if *st == LinkState::Closed || self.closed.load(Ordering::SeqCst) {
@@ -718,12 +726,26 @@ impl Inner {
                     return Ok(c);
                 }
             }
+            // A refusal that retrying cannot cure (mismatched volumes, a wrong secret, a
+            // peer that breaks the protocol) fails the wait at once.
+            if self.errors.load(Ordering::SeqCst) != errors_before {
+                if let Some(
+                    e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
+                ) = lock(&self.last_error).clone()
+                {
+                    return Err(e);
+                }
+            }
             let now = Instant::now();
             if now >= deadline {
                 return Err(match lock(&self.last_error).clone() {
                     Some(
                         e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
                     ) => e,
+                    Some(Error::Link { msg, .. }) => Error::link(
+                        &self.config.peer,
+                        format!("not connected after {:.1}s: {msg}", timeout.as_secs_f64()),
+                    ),
                     Some(e) => Error::link(
                         &self.config.peer,
                         format!("not connected after {:.1}s: {e}", timeout.as_secs_f64()),
@@ -1251,6 +1273,149 @@ impl<'a> Job<'a> {
         Ok(())
     }
 
+    /// Compares a window of dirty runs with one round trip: every run's request goes out
+    /// first, then each is compared as its answer arrives. A run too large for a window goes
+    /// through the streaming [`compare`](Self::compare).
+    fn compare_window(&mut self, runs: &[BlockRange]) -> Result<()> {
+        let bs = self.inner.volume.block_size().bytes();
+        let (small, large): (Vec<BlockRange>, Vec<BlockRange>) = runs
+            .iter()
+            .partition(|r| r.count <= wire::MAX_REQUEST_BLOCKS && r.count * bs <= WINDOW_BYTES);
+        for run in large {
+            self.compare(run)?;
+        }
+        let (Some(first), Some(last)) = (small.first(), small.last()) else {
+            return Ok(());
+        };
+        let span = BlockRange::new(first.start.0, last.end() - first.start.0);
+        let req = self.next_req();
+        let rx = self.conn.route(req);
+        let result = match self.inner.config.compare {
+            CompareSide::Primary => self.window_here(&small, req, &rx),
+            CompareSide::Secondary => self.window_there(&small, span, req, &rx),
+        };
+        self.conn.unroute(req);
+        result
+    }
+
+    /// Reads and hashes `run` of the local volume.
+    fn local_digests(&self, run: BlockRange) -> Result<ScanMap> {
+        let vol = &*self.inner.volume;
+        let (offset, len) = scan::byte_span(vol, run);
+        let mut buf = vec![0u8; len];
+        vol.read_batch(
+            &mut [ReadOp {
+                offset,
+                buf: &mut buf,
+            }],
+            self.priority,
+        )?;
+        let mut digests = Vec::new();
+        scan::hash_blocks(
+            self.inner.config.algorithm,
+            vol.block_size(),
+            &buf,
+            &mut digests,
+        );
+        ScanMap::new(self.inner.config.algorithm, run.start, digests)
+    }
+
+    fn window_here(&mut self, runs: &[BlockRange], req: u64, rx: &Receiver<Message>) -> Result<()> {
+        let algorithm = self.inner.config.algorithm;
+        let priority = self.wire_priority();
+        for run in runs {
+            self.conn.send(&Message::ScanRequest {
+                req,
+                algorithm,
+                level: 0,
+                priority,
+                range: *run,
+            })?;
+        }
+        for run in runs {
+            let ours = self.local_digests(*run)?;
+            let mut theirs = Vec::with_capacity(ours.as_bytes().len());
+            let mut next = run.start.0;
+            while next < run.end() {
+                match self.recv(rx)? {
+                    Message::Digests {
+                        start,
+                        digests,
+                        algorithm: a,
+                        ..
+                    } if a == algorithm && start == next => {
+                        next += (digests.len() / algorithm.digest_len()) as u64;
+                        if next > run.end() {
+                            return Err(Error::protocol(
+                                &self.conn.peer,
+                                "secondary sent digests that were not requested",
+                            ));
+                        }
+                        theirs.extend_from_slice(&digests);
+                    }
+                    Message::ScanEnd { .. } => {}
+                    other => {
+                        return Err(Error::protocol(
+                            &self.conn.peer,
+                            format!("unexpected {} during a scan", other.name()),
+                        ));
+                    }
+                }
+            }
+            let theirs = ScanMap::new(algorithm, run.start, theirs)?;
+            for m in ours.mismatches(&theirs) {
+                self.mismatch(m)?;
+            }
+            self.advance(run.count);
+        }
+        Ok(())
+    }
+
+    fn window_there(
+        &mut self,
+        runs: &[BlockRange],
+        span: BlockRange,
+        req: u64,
+        rx: &Receiver<Message>,
+    ) -> Result<()> {
+        let algorithm = self.inner.config.algorithm;
+        let width = algorithm.digest_len();
+        let priority = self.wire_priority();
+        let mut finished = 0u64;
+        for run in runs {
+            let ours = self.local_digests(*run)?;
+            self.conn.send(&Message::CompareRequest {
+                req,
+                algorithm,
+                level: 0,
+                priority,
+                range: *run,
+            })?;
+            for (i, chunk) in ours
+                .as_bytes()
+                .chunks(wire::MAX_DIGESTS_PER_FRAME * width)
+                .enumerate()
+            {
+                self.conn.send(&Message::Digests {
+                    req,
+                    algorithm,
+                    start: run.start.0 + (i * wire::MAX_DIGESTS_PER_FRAME) as u64,
+                    digests: chunk.to_vec(),
+                })?;
+            }
+            self.conn.send(&Message::CompareEnd { req })?;
+            while let Ok(m) = rx.try_recv() {
+                self.on_compare_answer(m, span, &mut finished)?;
+            }
+            self.advance(run.count);
+        }
+        while finished < runs.len() as u64 {
+            let m = self.recv(rx)?;
+            self.on_compare_answer(m, span, &mut finished)?;
+        }
+        Ok(())
+    }
+
     fn on_compare_answer(
         &mut self,
         m: Message,
@@ -1353,12 +1518,14 @@ impl<'a> Job<'a> {
                     let mut d = lock(&self.inner.dirty);
                     let mut taken = Vec::new();
                     let mut runs: Vec<BlockRange> = Vec::new();
-                    while taken.len() < WINDOW_REGIONS {
+                    let mut bytes = 0;
+                    while taken.len() < WINDOW_REGIONS && bytes < WINDOW_BYTES {
                         let Some(r) = d.next_dirty(cursor) else { break };
                         d.take(r);
                         taken.push(r);
                         cursor = Region(r.0 + 1);
                         let (off, len) = d.span(r);
+                        bytes += len;
                         let first = bs.index_of(off).0;
                         let end = bs.blocks_in(off + len).min(blocks);
                         match runs.last_mut() {
@@ -1373,12 +1540,7 @@ impl<'a> Job<'a> {
                 }
                 any = true;
                 self.total += runs.iter().map(|r| r.count).sum::<u64>();
-                let compared = (|| -> Result<()> {
-                    for run in &runs {
-                        self.compare(*run)?;
-                    }
-                    Ok(())
-                })();
+                let compared = self.compare_window(&runs);
                 if let Err(e) = compared {
                     let mut d = lock(&self.inner.dirty);
                     taken.iter().for_each(|r| d.fail(*r));

@@ -295,8 +295,14 @@ fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, peer: Strin
                 };
                 let _ = lock(&writer).send_now(&msg);
             }
-            warn!(%peer, error = %e, "connection ended");
-            stats.rejected.fetch_add(1, Ordering::Relaxed);
+            if e.kind() == ErrorKind::Link {
+                // The primary went away (closed, restarted, or the link broke): not a fault
+                // of the connection's contents.
+                info!(%peer, reason = %e, "primary disconnected");
+            } else {
+                warn!(%peer, error = %e, "connection refused or ended by an error");
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+            }
             *lock(&stats.last_error) = Some(e.to_string());
         }
     }
