@@ -27,8 +27,12 @@ test-rust:
 	$(CARGO) test
 
 # A virtual environment with the built module, then pytest (python-tests/run.sh says how).
+# The Python tests drive the `mirror` binary that test-rust already built (debug profile, with
+# optimised dependencies), rather than building a release one too.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),$(CURDIR)/target)
 test-python:
-	bash python-tests/run.sh
+	$(CARGO) build -p mirror-cli
+	MIRROR_BIN=$(TARGET_DIR)/debug/mirror bash python-tests/run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check
