@@ -1221,7 +1221,6 @@ impl<'a> Job<'a> {
     /// digests, end); the secondary answers with the runs that differ, which we ship.
     fn compare_there(&mut self, range: BlockRange, req: u64, rx: &Receiver<Message>) -> Result<()> {
         let algorithm = self.inner.config.algorithm;
-        let width = algorithm.digest_len();
         let priority = self.wire_priority();
         let opts = self.scan_options();
         let ctl = self.ctl;
@@ -1241,17 +1240,8 @@ impl<'a> Job<'a> {
                     priority,
                     range: batch.range(),
                 })?;
-                for (i, chunk) in batch
-                    .as_bytes()
-                    .chunks(wire::MAX_DIGESTS_PER_FRAME * width)
-                    .enumerate()
-                {
-                    self.conn.send(&Message::Digests {
-                        req,
-                        algorithm,
-                        start: batch.first().0 + (i * wire::MAX_DIGESTS_PER_FRAME) as u64,
-                        digests: chunk.to_vec(),
-                    })?;
+                for msg in wire::digest_messages(req, &batch) {
+                    self.conn.send(&msg)?;
                 }
                 self.conn.send(&Message::CompareEnd { req })?;
                 sent += 1;
@@ -1379,7 +1369,6 @@ impl<'a> Job<'a> {
         rx: &Receiver<Message>,
     ) -> Result<()> {
         let algorithm = self.inner.config.algorithm;
-        let width = algorithm.digest_len();
         let priority = self.wire_priority();
         let mut finished = 0u64;
         for run in runs {
@@ -1391,17 +1380,8 @@ impl<'a> Job<'a> {
                 priority,
                 range: *run,
             })?;
-            for (i, chunk) in ours
-                .as_bytes()
-                .chunks(wire::MAX_DIGESTS_PER_FRAME * width)
-                .enumerate()
-            {
-                self.conn.send(&Message::Digests {
-                    req,
-                    algorithm,
-                    start: run.start.0 + (i * wire::MAX_DIGESTS_PER_FRAME) as u64,
-                    digests: chunk.to_vec(),
-                })?;
+            for msg in wire::digest_messages(req, &ours) {
+                self.conn.send(&msg)?;
             }
             self.conn.send(&Message::CompareEnd { req })?;
             while let Ok(m) = rx.try_recv() {

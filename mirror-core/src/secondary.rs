@@ -735,18 +735,8 @@ fn worker(
                             return Err(Error::Cancelled("scan"));
                         }
                         let mut wr = lock(writer);
-                        let width = algorithm.digest_len();
-                        for (i, chunk) in batch
-                            .as_bytes()
-                            .chunks(wire::MAX_DIGESTS_PER_FRAME * width)
-                            .enumerate()
-                        {
-                            wr.send(&Message::Digests {
-                                req,
-                                algorithm,
-                                start: batch.first().0 + (i * wire::MAX_DIGESTS_PER_FRAME) as u64,
-                                digests: chunk.to_vec(),
-                            })?;
+                        for msg in wire::digest_messages(req, &batch) {
+                            wr.send(&msg)?;
                         }
                         wr.flush()?;
                         Ok(true)

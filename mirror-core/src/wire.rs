@@ -561,6 +561,21 @@ impl Message {
     }
 }
 
+/// The `Digests` messages carrying `map` for request `req`, each within the frame limit.
+pub fn digest_messages(req: u64, map: &crate::scan::ScanMap) -> impl Iterator<Item = Message> + '_ {
+    let algorithm = map.algorithm();
+    let first = map.first().0;
+    map.as_bytes()
+        .chunks(MAX_DIGESTS_PER_FRAME * algorithm.digest_len())
+        .enumerate()
+        .map(move |(i, chunk)| Message::Digests {
+            req,
+            algorithm,
+            start: first + (i * MAX_DIGESTS_PER_FRAME) as u64,
+            digests: chunk.to_vec(),
+        })
+}
+
 /// Name of a message kind.
 pub fn kind_name(k: u8) -> &'static str {
     match k {
