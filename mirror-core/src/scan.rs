@@ -303,6 +303,20 @@ pub fn scan_range(
     check_range(vol, range)?;
     let bs = vol.block_size();
     let per_batch = opts.batch_blocks(bs);
+    if range.count <= per_batch {
+        // One batch: nothing to overlap, so no reader thread (small resync windows are many).
+        if range.is_empty() {
+            return Ok(());
+        }
+        let (offset, len) = byte_span(vol, range);
+        let mut buf = vec![0u8; len];
+        pace(len as u64)?;
+        read_span(vol, offset, &mut buf, &opts)?;
+        let mut digests = Vec::new();
+        hash_blocks_with(opts.algorithm, bs, &buf, &mut digests, opts.parallel);
+        sink(ScanMap::new(opts.algorithm, range.start, digests)?)?;
+        return Ok(());
+    }
     let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(3);
     let (full_tx, full_rx) = crossbeam_channel::bounded::<Result<(BlockIndex, Vec<u8>)>>(2);
     for _ in 0..3 {
