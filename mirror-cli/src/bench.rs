@@ -59,7 +59,7 @@ pub struct LinkCutBenchArgs {
     #[arg(long, default_value = "4K,64K,1M", value_delimiter = ',', value_parser = parse_size)]
     pub region_sizes: Vec<u64>,
     /// Digest algorithm.
-    #[arg(long, default_value = "md5", value_parser = crate::cli::parse_algorithm)]
+    #[arg(long, default_value = "sha1", value_parser = crate::cli::parse_algorithm)]
     pub algorithm: Algorithm,
     /// Directory for the files (default: the system's temporary directory).
     #[arg(long)]
