@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod auth;
+mod background;
 pub mod config;
 pub mod digest;
 pub mod dirty;

@@ -943,7 +943,7 @@ impl Inner {
             rate: rate.as_ref(),
             background,
         };
-        let result = (|| -> Result<()> {
+        let mut body = || -> Result<()> {
             let mut job = Job::new(ctl, &mut report, opts.progress, kind);
             match mode {
                 ResyncMode::FullScan | ResyncMode::Periodic => {
@@ -962,7 +962,12 @@ impl Inner {
             // Everything queued before now is on the secondary.
             let w = self.barrier(&conn, Vec::new(), false)?;
             self.wait_ack(&conn, &w)
-        })();
+        };
+        let result = if background {
+            crate::background::run_niced(body)
+        } else {
+            body()
+        };
         if kind != JobKind::Verify && kind != JobKind::Periodic && !conn.is_dead() {
             self.set_state(if prev_state == LinkState::Resyncing {
                 LinkState::Connected

@@ -25,6 +25,7 @@ use crossbeam_channel::{bounded, Receiver};
 use tracing::{debug, info, warn};
 
 use crate::auth;
+use crate::background;
 use crate::config::SecondaryConfig;
 use crate::link::{self, Counters, FrameReader, FrameWriter};
 use crate::scan::{self, RunBuilder, ScanOptions};
@@ -721,27 +722,35 @@ fn worker(
                         Err(_) => break,
                     }
                 }
+                let idle = priority == wire::priority::IDLE;
                 let mut opts = ScanOptions::new(algorithm);
-                if priority == wire::priority::IDLE {
+                if idle {
                     opts = opts.background();
                 }
-                scan::scan_range(
-                    vol,
-                    range,
-                    opts,
-                    |_| Ok(()),
-                    |batch| {
-                        if closing.load(Ordering::Relaxed) {
-                            return Err(Error::Cancelled("scan"));
-                        }
-                        let mut wr = lock(writer);
-                        for msg in wire::digest_messages(req, &batch) {
-                            wr.send(&msg)?;
-                        }
-                        wr.flush()?;
-                        Ok(true)
-                    },
-                )?;
+                let scan = || {
+                    scan::scan_range(
+                        vol,
+                        range,
+                        opts,
+                        |_| Ok(()),
+                        |batch| {
+                            if closing.load(Ordering::Relaxed) {
+                                return Err(Error::Cancelled("scan"));
+                            }
+                            let mut wr = lock(writer);
+                            for msg in wire::digest_messages(req, &batch) {
+                                wr.send(&msg)?;
+                            }
+                            wr.flush()?;
+                            Ok(true)
+                        },
+                    )
+                };
+                if idle {
+                    background::run_niced(scan)?;
+                } else {
+                    scan()?;
+                }
                 lock(writer).send_now(&Message::ScanEnd { req })?;
             }
             Work::Compare {
@@ -788,11 +797,12 @@ fn worker(
                 }
                 c.next = start + n;
                 let theirs = scan::ScanMap::new(algorithm, BlockIndex(start), digests)?;
-                let mut opts = ScanOptions::new(algorithm);
-                if c.priority == IoPriority::Idle {
-                    opts = opts.background();
-                }
-                let ours = scan::scan_all(vol, theirs.range(), opts)?;
+                let ours = if c.priority == IoPriority::Idle {
+                    let opts = ScanOptions::new(algorithm).background();
+                    background::run_niced(|| scan::scan_all(vol, theirs.range(), opts))?
+                } else {
+                    scan::scan_all(vol, theirs.range(), ScanOptions::new(algorithm))?
+                };
                 let mut runs = RunBuilder::default();
                 for ((b, a), (_, t)) in ours.iter().zip(theirs.iter()) {
                     if a != t {
