@@ -207,7 +207,7 @@ impl ScanOptions {
             algorithm,
             priority: IoPriority::Normal,
             batch_bytes: 4 << 20,
-            read_bytes: 256 << 10,
+            read_bytes: 1 << 20,
             parallel: true,
         }
     }
@@ -276,6 +276,46 @@ fn hash_blocks_with(
         .for_each(|(d, block)| algorithm.digest_into(block, d));
 }
 
+/// A byte buffer whose start is page-aligned, so volumes opened with O_DIRECT can read into it
+/// directly instead of bouncing through a buffer of their own.
+#[derive(Debug, Default)]
+pub struct AlignedBuf {
+    raw: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// Alignment of the start, in bytes.
+    pub const ALIGN: usize = 4096;
+
+    /// A zero-filled buffer of `len` bytes.
+    pub fn new(len: usize) -> Self {
+        let mut b = AlignedBuf::default();
+        b.resize(len);
+        b
+    }
+
+    /// Makes the buffer `len` bytes long (contents unspecified, allocation reused when it fits).
+    pub fn resize(&mut self, len: usize) {
+        if self.raw.len() < self.start + len || self.raw.is_empty() {
+            self.raw = vec![0u8; len + Self::ALIGN];
+            self.start = self.raw.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN);
+        }
+        self.len = len;
+    }
+
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        &self.raw[self.start..self.start + self.len]
+    }
+
+    /// The bytes, writable.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
 /// Reads `range` of `vol` in batches of reads in flight.
 fn read_span(vol: &dyn Volume, offset: u64, buf: &mut [u8], opts: &ScanOptions) -> Result<()> {
     let piece = opts.read_bytes.max(vol.block_size().as_usize());
@@ -309,18 +349,24 @@ pub fn scan_range(
             return Ok(());
         }
         let (offset, len) = byte_span(vol, range);
-        let mut buf = vec![0u8; len];
+        let mut buf = AlignedBuf::new(len);
         pace(len as u64)?;
-        read_span(vol, offset, &mut buf, &opts)?;
+        read_span(vol, offset, buf.as_mut_slice(), &opts)?;
         let mut digests = Vec::new();
-        hash_blocks_with(opts.algorithm, bs, &buf, &mut digests, opts.parallel);
+        hash_blocks_with(
+            opts.algorithm,
+            bs,
+            buf.as_slice(),
+            &mut digests,
+            opts.parallel,
+        );
         sink(ScanMap::new(opts.algorithm, range.start, digests)?)?;
         return Ok(());
     }
-    let (free_tx, free_rx) = crossbeam_channel::bounded::<Vec<u8>>(3);
-    let (full_tx, full_rx) = crossbeam_channel::bounded::<Result<(BlockIndex, Vec<u8>)>>(2);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<AlignedBuf>(3);
+    let (full_tx, full_rx) = crossbeam_channel::bounded::<Result<(BlockIndex, AlignedBuf)>>(2);
     for _ in 0..3 {
-        let _ = free_tx.send(Vec::new());
+        let _ = free_tx.send(AlignedBuf::default());
     }
     std::thread::scope(|s| {
         s.spawn(move || {
@@ -329,8 +375,9 @@ pub fn scan_range(
                 let batch = BlockRange::new(next, per_batch.min(range.end() - next));
                 let Ok(mut buf) = free_rx.recv() else { return };
                 let (offset, len) = byte_span(vol, batch);
-                buf.resize(len, 0);
-                let res = pace(len as u64).and_then(|()| read_span(vol, offset, &mut buf, &opts));
+                buf.resize(len);
+                let res = pace(len as u64)
+                    .and_then(|()| read_span(vol, offset, buf.as_mut_slice(), &opts));
                 let failed = res.is_err();
                 if full_tx.send(res.map(|()| (batch.start, buf))).is_err() || failed {
                     return;
@@ -342,7 +389,13 @@ pub fn scan_range(
             for item in full_rx.iter() {
                 let (first, buf) = item?;
                 let mut digests = Vec::new();
-                hash_blocks_with(opts.algorithm, bs, &buf, &mut digests, opts.parallel);
+                hash_blocks_with(
+                    opts.algorithm,
+                    bs,
+                    buf.as_slice(),
+                    &mut digests,
+                    opts.parallel,
+                );
                 let _ = free_tx.send(buf);
                 if !sink(ScanMap::new(opts.algorithm, first, digests)?)? {
                     break;
@@ -441,6 +494,19 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument);
+    }
+
+    #[test]
+    fn aligned_buffers_start_on_a_page_and_keep_their_length() {
+        let mut b = AlignedBuf::new(10_000);
+        assert_eq!(b.as_slice().as_ptr() as usize % AlignedBuf::ALIGN, 0);
+        assert_eq!(b.as_slice().len(), 10_000);
+        b.as_mut_slice()[9_999] = 7;
+        b.resize(100);
+        assert_eq!(b.as_slice().len(), 100);
+        b.resize(1 << 20);
+        assert_eq!(b.as_slice().as_ptr() as usize % AlignedBuf::ALIGN, 0);
+        assert_eq!(b.as_mut_slice().len(), 1 << 20);
     }
 
     #[test]
