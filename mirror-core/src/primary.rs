@@ -948,6 +948,14 @@ impl Inner {
             match mode {
                 ResyncMode::FullScan | ResyncMode::Periodic => {
                     job.compare(BlockRange::new(0, self.volume.blocks()))?;
+                    if job.defer {
+                        // Only blocks that still differ once the writes in flight to them
+                        // have landed are counted and repaired.
+                        job.defer = false;
+                        for run in job.recheck()? {
+                            job.ship(run)?;
+                        }
+                    }
                     let w = self.barrier(&conn, Vec::new(), true)?;
                     self.wait_ack(&conn, &w)?;
                     job.dirty_passes()?;
@@ -1051,7 +1059,9 @@ struct Job<'a> {
     report: &'a mut Report,
     ctl: Ctl<'a>,
     progress: Option<&'a (dyn Fn(Progress) + Sync)>,
-    repair: bool,
+    /// Record mismatches for a re-check instead of shipping them at once (verify, and the
+    /// periodic scan, whose report must count divergence, not writes that raced the scan).
+    defer: bool,
     priority: IoPriority,
     mismatches: RunBuilder,
     done: u64,
@@ -1076,7 +1086,7 @@ impl<'a> Job<'a> {
             report,
             ctl,
             progress,
-            repair: kind != JobKind::Verify,
+            defer: matches!(kind, JobKind::Verify | JobKind::Periodic),
             priority: if ctl.background {
                 IoPriority::Idle
             } else {
@@ -1431,15 +1441,14 @@ impl<'a> Job<'a> {
     }
 
     fn mismatch(&mut self, run: BlockRange) -> Result<()> {
-        self.report.mismatched += run.count;
-        if self.repair {
-            self.ship(run)
-        } else {
+        if self.defer {
             for b in run.start.0..run.end() {
                 self.mismatches.push(b);
             }
-            Ok(())
+            return Ok(());
         }
+        self.report.mismatched += run.count;
+        self.ship(run)
     }
 
     /// Sends the current contents of `run`, each piece read and queued under its regions'
@@ -1549,10 +1558,10 @@ impl<'a> Job<'a> {
 
     /// Re-checks every recorded mismatch against the secondary's digest taken after the writes
     /// in flight to it; only the ones still different are reported.
-    fn recheck(&mut self) -> Result<()> {
+    fn recheck(&mut self) -> Result<Vec<BlockRange>> {
         let runs = std::mem::take(&mut self.mismatches).finish();
         if runs.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let algorithm = self.inner.config.algorithm;
         let vol = self.inner.volume.clone();
@@ -1606,10 +1615,10 @@ impl<'a> Job<'a> {
             }
         }
         self.report.mismatched = count;
-        let mut ranges = still.finish();
-        ranges.truncate(Report::MAX_RANGES);
-        self.report.mismatched_ranges = ranges;
-        Ok(())
+        let confirmed = still.finish();
+        self.report.mismatched_ranges =
+            confirmed.iter().take(Report::MAX_RANGES).copied().collect();
+        Ok(confirmed)
     }
 }
 

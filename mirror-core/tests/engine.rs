@@ -465,3 +465,56 @@ fn bad_caller_input_is_refused_and_changes_nothing() {
         mirror_core::ErrorKind::Closed
     );
 }
+
+#[test]
+fn periodic_report_counts_divergence_not_writes_racing_the_scan() {
+    let pair = Pair::new(8 * MIB, 17);
+    let mut c = pair.config();
+    c.periodic = Some(PeriodicScan {
+        interval: Duration::from_millis(50),
+        rate_mib_s: 400.0,
+    });
+    let p = Arc::new(pair.open_primary(c));
+    wait_coherent(&p);
+    let blocks = pair.primary_vol.blocks();
+    // A busy writer over the first half, through mirror.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (p, stop) = (p.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut r = rng(18);
+            while !stop.load(Ordering::Relaxed) {
+                let b = r.gen_range(0..blocks / 2);
+                p.write(b * BS, &random_bytes(&mut r, BS as usize)).unwrap();
+            }
+        })
+    };
+    // Silent corruption of 12 distinct blocks in the second half.
+    let mut r = rng(19);
+    let mut hit = std::collections::BTreeSet::new();
+    while hit.len() < 12 {
+        hit.insert(r.gen_range(blocks / 2..blocks - 1));
+    }
+    for b in &hit {
+        pair.secondary_vol
+            .write_at(b * BS, &random_bytes(&mut r, BS as usize))
+            .unwrap();
+    }
+    wait_for(60, "a periodic report with the corruption", || {
+        p.status()
+            .last_report
+            .is_some_and(|r| r.mode == ResyncMode::Periodic && r.mismatched > 0)
+    });
+    let r = p.status().last_report.unwrap();
+    assert_eq!(r.mismatched, 12, "{r:?}");
+    let listed: u64 = r.mismatched_ranges.iter().map(|x| x.count).sum();
+    assert_eq!(listed, 12);
+    assert!(
+        r.mismatched_ranges.iter().all(|x| x.start.0 >= blocks / 2),
+        "{r:?}"
+    );
+    stop.store(true, Ordering::Relaxed);
+    writer.join().unwrap();
+    p.resync().unwrap();
+    assert!(pair.equal());
+}
