@@ -1305,24 +1305,7 @@ impl<'a> Job<'a> {
 
     /// Reads and hashes `run` of the local volume.
     fn local_digests(&self, run: BlockRange) -> Result<ScanMap> {
-        let vol = &*self.inner.volume;
-        let (offset, len) = scan::byte_span(vol, run);
-        let mut buf = vec![0u8; len];
-        vol.read_batch(
-            &mut [ReadOp {
-                offset,
-                buf: &mut buf,
-            }],
-            self.priority,
-        )?;
-        let mut digests = Vec::new();
-        scan::hash_blocks(
-            self.inner.config.algorithm,
-            vol.block_size(),
-            &buf,
-            &mut digests,
-        );
-        ScanMap::new(self.inner.config.algorithm, run.start, digests)
+        scan::scan_all(&*self.inner.volume, run, self.scan_options())
     }
 
     fn window_here(&mut self, runs: &[BlockRange], req: u64, rx: &Receiver<Message>) -> Result<()> {
@@ -1458,17 +1441,17 @@ impl<'a> Job<'a> {
         let bs = vol.block_size();
         let per_piece = (wire::MAX_WRITE_DATA as u64 / bs.bytes()).max(1);
         let mut next = run.start.0;
-        let mut buf = Vec::new();
+        let mut buf = scan::AlignedBuf::default();
         while next < run.end() {
             let piece = BlockRange::new(next, per_piece.min(run.end() - next));
             let (offset, len) = scan::byte_span(vol, piece);
-            buf.resize(len, 0);
+            buf.resize(len);
             {
                 let _guards = self.inner.locks.lock(offset, len as u64);
                 vol.read_batch(
                     &mut [ReadOp {
                         offset,
-                        buf: &mut buf,
+                        buf: buf.as_mut_slice(),
                     }],
                     self.priority,
                 )?;
@@ -1477,7 +1460,7 @@ impl<'a> Job<'a> {
                         seq,
                         offset,
                         flags: write_flags::REPAIR,
-                        data: buf.clone(),
+                        data: buf.as_slice().to_vec(),
                     },
                     PendingKind::Write {
                         offset,
