@@ -119,9 +119,8 @@ impl TlsConfig {
 
     fn build(cert: (&[u8], &str), key: (&[u8], &str), trust: (&[u8], &str)) -> Result<TlsConfig> {
         let certs = parse_certs(cert.0, cert.1)?;
-        let key_der = PrivateKeyDer::from_pem_slice(key.0).map_err(|e| {
-            Error::invalid(format!("{}: no usable PEM private key: {e}", key.1))
-        })?;
+        let key_der = PrivateKeyDer::from_pem_slice(key.0)
+            .map_err(|e| Error::invalid(format!("{}: no usable PEM private key: {e}", key.1)))?;
         let anchors = parse_certs(trust.0, trust.1)?;
         let mut roots = RootCertStore::empty();
         let mut trusted = Vec::new();
@@ -141,12 +140,10 @@ impl TlsConfig {
             ))
         };
 
-        let client_verifier = WebPkiClientVerifier::builder_with_provider(
-            roots.clone(),
-            provider.clone(),
-        )
-        .build()
-        .map_err(|e| Error::invalid(format!("{}: {e}", trust.1)))?;
+        let client_verifier =
+            WebPkiClientVerifier::builder_with_provider(roots.clone(), provider.clone())
+                .build()
+                .map_err(|e| Error::invalid(format!("{}: {e}", trust.1)))?;
         let mut server = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(tls13)
             .map_err(bad_identity)?
@@ -308,10 +305,9 @@ pub fn io_error(peer: &str, role: &str, e: io::Error, during: &str) -> Error {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
             Error::link(peer, format!("{during}: timed out"))
         }
-        io::ErrorKind::UnexpectedEof => Error::link(
-            peer,
-            format!("{during}: connection closed by the {role}"),
-        ),
+        io::ErrorKind::UnexpectedEof => {
+            Error::link(peer, format!("{during}: connection closed by the {role}"))
+        }
         _ => Error::link(peer, format!("{during}: {e}")),
     }
 }
@@ -760,7 +756,10 @@ impl Identity {
             None => params.clone().self_signed(&key).map_err(bad)?,
             Some(ca) => {
                 let issuer = (*ca.params).clone().self_signed(&ca.key).map_err(bad)?;
-                params.clone().signed_by(&key, &issuer, &ca.key).map_err(bad)?
+                params
+                    .clone()
+                    .signed_by(&key, &issuer, &ca.key)
+                    .map_err(bad)?
             }
         };
         Ok(Identity {
@@ -885,11 +884,17 @@ mod tests {
         // The secondary does not trust the primary: the primary learns it at its first read.
         let (c, srv) = handshake_pair(config(&p, &s), config(&s, &stranger));
         let e = srv.unwrap_err();
-        assert!(e.to_string().contains("primary's certificate is refused"), "{e}");
+        assert!(
+            e.to_string().contains("primary's certificate is refused"),
+            "{e}"
+        );
         let e = client_first_read(c.unwrap()).unwrap_err();
         let e = io_error("x", "secondary", e, "read");
         assert_eq!(e.kind(), crate::ErrorKind::Auth, "{e}");
-        assert!(e.to_string().contains("not trusted by its trust file"), "{e}");
+        assert!(
+            e.to_string().contains("not trusted by its trust file"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -922,7 +927,12 @@ mod tests {
             let (c, srv) = handshake_pair(config(cert, &p), config(&p, cert));
             let e = srv.unwrap_err();
             assert!(e.to_string().contains(want), "{e}");
-            let e = io_error("x", "secondary", client_first_read(c.unwrap()).unwrap_err(), "read");
+            let e = io_error(
+                "x",
+                "secondary",
+                client_first_read(c.unwrap()).unwrap_err(),
+                "read",
+            );
             assert!(e.to_string().contains("expired or not yet valid"), "{e}");
         }
     }
@@ -967,8 +977,7 @@ mod tests {
         let e = TlsConfig::from_pem(b"nothing", p.key_pem.as_bytes(), s.cert_pem.as_bytes())
             .unwrap_err();
         assert!(e.to_string().contains("no PEM certificate"), "{e}");
-        let e = TlsConfig::from_pem(p.cert_pem.as_bytes(), b"", s.cert_pem.as_bytes())
-            .unwrap_err();
+        let e = TlsConfig::from_pem(p.cert_pem.as_bytes(), b"", s.cert_pem.as_bytes()).unwrap_err();
         assert!(e.to_string().contains("private key"), "{e}");
         let e = TlsConfig::from_pem(
             p.cert_pem.as_bytes(),
@@ -978,8 +987,7 @@ mod tests {
         .unwrap_err();
         assert!(e.to_string().contains("not a usable identity"), "{e}");
         let dir = tempfile::tempdir().unwrap();
-        let e = TlsConfig::from_files(dir.path().join("a"), dir.path().join("b"), "c")
-            .unwrap_err();
+        let e = TlsConfig::from_files(dir.path().join("a"), dir.path().join("b"), "c").unwrap_err();
         assert!(e.to_string().contains("/a"), "{e}");
         // Debug never shows the key.
         let dbg = format!("{:?}", config(&p, &s));
