@@ -1,10 +1,12 @@
 //! Admission of connections before they authenticate: what a stranger can cost the secondary.
 //!
 //! Invariants:
-//! - At most `max_handshakes` connections are in handshake at once; a new one beyond the cap
-//!   evicts the oldest (a real primary's handshake takes milliseconds, so the oldest is the one
-//!   least likely to be one), which keeps a flood of idle connections from locking a real
-//!   primary out while bounding the descriptors and threads the flood holds.
+//! - At most `max_handshakes` connections are in handshake at once. A new one beyond the cap
+//!   evicts the oldest when that one has had its fair chance (`min_age`: a real primary's
+//!   handshake takes milliseconds), and is refused otherwise. A flood of idle or slow
+//!   connections therefore cannot lock a real primary out, and a newly admitted connection is
+//!   never evicted before `min_age` however fast the flood reconnects; the descriptors and
+//!   threads a flood holds stay bounded.
 //! - No handshake outlives `deadline` (the accept loop shuts overdue ones down), however
 //!   slowly its peer drips bytes.
 //! - At most `max_sessions` authenticated connections at once.
@@ -56,9 +58,14 @@ struct State {
 
 /// What the accept loop must do with an accepted connection.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Admitted {
-    /// A connection evicted to make room: shut it down.
-    pub evicted: Option<u64>,
+pub enum Admitted {
+    /// Go ahead with the handshake, after shutting down `evicted` to make room.
+    Yes {
+        /// A connection evicted to make room.
+        evicted: Option<u64>,
+    },
+    /// At the cap, and every connection in handshake is younger than `min_age`: close it.
+    Refused,
 }
 
 impl Admission {
@@ -75,16 +82,28 @@ impl Admission {
         self.limits
     }
 
-    /// Registers connection `id` as in handshake, evicting the oldest one when at the cap.
+    /// How long a connection in handshake is safe from eviction: a tenth of the deadline, at
+    /// most a second.
+    pub fn min_age(&self) -> Duration {
+        (self.limits.handshake_timeout / 10).min(Duration::from_secs(1))
+    }
+
+    /// Registers connection `id` as in handshake; at the cap, evicts the oldest one if it is
+    /// at least [`min_age`](Self::min_age) old, or refuses `id`.
     pub fn admit(&self, id: u64, now: Instant) -> Admitted {
         let mut s = lock(&self.state);
-        let evicted = if s.handshaking.len() >= self.limits.max_handshakes.max(1) {
-            s.handshaking.pop_first().map(|(old, _)| old)
-        } else {
-            None
-        };
+        let mut evicted = None;
+        if s.handshaking.len() >= self.limits.max_handshakes.max(1) {
+            match s.handshaking.first_key_value() {
+                Some((&old, &at)) if now.saturating_duration_since(at) >= self.min_age() => {
+                    s.handshaking.remove(&old);
+                    evicted = Some(old);
+                }
+                _ => return Admitted::Refused,
+            }
+        }
         s.handshaking.insert(id, now);
-        Admitted { evicted }
+        Admitted::Yes { evicted }
     }
 
     /// The oldest connection in handshake, removed: shed to free a descriptor.
@@ -243,18 +262,26 @@ mod tests {
     }
 
     #[test]
-    fn past_the_handshake_cap_the_oldest_connection_is_evicted() {
+    fn past_the_handshake_cap_the_oldest_connection_is_evicted_once_it_had_its_chance() {
         let a = Admission::new(limits(3, 4));
+        assert_eq!(a.min_age(), Duration::from_secs(1));
         let t = Instant::now();
+        let yes = |evicted| Admitted::Yes { evicted };
         for id in 1..=3 {
-            assert_eq!(a.admit(id, t).evicted, None);
+            assert_eq!(a.admit(id, t), yes(None));
         }
-        assert_eq!(a.admit(4, t).evicted, Some(1));
-        assert_eq!(a.admit(5, t).evicted, Some(2));
+        // Everyone in handshake is young: the newcomer is refused, nobody evicted.
+        assert_eq!(a.admit(4, t + Duration::from_millis(500)), Admitted::Refused);
+        let later = t + Duration::from_secs(2);
+        assert_eq!(a.admit(5, later), yes(Some(1)));
+        assert_eq!(a.admit(6, later), yes(Some(2)));
+        assert_eq!(a.admit(7, later), yes(Some(3)));
+        // 5, 6 and 7 just got in: they are safe for min_age.
+        assert_eq!(a.admit(8, later), Admitted::Refused);
         assert_eq!(a.handshaking(), 3);
-        a.finished(4);
-        assert_eq!(a.admit(6, t).evicted, None);
-        assert_eq!(a.shed_oldest(), Some(3));
+        a.finished(6);
+        assert_eq!(a.admit(9, later), yes(None));
+        assert_eq!(a.shed_oldest(), Some(5));
     }
 
     #[test]
