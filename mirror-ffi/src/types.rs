@@ -25,7 +25,6 @@ macro_rules! c_enum {
 }
 
 /// A per-block digest algorithm. The values are the wire ids.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_algorithm {
@@ -59,7 +58,6 @@ impl From<Algorithm> for mirror_algorithm {
 }
 
 /// When a replicated write is acknowledged to its caller.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_mode {
@@ -80,7 +78,6 @@ impl From<mirror_mode> for ReplicationMode {
 }
 
 /// The I/O backend of a volume.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_io_backend {
@@ -101,7 +98,6 @@ impl From<mirror_io_backend> for IoBackend {
 }
 
 /// Whether a volume is opened with `O_DIRECT`.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_direct_io {
@@ -125,7 +121,6 @@ impl mirror_direct_io {
 }
 
 /// Which side compares digests during a checksum scan.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_compare_side {
@@ -159,7 +154,6 @@ impl From<CompareSide> for mirror_compare_side {
 }
 
 /// Where a primary's link stands.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_link_state {
@@ -185,7 +179,6 @@ impl From<LinkState> for mirror_link_state {
 }
 
 /// How a resync found what to send.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_resync_mode {
@@ -214,7 +207,6 @@ impl From<ResyncMode> for mirror_resync_mode {
 }
 
 /// What became of a replicated write.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_write_outcome {
@@ -237,7 +229,6 @@ impl From<WriteOutcome> for mirror_write_outcome {
 }
 
 /// A run of blocks `[start, start + count)`.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct mirror_block_range {
@@ -248,7 +239,6 @@ pub struct mirror_block_range {
 }
 
 /// The result of a resync, a verify or a periodic scan.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct mirror_report {
@@ -309,7 +299,6 @@ impl Default for mirror_report {
 }
 
 /// A snapshot of a primary.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct mirror_status {
@@ -356,7 +345,6 @@ impl From<&Status> for mirror_status {
 }
 
 /// A snapshot of a secondary.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct mirror_secondary_status {
