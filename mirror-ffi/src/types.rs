@@ -377,3 +377,66 @@ impl mirror_secondary_status {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use mirror_core::{field_names, Report, Status};
+
+    use super::{mirror_report, mirror_status};
+
+    #[test]
+    fn c_report_carries_every_report_field() {
+        let c: &[&str] = field_names!(mirror_report {
+            mode,
+            algorithm,
+            compare,
+            blocks,
+            mismatched,
+            blocks_sent,
+            bytes_sent,
+            bytes_received,
+            seconds,
+            mismatched_runs,
+        });
+        // A fixed-size struct cannot hold the runs: it counts them, and
+        // `mirror_primary_verify` copies them into the caller's array.
+        let core: Vec<&str> = Report::FIELDS
+            .iter()
+            .map(|&f| match f {
+                "mismatched_ranges" => "mismatched_runs",
+                other => other,
+            })
+            .collect();
+        assert_eq!(c, core);
+    }
+
+    #[test]
+    fn c_status_carries_every_status_field() {
+        let c: &[&str] = field_names!(mirror_status {
+            state,
+            map_valid,
+            has_last_report,
+            dirty_regions,
+            dirty_bytes,
+            region_size,
+            pending_writes,
+            bytes_sent,
+            bytes_received,
+            connections,
+            last_report,
+        });
+        // `has_last_report` stands for the `Option` of `last_report`; `last_error` is a string,
+        // which `mirror_primary_last_link_error` copies out instead.
+        let c: Vec<&str> = c
+            .iter()
+            .copied()
+            .filter(|&f| f != "has_last_report")
+            .collect();
+        let core: Vec<&str> = Status::FIELDS
+            .iter()
+            .copied()
+            .filter(|&f| f != "last_error")
+            .collect();
+        assert_eq!(c, core);
+    }
+}
