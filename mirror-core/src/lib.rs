@@ -7,20 +7,24 @@
 //! - [`Primary`], [`Secondary`]: the controllers, blocking and thread-safe.
 #![forbid(unsafe_code)]
 
-pub mod auth;
-mod background;
 pub mod config;
-pub mod digest;
 pub mod dirty;
 mod error;
-pub mod link;
 pub mod primary;
+pub mod protocol;
 pub mod report;
-pub mod scan;
 pub mod secondary;
+pub mod storage;
+pub mod sync;
 pub mod units;
-pub mod volume;
-pub mod wire;
+
+pub use protocol::{auth, link};
+pub use storage::{digest, scan, volume};
+
+/// The wire protocol under the name the other crates know: frames and messages.
+pub mod wire {
+    pub use crate::protocol::messages::*;
+}
 
 pub use config::{CompareSide, PeriodicScan, PrimaryConfig, ReplicationMode, SecondaryConfig};
 pub use digest::Algorithm;

@@ -24,14 +24,14 @@ use std::time::Duration;
 use crossbeam_channel::{bounded, Receiver};
 use tracing::{debug, info, warn};
 
-use crate::auth;
-use crate::background;
 use crate::config::SecondaryConfig;
-use crate::link::{self, Counters, FrameReader, FrameWriter};
-use crate::scan::{self, RunBuilder, ScanOptions};
+use crate::protocol::auth;
+use crate::protocol::link::{self, Counters, FrameReader, FrameWriter};
+use crate::protocol::messages::{self as wire, code, write_flags, Message};
+use crate::storage::background;
+use crate::storage::scan::{self, RunBuilder, ScanOptions};
+use crate::storage::volume::{IoPriority, Volume};
 use crate::units::{BlockIndex, BlockRange, Generation};
-use crate::volume::{IoPriority, Volume};
-use crate::wire::{self, code, write_flags, Message};
 use crate::{Algorithm, Error, ErrorKind, Result};
 
 /// A snapshot of a secondary.
@@ -738,7 +738,7 @@ fn worker(
                                 return Err(Error::Cancelled("scan"));
                             }
                             let mut wr = lock(writer);
-                            for msg in wire::digest_messages(req, &batch) {
+                            for msg in scan::digest_messages(req, &batch) {
                                 wr.send(&msg)?;
                             }
                             wr.flush()?;

@@ -27,16 +27,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, TrySendError};
 use tracing::{debug, info, warn};
 
-use crate::auth;
 use crate::config::{CompareSide, PrimaryConfig, ReplicationMode};
-use crate::digest::Algorithm;
 use crate::dirty::{DirtyMap, Region};
-use crate::link::{self, Counters, FrameReader, FrameWriter};
+use crate::protocol::auth;
+use crate::protocol::link::{self, Counters, FrameReader, FrameWriter};
+use crate::protocol::messages::{self as wire, write_flags, Message};
 use crate::report::{LinkState, Report, ResyncMode, Status};
-use crate::scan::{self, RateLimiter, RunBuilder, ScanMap, ScanOptions};
+use crate::storage::digest::Algorithm;
+use crate::storage::scan::{self, RateLimiter, RunBuilder, ScanMap, ScanOptions};
+use crate::storage::volume::{check_io, IoPriority, ReadOp, Volume};
 use crate::units::{BlockRange, Generation};
-use crate::volume::{check_io, IoPriority, ReadOp, Volume};
-use crate::wire::{self, write_flags, Message};
 use crate::{Error, ErrorKind, Result};
 
 /// What became of a replicated write.
@@ -972,7 +972,7 @@ impl Inner {
             self.wait_ack(&conn, &w)
         };
         let result = if background {
-            crate::background::run_niced(body)
+            crate::storage::background::run_niced(body)
         } else {
             body()
         };
@@ -1255,7 +1255,7 @@ impl<'a> Job<'a> {
                     priority,
                     range: batch.range(),
                 })?;
-                for msg in wire::digest_messages(req, &batch) {
+                for msg in scan::digest_messages(req, &batch) {
                     self.conn.send(&msg)?;
                 }
                 self.conn.send(&Message::CompareEnd { req })?;
@@ -1378,7 +1378,7 @@ impl<'a> Job<'a> {
                 priority,
                 range: *run,
             })?;
-            for msg in wire::digest_messages(req, &ours) {
+            for msg in scan::digest_messages(req, &ours) {
                 self.conn.send(&msg)?;
             }
             self.conn.send(&Message::CompareEnd { req })?;
