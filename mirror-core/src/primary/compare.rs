@@ -171,16 +171,11 @@ impl Job<'_> {
     }
 
     /// Reads and hashes `run` of the local volume.
-    pub(super) fn local_digests(&self, run: BlockRange) -> Result<ScanMap> {
+    fn local_digests(&self, run: BlockRange) -> Result<ScanMap> {
         scan::scan_all(&*self.inner.volume, run, self.scan_options())
     }
 
-    pub(super) fn window_here(
-        &mut self,
-        runs: &[BlockRange],
-        req: u64,
-        rx: &Receiver<Message>,
-    ) -> Result<()> {
+    fn window_here(&mut self, runs: &[BlockRange], req: u64, rx: &Receiver<Message>) -> Result<()> {
         let algorithm = self.inner.config.algorithm;
         let priority = self.wire_priority();
         for run in runs {
@@ -231,7 +226,7 @@ impl Job<'_> {
         Ok(())
     }
 
-    pub(super) fn window_there(
+    fn window_there(
         &mut self,
         runs: &[BlockRange],
         span: BlockRange,
@@ -266,7 +261,7 @@ impl Job<'_> {
         Ok(())
     }
 
-    pub(super) fn on_compare_answer(
+    fn on_compare_answer(
         &mut self,
         m: Message,
         range: BlockRange,

@@ -23,11 +23,11 @@ use crate::{Error, Result};
 #[derive(Debug, Default)]
 pub(super) struct Waiter {
     pub(super) done: Mutex<Option<bool>>,
-    pub(super) cv: Condvar,
+    cv: Condvar,
 }
 
 impl Waiter {
-    pub(super) fn set(&self, ok: bool) {
+    fn set(&self, ok: bool) {
         *lock(&self.done) = Some(ok);
         self.cv.notify_all();
     }
@@ -67,15 +67,15 @@ pub(super) enum PendingKind {
 }
 
 #[derive(Debug)]
-pub(super) struct PendingEntry {
+struct PendingEntry {
     pub(super) kind: PendingKind,
-    pub(super) waiter: Option<Arc<Waiter>>,
+    waiter: Option<Arc<Waiter>>,
 }
 
 #[derive(Debug, Default)]
 pub(super) struct PendingTable {
     pub(super) dead: bool,
-    pub(super) entries: HashMap<u64, PendingEntry>,
+    entries: HashMap<u64, PendingEntry>,
 }
 
 /// One established link.

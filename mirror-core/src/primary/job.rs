@@ -30,7 +30,7 @@ pub(super) const CHUNK_BLOCKS: u64 = 1024;
 /// Digest requests kept in flight ahead of the local scan.
 pub(super) const REQUESTS_AHEAD: u64 = 16;
 /// Dirty regions taken per resync window.
-pub(super) const WINDOW_REGIONS: usize = 256;
+const WINDOW_REGIONS: usize = 256;
 /// Bytes of dirty regions taken per resync window.
 pub(super) const WINDOW_BYTES: u64 = 16 << 20;
 
@@ -154,13 +154,13 @@ pub(super) struct Ctl<'a> {
     pub(super) conn: &'a Conn,
     pub(super) cancel: Option<&'a AtomicBool>,
     /// [`Inner::cancels`] when a caller asked for the job; None for the primary's own.
-    pub(super) called_at: Option<u64>,
-    pub(super) rate: Option<&'a Mutex<RateLimiter>>,
-    pub(super) background: bool,
+    called_at: Option<u64>,
+    rate: Option<&'a Mutex<RateLimiter>>,
+    background: bool,
 }
 
 impl Ctl<'_> {
-    pub(super) fn check_live(&self) -> Result<()> {
+    fn check_live(&self) -> Result<()> {
         if self.conn.is_dead() {
             return Err(Error::link(&self.conn.peer, "link lost"));
         }
@@ -207,7 +207,7 @@ pub(super) struct Job<'a> {
     /// Record mismatches for a re-check instead of shipping them at once (verify, and the
     /// periodic scan, whose report must count divergence, not writes that raced the scan).
     pub(super) defer: bool,
-    pub(super) priority: IoPriority,
+    priority: IoPriority,
     pub(super) mismatches: RunBuilder,
     pub(super) done: u64,
     pub(super) total: u64,
@@ -352,7 +352,7 @@ impl Job<'_> {
 
     /// Resyncs the dirty regions, window by window, until none is left (regions dirtied
     /// meanwhile by a full async queue are picked up by the next pass).
-    pub(super) fn dirty_passes(&mut self) -> Result<()> {
+    fn dirty_passes(&mut self) -> Result<()> {
         let bs = self.inner.volume.block_size();
         let blocks = self.inner.volume.blocks();
         for _pass in 0..8 {
@@ -412,7 +412,7 @@ impl Job<'_> {
 
     /// Re-checks every recorded mismatch against the secondary's digest taken after the writes
     /// in flight to it; only the ones still different are reported.
-    pub(super) fn recheck(&mut self) -> Result<Vec<BlockRange>> {
+    fn recheck(&mut self) -> Result<Vec<BlockRange>> {
         let runs = std::mem::take(&mut self.mismatches).finish();
         if runs.is_empty() {
             return Ok(Vec::new());

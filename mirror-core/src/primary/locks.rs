@@ -7,14 +7,14 @@ use std::sync::{Mutex, MutexGuard};
 use crate::sync::lock;
 
 /// Number of stripe locks.
-pub(super) const STRIPES: usize = 256;
+const STRIPES: usize = 256;
 
 /// Stripe locks over dirty-map regions: writes and resync reads of a region exclude each
 /// other. Locks are taken in ascending stripe order, so two ranges never deadlock.
 #[derive(Debug)]
 pub(super) struct RegionLocks {
-    pub(super) stripes: Vec<Mutex<()>>,
-    pub(super) shift: u32,
+    stripes: Vec<Mutex<()>>,
+    shift: u32,
 }
 
 impl RegionLocks {
@@ -46,7 +46,7 @@ mod tests {
     use super::*;
 
     #[test]
-    pub(super) fn region_locks_dedup_and_sort_stripes() {
+    fn region_locks_dedup_and_sort_stripes() {
         let l = RegionLocks::new(65536);
         assert_eq!(l.lock(0, 1).len(), 1);
         assert_eq!(l.lock(65535, 2).len(), 2);

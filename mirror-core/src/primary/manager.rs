@@ -234,7 +234,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
     inner.set_state(LinkState::Closed);
 }
 
-pub(super) fn writer_loop(
+fn writer_loop(
     inner: &Inner,
     conn: &Conn,
     mut w: FrameWriter,
@@ -273,7 +273,7 @@ pub(super) fn writer_loop(
     }
 }
 
-pub(super) fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
+fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
     let result = (|| -> Result<()> {
         loop {
             if conn.is_dead() {

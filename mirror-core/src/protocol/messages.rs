@@ -265,13 +265,11 @@ impl Message {
                     return Err(bad("Digests reach past the largest block index"));
                 }
             }
-            Message::BlockRequest { range, .. } => {
-                if !request_range_ok(range) {
-                    return Err(bad(format!(
-                        "BlockRequest for {} blocks at {}",
-                        range.count, range.start.0
-                    )));
-                }
+            Message::BlockRequest { range, .. } if !request_range_ok(range) => {
+                return Err(bad(format!(
+                    "BlockRequest for {} blocks at {}",
+                    range.count, range.start.0
+                )));
             }
             _ => {}
         }

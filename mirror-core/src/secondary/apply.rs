@@ -142,7 +142,7 @@ impl Session<'_> {
     }
 }
 
-pub(super) fn send_work(tx: &crossbeam_channel::Sender<Work>, w: Work, peer: &str) -> Result<()> {
+fn send_work(tx: &crossbeam_channel::Sender<Work>, w: Work, peer: &str) -> Result<()> {
     tx.send(w)
         .map_err(|_| Error::link(peer, "scan worker stopped"))
 }

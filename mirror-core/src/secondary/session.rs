@@ -83,10 +83,10 @@ pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, 
 
 pub(super) struct Session<'a> {
     pub(super) inner: &'a Arc<Inner>,
-    pub(super) id: u64,
+    id: u64,
     pub(super) peer: &'a str,
     pub(super) writer: &'a Arc<Mutex<FrameWriter>>,
-    pub(super) counters: Arc<Counters>,
+    counters: Arc<Counters>,
 }
 
 impl Session<'_> {

@@ -44,15 +44,15 @@ pub(super) enum Work {
 }
 
 /// Most blocks of queued scan requests merged into one scan.
-pub(super) const MAX_MERGED_SCAN_BLOCKS: u64 = 1 << 16;
+const MAX_MERGED_SCAN_BLOCKS: u64 = 1 << 16;
 
-pub(super) struct CompareState {
-    pub(super) req: u64,
-    pub(super) algorithm: Algorithm,
-    pub(super) priority: IoPriority,
+struct CompareState {
+    req: u64,
+    algorithm: Algorithm,
+    priority: IoPriority,
     pub(super) range: BlockRange,
     pub(super) next: u64,
-    pub(super) mismatched: u64,
+    mismatched: u64,
 }
 
 pub(super) fn worker(
