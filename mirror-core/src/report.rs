@@ -9,7 +9,7 @@
 use std::fmt;
 
 use crate::config::CompareSide;
-use crate::digest::Algorithm;
+use crate::storage::digest::Algorithm;
 use crate::units::BlockRange;
 
 /// How a resync found what to send.
