@@ -69,7 +69,7 @@ impl Volume for Guarded {
                 let off = offset + i as u64 * BS;
                 if !a.get(&off).is_some_and(|s| s.contains(block)) {
                     self.foreign.lock().unwrap().push(off);
-                    return Err(mirror_core::Error::invalid(format!(
+                    return Err(mirror_core::Error::InvalidArgument(format!(
                         "foreign bytes at {off}"
                     )));
                 }
@@ -192,7 +192,11 @@ fn injected(framing: Framing) -> Vec<u8> {
 /// resynced (or after the attack, when `expect_reconnect` is false).
 fn attacked(attack: Attack, with_tls: bool, seed: u64) -> (Setup, Primary) {
     let (pi, si) = identities();
-    let framing = if with_tls { Framing::Tls } else { Framing::Mirror };
+    let framing = if with_tls {
+        Framing::Tls
+    } else {
+        Framing::Mirror
+    };
     let s = Setup::new(with_tls.then(|| tls(&si, &pi)), framing, seed);
     let p = s.primary(with_tls.then(|| tls(&pi, &si)));
     wait_coherent(&p);
@@ -239,7 +243,10 @@ fn tampering_on_the_path_ends_a_tls_connection_and_never_reaches_the_volume() {
         }
         p.flush().unwrap();
         wait_coherent(&p);
-        assert!(s.equal(), "{name}: the clean connection resynced to equality");
+        assert!(
+            s.equal(),
+            "{name}: the clean connection resynced to equality"
+        );
         assert!(
             s.secondary.status().rejected + s.mitm.connections() >= 2,
             "{name}: the tampered connection ended"
@@ -259,7 +266,10 @@ fn without_tls_frame_checks_stop_flips_and_truncation_but_not_injection() {
         let (s, p) = attacked(attack, false, 10 + seed as u64);
         wait_for(60, "the primary to reconnect", || s.mitm.connections() >= 2);
         wait_coherent(&p);
-        assert!(s.guarded.foreign().is_empty(), "{name}: foreign bytes applied");
+        assert!(
+            s.guarded.foreign().is_empty(),
+            "{name}: foreign bytes applied"
+        );
         assert!(s.equal(), "{name}");
     }
     // Injection: the secondary's guard sees the relay's bytes arrive as a valid Write.
@@ -267,7 +277,11 @@ fn without_tls_frame_checks_stop_flips_and_truncation_but_not_injection() {
     wait_for(30, "the injected frame to reach the volume", || {
         !s.guarded.foreign().is_empty()
     });
-    assert_eq!(s.guarded.foreign(), vec![0], "only TLS stops an injected frame");
+    assert_eq!(
+        s.guarded.foreign(),
+        vec![0],
+        "only TLS stops an injected frame"
+    );
 }
 
 #[test]
@@ -275,7 +289,11 @@ fn nothing_written_travels_in_clear_under_tls() {
     let marker = b"SNIFF-ME-IF-YOU-CAN-0123456789ab".repeat(BS as usize / 32);
     for with_tls in [false, true] {
         let (pi, si) = identities();
-        let framing = if with_tls { Framing::Tls } else { Framing::Mirror };
+        let framing = if with_tls {
+            Framing::Tls
+        } else {
+            Framing::Mirror
+        };
         let s = Setup::new(with_tls.then(|| tls(&si, &pi)), framing, 30);
         let p = s.primary(with_tls.then(|| tls(&pi, &si)));
         wait_coherent(&p);
@@ -283,16 +301,27 @@ fn nothing_written_travels_in_clear_under_tls() {
         p.flush().unwrap();
         let seen = s.mitm.seen();
         let found = seen.windows(32).any(|w| w == &marker[..32]);
-        assert_eq!(found, !with_tls, "marker in the relayed bytes (tls: {with_tls})");
+        assert_eq!(
+            found, !with_tls,
+            "marker in the relayed bytes (tls: {with_tls})"
+        );
         assert!(s.equal());
     }
 }
 
-fn refused(primary_id: &Identity, primary_trusts: &Identity, secondary_id: &Identity, secondary_trusts: &Identity) -> mirror_core::Error {
+fn refused(
+    primary_id: &Identity,
+    primary_trusts: &Identity,
+    secondary_id: &Identity,
+    secondary_trusts: &Identity,
+) -> mirror_core::Error {
     let s = Setup::new(Some(tls(secondary_id, secondary_trusts)), Framing::Tls, 40);
     let p = s.primary(Some(tls(primary_id, primary_trusts)));
     let e = p.wait_connected(Duration::from_secs(30)).unwrap_err();
-    assert!(read(&s.secondary_path).iter().all(|&b| b == 0), "nothing written");
+    assert!(
+        read(&s.secondary_path).iter().all(|&b| b == 0),
+        "nothing written"
+    );
     assert!(s.guarded.foreign().is_empty());
     e
 }

@@ -142,9 +142,9 @@ impl Primary {
     pub fn open(volume: Arc<dyn Volume>, config: PrimaryConfig) -> Result<Primary> {
         config.validate()?;
         let dirty = DirtyMap::new(volume.size(), volume.block_size(), config.region_size)?;
-        let session = auth::random_id();
+        let session = auth::random_id()?;
         let volume_id = if config.volume_id == 0 {
-            auth::random_id()
+            auth::random_id()?
         } else {
             config.volume_id
         };

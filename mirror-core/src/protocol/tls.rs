@@ -274,8 +274,10 @@ fn handshake(mut conn: Connection, stream: TcpStream, peer: &str, role: &str) ->
     {
         let mut io = &stream;
         while conn.is_handshaking() {
-            conn.complete_io(&mut io)
-                .map_err(|e| io_error(peer, role, e, "TLS handshake"))?;
+            if let Err(e) = conn.complete_io(&mut io) {
+                linger(&stream);
+                return Err(io_error(peer, role, e, "TLS handshake"));
+            }
         }
     }
     let binding = conn
@@ -293,6 +295,22 @@ fn handshake(mut conn: Connection, stream: TcpStream, peer: &str, role: &str) ->
         peer_fingerprint,
         peer: peer.to_owned(),
     })
+}
+
+/// Closes a failed handshake so that the peer reads the alert explaining why rather than a
+/// reset: stop sending, then drain what the peer still sends for a moment (bounded).
+fn linger(stream: &TcpStream) {
+    let _ = stream.shutdown(std::net::Shutdown::Write);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(250)));
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    let mut buf = [0u8; 4096];
+    let mut s = stream;
+    while std::time::Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
 }
 
 /// The engine error for an I/O error on a TLS connection with `peer` (whose role is `role`):
@@ -449,8 +467,20 @@ impl TlsStream {
     }
 
     /// The reading and writing halves, for two threads.
-    pub fn split(self) -> io::Result<(TlsReader, TlsWriter)> {
+    pub fn split(mut self) -> io::Result<(TlsReader, TlsWriter)> {
         let out = self.stream.try_clone()?;
+        // The handshake may have read records past its end (the peer's first frames arrive
+        // with its Finished): take their plaintext now, or nothing would ever ask for it.
+        let mut plain = Vec::with_capacity(RAW_READ);
+        let mut closed = false;
+        self.conn
+            .process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        match self.conn.reader().read_to_end(&mut plain) {
+            Ok(_) => closed = true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
         let shared = Arc::new(Shared {
             conn: Mutex::new(self.conn),
             send: Mutex::new(out),
@@ -461,9 +491,9 @@ impl TlsStream {
             raw: vec![0; RAW_READ].into_boxed_slice(),
             raw_pos: 0,
             raw_len: 0,
-            plain: Vec::with_capacity(RAW_READ),
+            plain,
             plain_pos: 0,
-            closed: false,
+            closed,
         };
         let writer = TlsWriter {
             shared,

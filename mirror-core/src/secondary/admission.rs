@@ -271,7 +271,10 @@ mod tests {
             assert_eq!(a.admit(id, t), yes(None));
         }
         // Everyone in handshake is young: the newcomer is refused, nobody evicted.
-        assert_eq!(a.admit(4, t + Duration::from_millis(500)), Admitted::Refused);
+        assert_eq!(
+            a.admit(4, t + Duration::from_millis(500)),
+            Admitted::Refused
+        );
         let later = t + Duration::from_secs(2);
         assert_eq!(a.admit(5, later), yes(Some(1)));
         assert_eq!(a.admit(6, later), yes(Some(2)));

@@ -52,7 +52,7 @@ pub fn in_use(name: &str, e: io::Error) -> Error {
             ),
         )
     } else {
-        Error::io(name, "lock", 0, e)
+        Error::io(name, "open", 0, e)
     }
 }
 

@@ -8,5 +8,6 @@
 
 pub(crate) mod background;
 pub mod digest;
+pub mod exclusive;
 pub mod scan;
 pub mod volume;

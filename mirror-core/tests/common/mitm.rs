@@ -19,13 +19,23 @@ pub enum Framing {
 }
 
 impl Framing {
-    /// Length of the unit at the start of `b`, when its header is there.
+    /// Length of the unit at the start of `b`, when its header is there; `Some(usize::MAX)`
+    /// when the bytes are not of this framing at all.
     fn unit_len(self, b: &[u8]) -> Option<usize> {
         match self {
             Framing::Mirror if b.len() >= 8 => {
-                Some(8 + u32::from_le_bytes(b[..4].try_into().unwrap()) as usize + 4)
+                let len = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
+                let ok = b[5..8] == [0, 0, 0] && len <= (1 << 20) + 64;
+                Some(if ok { 8 + len + 4 } else { usize::MAX })
             }
-            Framing::Tls if b.len() >= 5 => Some(5 + u16::from_be_bytes([b[3], b[4]]) as usize),
+            Framing::Tls if b.len() >= 5 => {
+                let ok = (20..=23).contains(&b[0]) && b[1] == 3;
+                Some(if ok {
+                    5 + u16::from_be_bytes([b[3], b[4]]) as usize
+                } else {
+                    usize::MAX
+                })
+            }
             _ => None,
         }
     }
@@ -151,7 +161,8 @@ fn back(st: &State, mut from: TcpStream, mut to: TcpStream) {
             break;
         }
     }
-    close(&from, &to);
+    // The primary is done sending; the secondary's answer still travels back.
+    let _ = to.shutdown(Shutdown::Write);
 }
 
 /// Primary to secondary: relayed unit by unit, tampered with once armed.
@@ -167,6 +178,15 @@ fn forward(st: &State, mut from: TcpStream, mut to: TcpStream) {
         st.seen.lock().unwrap().extend_from_slice(&buf[..n]);
         pending.extend_from_slice(&buf[..n]);
         while let Some(len) = st.framing.unit_len(&pending) {
+            if len == usize::MAX {
+                // Not this framing at all (a TLS hello to a plaintext peer, say): relay as is.
+                if to.write_all(&pending).is_err() {
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
+                }
+                pending.clear();
+                break;
+            }
             if pending.len() < len {
                 break;
             }
@@ -202,7 +222,8 @@ fn forward(st: &State, mut from: TcpStream, mut to: TcpStream) {
                 }
             };
             if !ok {
-                close(&from, &to);
+                // The secondary is gone; what it said last still travels back.
+                let _ = to.shutdown(Shutdown::Both);
                 return;
             }
             if unit.len() >= LARGE {
@@ -210,5 +231,6 @@ fn forward(st: &State, mut from: TcpStream, mut to: TcpStream) {
             }
         }
     }
-    close(&from, &to);
+    // The primary is done sending; the secondary's answer still travels back.
+    let _ = to.shutdown(Shutdown::Write);
 }
