@@ -211,7 +211,9 @@ fn keygen_writes_a_private_key_and_a_certificate_and_prints_its_fingerprint() {
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "the key is private");
     let pem = std::fs::read_to_string(&crt).unwrap();
-    assert!(std::fs::read_to_string(&key).unwrap().contains("PRIVATE KEY"));
+    assert!(std::fs::read_to_string(&key)
+        .unwrap()
+        .contains("PRIVATE KEY"));
     assert_eq!(fp, format!("sha256:{}", sha256sum(&pem_to_der(&pem))));
 
     // Never overwritten.
@@ -303,8 +305,15 @@ fn plaintext_off_loopback_is_refused_before_anything_is_touched() {
     // A secret shorter than 16 bytes is refused.
     std::fs::write(&secret, b"short-secret\n").unwrap();
     let o = run(&[
-        "serve", "--volume", s(&vol), "--listen", "127.0.0.1:0", "--create", "1M",
-        "--secret-file", s(&secret),
+        "serve",
+        "--volume",
+        s(&vol),
+        "--listen",
+        "127.0.0.1:0",
+        "--create",
+        "1M",
+        "--secret-file",
+        s(&secret),
     ]);
     let line = assert_one_line_error(&o, 2);
     assert!(line.contains("16 bytes"), "{line}");
@@ -364,7 +373,9 @@ impl Netns {
             ip(&a)
         };
         let ok = inside(&["link", "set", "lo", "up"])
-            && inside(&["link", "add", "veth0", "type", "veth", "peer", "name", "veth1"])
+            && inside(&[
+                "link", "add", "veth0", "type", "veth", "peer", "name", "veth1",
+            ])
             && inside(&["addr", "add", "10.213.0.1/24", "dev", "veth0"])
             && inside(&["addr", "add", "10.213.0.2/24", "dev", "veth1"])
             && inside(&["link", "set", "veth0", "up"])
@@ -409,12 +420,7 @@ fn on_a_real_interface_plaintext_is_refused_and_tls_works() {
     let line = assert_one_line_error(&o, 2);
     assert!(line.contains("without TLS"), "{line}");
     // With --allow-insecure it listens; a primary without TLS is refused on its side too.
-    let served = Served::start_with(
-        ns.cmd(),
-        &sp,
-        "10.213.0.1:0",
-        &["--allow-insecure"],
-    );
+    let served = Served::start_with(ns.cmd(), &sp, "10.213.0.1:0", &["--allow-insecure"]);
     let o = ns
         .cmd()
         .args(["sync", s(&p), "--peer", &served.addr])
@@ -485,7 +491,10 @@ fn flood(
 
 #[test]
 fn a_flood_of_idle_and_slow_connections_neither_locks_out_a_sync_nor_leaks() {
-    if !require("bash", Command::new("bash").arg("-c").arg("true").status().is_ok()) {
+    if !require(
+        "bash",
+        Command::new("bash").arg("-c").arg("true").status().is_ok(),
+    ) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();

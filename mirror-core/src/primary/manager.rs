@@ -69,7 +69,10 @@ impl Inner {
             // peer that breaks the protocol) fails the wait at once.
             if self.errors.load(Ordering::SeqCst) != errors_before {
                 if let Some(
-                    e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
+                    e @ (Error::Mismatch(_)
+                    | Error::Auth { .. }
+                    | Error::Protocol { .. }
+                    | Error::InvalidArgument(_)),
                 ) = lock(&self.last_error).clone()
                 {
                     return Err(e);
@@ -79,7 +82,10 @@ impl Inner {
             if now >= deadline {
                 return Err(match lock(&self.last_error).clone() {
                     Some(
-                        e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
+                        e @ (Error::Mismatch(_)
+                        | Error::Auth { .. }
+                        | Error::Protocol { .. }
+                        | Error::InvalidArgument(_)),
                     ) => e,
                     Some(Error::Link { msg, .. }) => Error::link(
                         &self.config.peer,
