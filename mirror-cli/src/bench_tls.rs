@@ -27,8 +27,8 @@ use mirror_core::{
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
 
-use crate::cli::parse_size;
 use crate::error::{CliError, Result, EXIT_OK};
+use crate::parse::parse_size;
 
 const BLOCK: u64 = 4096;
 
@@ -278,7 +278,9 @@ fn replicate_once(dir: &Path, bytes: u64, tls: Option<(&TlsConfig, &TlsConfig)>)
 
 pub fn run(args: TlsBenchArgs) -> Result<u8> {
     let exe = std::env::current_exe().map_err(io_err("finding the mirror binary"))?;
-    let b = tempfile::Builder::new().prefix("mirror-bench-tls-").to_owned();
+    let b = tempfile::Builder::new()
+        .prefix("mirror-bench-tls-")
+        .to_owned();
     let dir = match &args.dir {
         Some(d) => b.tempdir_in(d),
         None => b.tempdir(),
@@ -305,11 +307,18 @@ pub fn run(args: TlsBenchArgs) -> Result<u8> {
     for i in 0..runs {
         eprintln!("bench-tls: replication run {}/{runs}", i + 1);
         rplain.push(replicate_once(dir.path(), args.replicate, None)?);
-        rtls.push(replicate_once(dir.path(), args.replicate, Some((&pa, &pb)))?);
+        rtls.push(replicate_once(
+            dir.path(),
+            args.replicate,
+            Some((&pa, &pb)),
+        )?);
     }
     let (rp, rt) = (median(rplain), median(rtls));
 
-    eprintln!("bench-tls: sync under a flood of {} connections", args.flood);
+    eprintln!(
+        "bench-tls: sync under a flood of {} connections",
+        args.flood
+    );
     let quiet = sync_once(&exe, &files, Some((&keys, true)), 0)?;
     let flooded = sync_once(&exe, &files, Some((&keys, true)), args.flood)?;
 

@@ -18,11 +18,20 @@ use crate::error::{stdout_err, CliError, Result, EXIT_OK};
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
     /// Directory to write NAME.key (mode 0600) and NAME.crt into (created when missing).
-    #[arg(value_name = "DIR", required_unless_present = "secret", conflicts_with = "secret")]
+    #[arg(
+        value_name = "DIR",
+        required_unless_present = "secret",
+        conflicts_with = "secret"
+    )]
     pub dir: Option<PathBuf>,
 
     /// Base name of the two files, and the certificate's common name.
-    #[arg(long, value_name = "NAME", default_value = "mirror", conflicts_with = "secret")]
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "mirror",
+        conflicts_with = "secret"
+    )]
     pub name: String,
 
     /// Write 32 random bytes to FILE (mode 0600) for --secret-file, instead of a certificate.
@@ -99,16 +108,20 @@ fn identity(dir: &Path, name: &str) -> Result<u8> {
     create(&key_path, 0o600, id.key_pem.as_bytes())?;
     create(&cert_path, 0o644, id.cert_pem.as_bytes())?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "wrote {} (private key: keep it here)", key_path.display())
-        .and_then(|()| {
-            writeln!(
-                out,
-                "wrote {} (certificate: give it to the peer for its --tls-trust)",
-                cert_path.display()
-            )
-        })
-        .and_then(|()| writeln!(out, "fingerprint {}", id.fingerprint))
-        .map_err(stdout_err)?;
+    writeln!(
+        out,
+        "wrote {} (private key: keep it here)",
+        key_path.display()
+    )
+    .and_then(|()| {
+        writeln!(
+            out,
+            "wrote {} (certificate: give it to the peer for its --tls-trust)",
+            cert_path.display()
+        )
+    })
+    .and_then(|()| writeln!(out, "fingerprint {}", id.fingerprint))
+    .map_err(stdout_err)?;
     Ok(EXIT_OK)
 }
 
@@ -117,7 +130,7 @@ fn secret(file: &Path) -> Result<u8> {
     // so the secret read back is the 32 bytes written.
     let mut bytes = [0u8; 32];
     loop {
-        mirror_core::random_bytes(&mut bytes)?;
+        mirror_core::auth::random_bytes(&mut bytes)?;
         if !matches!(bytes[31], b'\n' | b'\r') {
             break;
         }

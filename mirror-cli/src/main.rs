@@ -5,10 +5,12 @@
 //! code from [`error`]; nothing panics on bad input.
 
 mod bench;
+mod bench_tls;
 mod cli;
 mod daemon;
 mod demo;
 mod error;
+mod keygen;
 mod parse;
 mod progress;
 mod proxy;
@@ -17,6 +19,7 @@ mod scan;
 mod serve;
 mod signals;
 mod sync;
+mod tls;
 mod volumes;
 
 use std::io::IsTerminal;
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
                 ClapErrorKind::MissingSubcommand
                 | ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     eprintln!(
-                        "mirror: a command is needed: serve, sync, verify, scan, primary or demo (see 'mirror --help')"
+                        "mirror: a command is needed: serve, sync, verify, scan, primary, keygen or demo (see 'mirror --help')"
                     );
                     ExitCode::from(EXIT_USAGE)
                 }
@@ -76,6 +79,8 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::BenchSync(a) => bench::sync(a),
         Command::BenchLinkCut(a) => bench::link_cut(a),
+        Command::BenchTls(a) => bench_tls::run(a),
+        Command::Keygen(a) => keygen::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -92,7 +97,7 @@ fn main() -> ExitCode {
 fn init_logging(cli: &Cli) {
     let quiet = matches!(
         cli.command,
-        Command::Demo(_) | Command::BenchSync(_) | Command::BenchLinkCut(_)
+        Command::Demo(_) | Command::BenchSync(_) | Command::BenchLinkCut(_) | Command::BenchTls(_)
     );
     let level = match (cli.verbose, quiet) {
         (0, true) => "error",
