@@ -121,6 +121,10 @@ impl Primary {
         link_timeout = 5.0,
         queue_depth = 1024,
         auto_resync = true,
+        tls_cert = None,
+        tls_key = None,
+        tls_trust = None,
+        allow_insecure = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -139,6 +143,10 @@ impl Primary {
         link_timeout: f64,
         queue_depth: i128,
         auto_resync: bool,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_trust: Option<PathBuf>,
+        allow_insecure: bool,
     ) -> PyResult<Self> {
         let mut config = PrimaryConfig::new(peer.clone());
         if let Some(a) = algorithm {
@@ -170,6 +178,8 @@ impl Primary {
         if let Some(path) = &secret_file {
             config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
         }
+        config.tls = crate::args::tls(py, tls_cert, tls_key, tls_trust)?;
+        config.allow_insecure = allow_insecure;
         config.validate().py()?;
         let (algorithm, mode, compare) = (config.algorithm, config.mode, config.compare);
         let (inner, vol) = detached(py, move || {

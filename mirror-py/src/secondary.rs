@@ -19,8 +19,9 @@ use crate::volume;
 /// block device ``volume``, in order, in background threads.
 ///
 /// ``create`` (bytes) makes a sparse file of that size when ``volume`` does not exist.
-/// ``secret_file`` holds a shared secret the primary must prove. A non-loopback ``listen``
-/// address without a secret is refused unless ``allow_insecure`` is true. Use it as a
+/// ``secret_file`` holds a shared secret the primary must prove. ``tls_cert``, ``tls_key`` and
+/// ``tls_trust`` (PEM files) make the link mutual TLS 1.3. A non-loopback ``listen`` address
+/// without TLS is refused unless ``allow_insecure`` is true. Use it as a
 /// context manager, or call :meth:`close`.
 #[pyclass(frozen, module = "mirror")]
 #[derive(Debug)]
@@ -43,6 +44,9 @@ impl Secondary {
         create = None,
         allow_insecure = false,
         link_timeout = 5.0,
+        tls_cert = None,
+        tls_key = None,
+        tls_trust = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -55,6 +59,9 @@ impl Secondary {
         create: Option<i128>,
         allow_insecure: bool,
         link_timeout: f64,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_trust: Option<PathBuf>,
     ) -> PyResult<Self> {
         let bs = crate::args::block_size(block_size)?;
         let io: IoBackend = named(io)?;
@@ -65,6 +72,7 @@ impl Secondary {
         if let Some(path) = &secret_file {
             config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
         }
+        config.tls = crate::args::tls(py, tls_cert, tls_key, tls_trust)?;
         let (inner, addr) = detached(py, move || {
             if let Some(size) = create {
                 volume::create_if_missing(&volume, size)?;

@@ -140,6 +140,10 @@ class Primary:
         link_timeout: float = 5.0,
         queue_depth: int = 1024,
         auto_resync: bool = True,
+        tls_cert: Optional[_Path] = None,
+        tls_key: Optional[_Path] = None,
+        tls_trust: Optional[_Path] = None,
+        allow_insecure: bool = False,
     ) -> Self: ...
     def write(self, offset: int, data: Buffer) -> _Outcome: ...
     def replicate(self, offset: int, data: Buffer) -> _Outcome: ...
@@ -194,6 +198,9 @@ class Secondary:
         create: Optional[int] = None,
         allow_insecure: bool = False,
         link_timeout: float = 5.0,
+        tls_cert: Optional[_Path] = None,
+        tls_key: Optional[_Path] = None,
+        tls_trust: Optional[_Path] = None,
     ) -> Self: ...
     @property
     def address(self) -> str: ...
