@@ -12,6 +12,8 @@
 #   per algorithm and compare side: seconds, and bytes on the wire / bytes that differ.
 # - link cut: 10,000 random 4 KiB writes land while the link is down; the bytes the
 #   dirty-map resync sends, / 40,960,000, per dirty-map region size and compare side.
+# - TLS: the same sync and sync-mode replication of 1 MiB writes, plaintext and mutual TLS
+#   alternately (median of 3); and the sync under a flood of 400 idle and slow connections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -49,3 +51,8 @@ echo
 "$mirror" bench-sync --size "$size" --diff-percent 1 "${dir_args[@]}"
 echo
 "$mirror" bench-link-cut --size "$size" --writes 10000 "${dir_args[@]}"
+echo
+
+echo "## Mutual TLS and a connection flood"
+echo
+"$mirror" bench-tls --size "$size" "${dir_args[@]}"
