@@ -46,11 +46,6 @@ impl Backoff {
         d.mul_f64(spread)
     }
 
-    /// Failures since the last success.
-    pub(crate) fn failures(&self) -> u32 {
-        self.failures
-    }
-
     /// Back to the base delay.
     pub(crate) fn succeed(&mut self) {
         self.next = self.base;
@@ -75,7 +70,7 @@ mod tests {
         assert!(seen[4] > seen[0] * 4, "{seen:?}");
         assert!(seen.iter().all(|d| *d <= cap.mul_f64(1.25)), "{seen:?}");
         assert!(seen[9] >= cap.mul_f64(0.75), "{seen:?}");
-        assert_eq!(b.failures(), 10);
+        assert_eq!(b.failures, 10);
         b.succeed();
         assert!(b.fail() <= base.mul_f64(1.25));
         // Two retriers do not stay in lockstep.
