@@ -20,7 +20,7 @@ use mirror_core::fault::FaultVolume;
 use mirror_core::wire::kind;
 use mirror_core::{
     BlockSize, Durability, LinkState, MemVolume, Primary, PrimaryConfig, ReplicationMode,
-    Secondary, SecondaryConfig, Volume, WriteOutcome,
+    Secondary, SecondaryConfig, WriteOutcome,
 };
 use rand::Rng;
 

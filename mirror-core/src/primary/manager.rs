@@ -39,6 +39,16 @@ impl Inner {
         *g = false;
     }
 
+    /// Sleeps `t` unless the primary closes meanwhile: the pause of a backoff, which writes
+    /// and dirty marks do not cut short.
+    pub(super) fn pause(&self, t: Duration) {
+        let g = lock(&self.wake);
+        let _ = self
+            .wake_cv
+            .wait_timeout_while(g, t, |_| !self.closed.load(Ordering::SeqCst))
+            .unwrap_or_else(|e| e.into_inner());
+    }
+
     pub(super) fn set_state(&self, s: LinkState) {
         let mut st = lock(&self.state);
         if *st != LinkState::Closed {
@@ -124,7 +134,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
             Err(e) => {
                 debug!(peer = %inner.config.peer, error = %e, "connect failed");
                 inner.record_error(&e);
-                inner.sleep(backoff.fail());
+                inner.pause(backoff.fail());
                 continue;
             }
         };
@@ -249,7 +259,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
         );
         inner.set_state(LinkState::Disconnected);
         if !healthy && !inner.closed.load(Ordering::SeqCst) {
-            inner.sleep(backoff.fail());
+            inner.pause(backoff.fail());
         }
     }
     inner.set_state(LinkState::Closed);
