@@ -106,7 +106,12 @@ fn a_full_secondary_disk_is_a_remote_io_error_not_a_link_error() {
     // Once the disk has room again, the next sync repairs everything.
     s.fault.clear_faults();
     let o = sync(&s, &[]);
-    assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert_eq!(secondary_bytes(&s), std::fs::read(&s.primary).unwrap());
 }
 

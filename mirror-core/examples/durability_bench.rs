@@ -14,8 +14,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mirror_core::{
-    BlockSize, Durability, FileVolume, Primary, PrimaryConfig, Secondary, SecondaryConfig,
-    Volume, WriteOutcome,
+    BlockSize, Durability, FileVolume, Primary, PrimaryConfig, Secondary, SecondaryConfig, Volume,
+    WriteOutcome,
 };
 use rand::{Rng, SeedableRng};
 
@@ -64,8 +64,13 @@ fn main() {
             pv.flush().unwrap();
         });
         let mut rates = Vec::new();
-        for durability in [Durability::Received, Durability::Written, Durability::Flushed] {
-            let secondary = Secondary::new(sv.clone(), SecondaryConfig::new("127.0.0.1:0")).unwrap();
+        for durability in [
+            Durability::Received,
+            Durability::Written,
+            Durability::Flushed,
+        ] {
+            let secondary =
+                Secondary::new(sv.clone(), SecondaryConfig::new("127.0.0.1:0")).unwrap();
             let addr = secondary.serve().unwrap();
             let mut config = PrimaryConfig::new(addr.to_string());
             config.durability = durability;

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use mirror_core::fault::FaultVolume;
 use mirror_core::{
-    BlockSize, Durability, ErrorKind, FileVolume, OnDisconnect, Primary, PrimaryConfig,
-    Secondary, SecondaryConfig, Volume, WriteOutcome,
+    BlockSize, Durability, ErrorKind, FileVolume, OnDisconnect, Primary, PrimaryConfig, Secondary,
+    SecondaryConfig, Volume, WriteOutcome,
 };
 
 const SIZE: u64 = 1 << 20;
@@ -81,7 +81,11 @@ fn flushed_sync_write_survives_a_power_loss_of_the_secondary() {
         last.insert(b, d);
     }
     for (b, d) in last {
-        assert_eq!(fp.secondary_block(b), d, "block {b} acknowledged, then lost");
+        assert_eq!(
+            fp.secondary_block(b),
+            d,
+            "block {b} acknowledged, then lost"
+        );
     }
 }
 
@@ -128,8 +132,7 @@ fn flush_with_the_link_down_is_a_link_error() {
 }
 
 #[test]
-fn failed_flush_on_the_secondary_is_a_remote_io_error_and_resync_repairs_exactly_what_was_lost()
-{
+fn failed_flush_on_the_secondary_is_a_remote_io_error_and_resync_repairs_exactly_what_was_lost() {
     let fp = FaultPair::new(5);
     let mut c = fp.config();
     c.durability = Durability::Written;
@@ -138,14 +141,18 @@ fn failed_flush_on_the_secondary_is_a_remote_io_error_and_resync_repairs_exactly
     p.flush().unwrap();
     let lost: Vec<u64> = vec![3, 9, 10, 40, 200];
     for b in &lost {
-        p.write(b * BS, &vec![*b as u8 ^ 0x5A; BS as usize]).unwrap();
+        p.write(b * BS, &vec![*b as u8 ^ 0x5A; BS as usize])
+            .unwrap();
     }
     fp.fault.fail_flush(1, EIO);
     let err = p.flush().unwrap_err();
     assert_eq!(err.kind(), ErrorKind::RemoteIo, "{err}");
     assert_eq!(err.errno(), Some(EIO), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains("secondary.img"), "names the secondary's volume: {msg}");
+    assert!(
+        msg.contains("secondary.img"),
+        "names the secondary's volume: {msg}"
+    );
     assert!(msg.contains("Input/output error"), "{msg}");
     // The failed flush lost the writes; the secondary forgot its coherence, so the
     // reconnection compares every block and repairs exactly the lost ones.
@@ -192,7 +199,11 @@ fn enospc_mid_resync_keeps_its_blocks_dirty_and_backs_off() {
     std::thread::sleep(Duration::from_secs(2));
     let c2 = p.status().connections;
     assert!(c1 - c0 <= 8, "{} reconnections in the first 2 s", c1 - c0);
-    assert!(c2 - c1 <= 3, "{} reconnections in the next 2 s: no backoff", c2 - c1);
+    assert!(
+        c2 - c1 <= 3,
+        "{} reconnections in the next 2 s: no backoff",
+        c2 - c1
+    );
     fp.fault.clear_faults();
     wait_coherent(&p);
     p.flush().unwrap();
@@ -227,7 +238,10 @@ fn on_disconnect_fail_refuses_and_suspend_waits_for_the_link() {
     });
     let err = p.write(0, &vec![3u8; BS as usize]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Link, "{err}");
-    assert!(p.status().dirty_regions > 0, "a refused write is still tracked");
+    assert!(
+        p.status().dirty_regions > 0,
+        "a refused write is still tracked"
+    );
     fp.proxy.restore();
     wait_coherent(&p);
     p.close().unwrap();
@@ -242,7 +256,11 @@ fn on_disconnect_fail_refuses_and_suspend_waits_for_the_link() {
     let t = Instant::now();
     let err = p.write(BS, &vec![4u8; BS as usize]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Link, "{err}");
-    assert!(t.elapsed() >= Duration::from_millis(500), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() >= Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
     // With the link back within the timeout, the write waits and is replicated.
     let restorer = {
         let proxy_addr = fp.proxy.addr;

@@ -266,9 +266,8 @@ fn seeded_fault_soak_loses_no_acknowledged_write() {
     let start = Instant::now();
     for seed in seeds {
         let mut t = tally.clone();
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            soak_one(seed, &mut t)
-        }));
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| soak_one(seed, &mut t)));
         match outcome {
             Ok(Ok(())) => tally = t,
             Ok(Err(e)) => panic!("soak seed {seed} failed: {e} (replay: MIRROR_SOAK_SEED={seed})"),

@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use mirror_core::wire::{self, kind, Message, FrameError};
+use mirror_core::wire::{self, kind, FrameError, Message};
 use mirror_core::{Algorithm, BlockRange};
 use proptest::prelude::*;
 

@@ -14,10 +14,10 @@ use tracing::{debug, warn};
 
 use super::Inner;
 use crate::dirty::{DirtyMap, Region};
+use crate::durability::Durability;
 use crate::protocol::link::Counters;
 use crate::protocol::messages::Message;
 use crate::sync::lock;
-use crate::durability::Durability;
 use crate::{Error, ErrorKind, Result};
 
 /// Wakes a waiter when its frame is acknowledged (true) or the link is lost (false).

@@ -281,9 +281,7 @@ impl<'a> Job<'a> {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(m) => return Ok(m),
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(self.conn.lost("link lost"))
-                }
+                Err(RecvTimeoutError::Disconnected) => return Err(self.conn.lost("link lost")),
             }
         }
     }

@@ -209,7 +209,10 @@ pub(super) fn manager(inner: Arc<Inner>) {
                 continue;
             }
             if let Some(t) = resync_due {
-                inner.sleep(t.saturating_duration_since(now).min(Duration::from_millis(200)));
+                inner.sleep(
+                    t.saturating_duration_since(now)
+                        .min(Duration::from_millis(200)),
+                );
                 continue;
             }
             if let Some(t) = next_periodic.filter(|t| *t <= now) {

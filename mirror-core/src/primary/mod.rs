@@ -24,6 +24,7 @@
 //! (connecting, the writer and reader threads, [`backoff`] of retries), [`replicate`] (the
 //! write path, flush and the on-disconnect policy). This file is the public face, [`Primary`].
 
+mod backoff;
 mod compare;
 mod conn;
 mod handshake;
@@ -31,7 +32,6 @@ mod job;
 mod locks;
 mod manager;
 mod replicate;
-mod backoff;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

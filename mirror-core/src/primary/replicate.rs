@@ -102,7 +102,9 @@ impl Primary {
             if !f.waiter.wait() {
                 // The link failed first: the chunk is in the dirty map (Conn::fail).
                 degraded = true;
-                cause.get_or_insert_with(|| f.conn.lost("link lost before the secondary acknowledged"));
+                cause.get_or_insert_with(|| {
+                    f.conn.lost("link lost before the secondary acknowledged")
+                });
             }
         }
         if !degraded {
@@ -178,7 +180,10 @@ impl Primary {
                             flags,
                             data: buf,
                         },
-                        PendingKind::Write { offset: off, len: n },
+                        PendingKind::Write {
+                            offset: off,
+                            len: n,
+                        },
                         Some(w.clone()),
                         false,
                     )? {

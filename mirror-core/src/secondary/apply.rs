@@ -15,8 +15,8 @@ use super::session::Session;
 use super::worker::Work;
 use crate::protocol::link::FrameReader;
 use crate::protocol::messages::{write_flags, Message};
-use crate::sync::lock;
 use crate::storage::volume::check_io;
+use crate::sync::lock;
 use crate::units::BlockRange;
 use crate::{Error, Result};
 
@@ -86,7 +86,13 @@ impl Session<'_> {
                     if flags & write_flags::RECEIVED != 0 {
                         // Checked first: a write acknowledged on arrival must be one the
                         // volume can take.
-                        check_io(vol.name(), vol.size(), vol.block_size(), offset, data.len() as u64)?;
+                        check_io(
+                            vol.name(),
+                            vol.size(),
+                            vol.block_size(),
+                            offset,
+                            data.len() as u64,
+                        )?;
                         lock(self.writer).send(&Message::Ack { seq })?;
                         unflushed_acks = true;
                     }

@@ -84,7 +84,12 @@ impl FrameProxy {
                             c.push(client.try_clone().unwrap());
                             c.push(server.try_clone().unwrap());
                         }
-                        pump(st.clone(), client.try_clone().unwrap(), server.try_clone().unwrap(), Dir::Forward);
+                        pump(
+                            st.clone(),
+                            client.try_clone().unwrap(),
+                            server.try_clone().unwrap(),
+                            Dir::Forward,
+                        );
                         pump(st.clone(), server, client, Dir::Back);
                     }
                     Err(_) => std::thread::sleep(Duration::from_millis(2)),
