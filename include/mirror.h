@@ -109,6 +109,12 @@ enum mirror_result
      */
     MIRROR_RESULT_CANCELLED = 8,
     /**
+     * An I/O error on the secondary's volume (a full disk, a failed write or flush), as the
+     * secondary reported it; `mirror_last_error_errno()` gives the secondary's OS error and
+     * the message names its volume. Not a link failure.
+     */
+    MIRROR_RESULT_REMOTE_IO = 9,
+    /**
      * A required pointer argument was NULL.
      */
     MIRROR_RESULT_NULL_PARAMETER = 100,
@@ -691,6 +697,34 @@ mirror_result mirror_primary_config_set_region_size(struct mirror_primary_config
  */
 mirror_result mirror_primary_config_set_mode(struct mirror_primary_config *config,
                                              uint32_t mode);
+
+/**
+ * Sets when the secondary acknowledges a replicated write (a `mirror_durability` value;
+ * default `MIRROR_DURABILITY_FLUSHED`: on its stable storage).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_durability(struct mirror_primary_config *config,
+                                                   uint32_t durability);
+
+/**
+ * Sets what a sync-mode write does while the link is down (a `mirror_on_disconnect` value;
+ * default `MIRROR_ON_DISCONNECT_DEGRADE`). `timeout_ms` is how long `SUSPEND` waits for the
+ * link (at least 1); it is ignored by the other policies.
+ *
+ * Ownership: only the values are kept (copied). Thread safety: a config is used by one
+ * thread at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_on_disconnect(struct mirror_primary_config *config,
+                                                      uint32_t policy,
+                                                      uint32_t timeout_ms);
 
 /**
  * Sets the volume's I/O backend (a `mirror_io_backend` value).
