@@ -294,6 +294,65 @@ typedef uint32_t mirror_mode;
 #endif // __cplusplus
 
 /**
+ * When the secondary acknowledges a replicated write.
+ */
+enum mirror_durability
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Once on the secondary's stable storage (one flush per batch of writes). The default.
+     */
+    MIRROR_DURABILITY_FLUSHED = 1,
+    /**
+     * After the secondary's write (perhaps still in its page cache).
+     */
+    MIRROR_DURABILITY_WRITTEN = 2,
+    /**
+     * On arrival at the secondary, before its write.
+     */
+    MIRROR_DURABILITY_RECEIVED = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mirror_durability mirror_durability;
+#else
+typedef uint32_t mirror_durability;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * What a sync-mode write does while the link to the secondary is down.
+ */
+enum mirror_on_disconnect
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Succeed degraded (`MIRROR_WRITE_DEGRADED`); the range goes into the dirty map. The
+     * default.
+     */
+    MIRROR_ON_DISCONNECT_DEGRADE = 1,
+    /**
+     * Fail with `MIRROR_RESULT_LINK` (the range is in the dirty map all the same).
+     */
+    MIRROR_ON_DISCONNECT_FAIL = 2,
+    /**
+     * Wait for the link up to the given timeout, then fail with `MIRROR_RESULT_LINK`.
+     */
+    MIRROR_ON_DISCONNECT_SUSPEND = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mirror_on_disconnect mirror_on_disconnect;
+#else
+typedef uint32_t mirror_on_disconnect;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
  * The I/O backend of a volume.
  */
 enum mirror_io_backend

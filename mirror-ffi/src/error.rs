@@ -308,7 +308,7 @@ mod tests {
 
     #[test]
     fn result_codes_are_stable() {
-        let want: [(mirror_result, u32); 14] = [
+        let want: [(mirror_result, u32); 15] = [
             (mirror_result::Ok, 0),
             (mirror_result::InvalidArgument, 1),
             (mirror_result::Io, 2),
@@ -318,6 +318,7 @@ mod tests {
             (mirror_result::Auth, 6),
             (mirror_result::Closed, 7),
             (mirror_result::Cancelled, 8),
+            (mirror_result::RemoteIo, 9),
             (mirror_result::NullParameter, 100),
             (mirror_result::Panic, 101),
             (mirror_result::BufferTooSmall, 102),
