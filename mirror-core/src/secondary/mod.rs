@@ -12,7 +12,10 @@
 //! - The coherence record (which primary session and connection last attached) is reported
 //!   at every handshake, before it is replaced; the primary decides from it whether its dirty
 //!   map can drive the resync. It lives in memory: a restarted secondary reports none, which
-//!   forces a full checksum scan.
+//!   forces a full checksum scan. After a write or flush of the volume failed it is forgotten
+//!   ([`failure`]), so the next session compares every block.
+//! - An acknowledgement promises what its write's durability asked: sent on arrival, after the
+//!   write, or after a flush that covers it ([`commit`]: one flush per batch).
 //!
 //! - Before authentication a connection costs a bounded, small amount ([`admission`]): a
 //!   whole-handshake deadline, caps on connections in handshake and on sessions, an accept
@@ -20,11 +23,14 @@
 //!   closed and logged, refusals are logged at warn with the peer's address, rate-limited.
 //!
 //! Parts: [`admission`] (what a connection may cost before it authenticates), [`session`]
-//! (TLS and the handshake), [`apply`] (the ordered apply loop), [`worker`] (scans and
+//! (TLS and the handshake), [`apply`] (the ordered apply loop), [`commit`] (group commit of
+//! acknowledgements), [`failure`] (telling errors), [`worker`] (scans and
 //! compares). This file is the public face, [`Secondary`], and the accept loop.
 
 pub mod admission;
 mod apply;
+mod commit;
+mod failure;
 mod session;
 mod worker;
 

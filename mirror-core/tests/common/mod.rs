@@ -2,6 +2,7 @@
 //! cut, stall and restore the link.
 #![allow(dead_code)]
 
+pub mod frame_proxy;
 pub mod mitm;
 
 use std::io::{Read, Write};
