@@ -154,7 +154,16 @@ impl Served {
             None => {
                 let _ = child.kill();
                 let out = child.wait_with_output().unwrap();
-                panic!("serve said {line:?}; stderr {}", stderr(&out));
+                let ps = Command::new("ps")
+                    .args(["-eo", "pid,pgid,ppid,cmd"])
+                    .output()
+                    .unwrap();
+                let ps = String::from_utf8_lossy(&ps.stdout)
+                    .lines()
+                    .filter(|l| l.contains("serve"))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                panic!("serve said {line:?}; stderr {}\n{ps}", stderr(&out));
             }
         };
         Served { child, addr }
@@ -167,10 +176,20 @@ impl Served {
 
 impl Drop for Served {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.child.id())])
-            .status();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
+        // Until every process of the group is gone (the volume's lock goes with the last).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline
+            && Command::new("kill")
+                .args(["-0", "--", &group])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
 

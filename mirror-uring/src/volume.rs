@@ -104,20 +104,21 @@ impl UringVolume {
             flags |= mirror_core::storage::exclusive::open_flags(path);
         }
         oo.custom_flags(flags);
-        let mut file = oo.open(path).map_err(|e| {
-            if opts.exclusive && e.raw_os_error() == Some(libc::EBUSY) {
-                // O_EXCL on a block device someone else holds (mounted, or opened so).
-                return mirror_core::storage::exclusive::in_use(&name, e);
-            }
-            if direct && e.raw_os_error() == Some(libc::EINVAL) {
-                invalid(format!(
+        let mut file =
+            mirror_core::storage::exclusive::retry_busy(|| oo.open(path)).map_err(|e| {
+                if opts.exclusive && e.raw_os_error() == Some(libc::EBUSY) {
+                    // O_EXCL on a block device someone else holds (mounted, or opened so).
+                    return mirror_core::storage::exclusive::in_use(&name, e);
+                }
+                if direct && e.raw_os_error() == Some(libc::EINVAL) {
+                    invalid(format!(
                     "{name}: the filesystem refuses O_DIRECT (EINVAL on open); open it without \
                      direct I/O (direct = false)"
                 ))
-            } else {
-                io_err(&name, "open", 0, e)
-            }
-        })?;
+                } else {
+                    io_err(&name, "open", 0, e)
+                }
+            })?;
         if opts.exclusive {
             mirror_core::storage::exclusive::lock(&file, &name)?;
         }

@@ -7,6 +7,10 @@
 //!
 //! Invariant: a volume opened exclusively stays locked until its file is closed; a failure to
 //! lock fails the open, naming the path, and nothing is written.
+//!
+//! A holder that just exited may keep the volume a moment longer (the kernel tears an
+//! io_uring ring down, and drops the files registered with it, after the process is gone), so
+//! a busy volume is retried for up to [`SETTLE`] before it is called in use.
 
 use std::fs::File;
 use std::io;
@@ -14,6 +18,27 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
 use crate::{Error, Result};
+
+/// How long a busy volume is retried before it is called in use.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+
+fn busy(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::WouldBlock
+        || e.raw_os_error() == Some(rustix::io::Errno::BUSY.raw_os_error())
+}
+
+/// Runs `f` until it succeeds, fails otherwise than "busy", or [`SETTLE`] has passed.
+pub fn retry_busy<T>(mut f: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    let deadline = std::time::Instant::now() + SETTLE;
+    loop {
+        match f() {
+            Err(e) if busy(&e) && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            r => return r,
+        }
+    }
+}
 
 /// Extra `open(2)` flags for opening `path` exclusively: `O_EXCL` for a block device, none
 /// for a regular file (locked after opening by [`lock`]).
@@ -31,10 +56,11 @@ pub fn lock(file: &File, name: &str) -> Result<()> {
     if meta.file_type().is_block_device() {
         return Ok(());
     }
-    match rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
-        Ok(()) => Ok(()),
-        Err(e) => Err(in_use(name, e.into())),
-    }
+    retry_busy(|| {
+        rustix::fs::flock(file, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+            .map_err(io::Error::from)
+    })
+    .map_err(|e| in_use(name, e))
 }
 
 /// The error for a volume someone else holds, from the OS error of `flock` or `open(O_EXCL)`.

@@ -139,18 +139,20 @@ impl FileVolume {
         } else {
             0
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(write)
-            .custom_flags(flags)
-            .open(path)
-            .map_err(|e| {
-                if exclusive {
-                    super::exclusive::in_use(&name, e)
-                } else {
-                    Error::io(&name, "open", 0, e)
-                }
-            })?;
+        let mut file = super::exclusive::retry_busy(|| {
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .custom_flags(flags)
+                .open(path)
+        })
+        .map_err(|e| {
+            if exclusive {
+                super::exclusive::in_use(&name, e)
+            } else {
+                Error::io(&name, "open", 0, e)
+            }
+        })?;
         if exclusive {
             super::exclusive::lock(&file, &name)?;
         }
