@@ -20,8 +20,9 @@ use crate::{Error, Result};
 pub enum Transport {
     /// The TCP socket itself (loopback, or an operator's explicit choice).
     Plain(TcpStream),
-    /// Mutual TLS 1.3 over the socket, past its handshake.
-    Tls(TlsStream),
+    /// Mutual TLS 1.3 over the socket, past its handshake (boxed: a rustls connection is
+    /// large, and a transport moves once).
+    Tls(Box<TlsStream>),
 }
 
 /// The reading side of a transport.
@@ -309,7 +310,7 @@ pub fn split(
             (ReadHalf::Plain(stream), WriteHalf::Plain(w))
         }
         Transport::Tls(t) => {
-            let (r, w) = t.split().map_err(clone_err)?;
+            let (r, w) = (*t).split().map_err(clone_err)?;
             set_timeouts(r.socket(), peer, timeout)?;
             (ReadHalf::Tls(r), WriteHalf::Tls(w))
         }
