@@ -1,12 +1,14 @@
 //! Admission of connections before they authenticate: what a stranger can cost the secondary.
 //!
 //! Invariants:
-//! - At most `max_handshakes` connections are in handshake at once. A new one beyond the cap
-//!   evicts the oldest when that one has had its fair chance (`min_age`: a real primary's
-//!   handshake takes milliseconds), and is refused otherwise. A flood of idle or slow
-//!   connections therefore cannot lock a real primary out, and a newly admitted connection is
-//!   never evicted before `min_age` however fast the flood reconnects; the descriptors and
-//!   threads a flood holds stay bounded.
+//! - At most `max_handshakes` connections are in handshake at once. A real primary speaks
+//!   first and at once (its TLS ClientHello, or its Hello, is queued by the time it is
+//!   accepted: "eager"); a flood's idle or dripping connection has said nothing. Past the cap
+//!   an eager newcomer evicts the oldest silent connection, or else the oldest eager one that
+//!   has had `min_age` to finish; a silent newcomer only evicts a silent connection older than
+//!   `min_age`, and is refused otherwise. So a flood of idle or slow connections, however
+//!   fast it reconnects, cannot lock a real primary out, and the descriptors and threads it
+//!   holds stay bounded.
 //! - No handshake outlives `deadline` (the accept loop shuts overdue ones down), however
 //!   slowly its peer drips bytes.
 //! - At most `max_sessions` authenticated connections at once.
@@ -51,8 +53,9 @@ pub struct Admission {
 
 #[derive(Debug, Default)]
 struct State {
-    /// Connection id → when it was accepted. Ids grow with time, so the first is the oldest.
-    handshaking: BTreeMap<u64, Instant>,
+    /// Connection id → when it was accepted and whether it was eager. Ids grow with time, so
+    /// the first is the oldest.
+    handshaking: BTreeMap<u64, (Instant, bool)>,
     sessions: usize,
 }
 
@@ -88,27 +91,52 @@ impl Admission {
         (self.limits.handshake_timeout / 10).min(Duration::from_secs(1))
     }
 
-    /// Registers connection `id` as in handshake; at the cap, evicts the oldest one if it is
-    /// at least [`min_age`](Self::min_age) old, or refuses `id`.
-    pub fn admit(&self, id: u64, now: Instant) -> Admitted {
+    /// Registers connection `id` (`eager` when it had spoken by the time it was accepted) as
+    /// in handshake; at the cap, evicts a connection as the module comment says, or refuses
+    /// `id`.
+    pub fn admit(&self, id: u64, now: Instant, eager: bool) -> Admitted {
         let mut s = lock(&self.state);
         let mut evicted = None;
         if s.handshaking.len() >= self.limits.max_handshakes.max(1) {
-            match s.handshaking.first_key_value() {
-                Some((&old, &at)) if now.saturating_duration_since(at) >= self.min_age() => {
-                    s.handshaking.remove(&old);
-                    evicted = Some(old);
+            let min_age = self.min_age();
+            let old = |at: &Instant| now.saturating_duration_since(*at) >= min_age;
+            let silent = s
+                .handshaking
+                .iter()
+                .find(|(_, (at, e))| !e && (eager || old(at)));
+            let victim = match silent {
+                Some((&v, _)) => Some(v),
+                None if eager => s
+                    .handshaking
+                    .iter()
+                    .find(|(_, (at, _))| old(at))
+                    .map(|(&v, _)| v),
+                None => None,
+            };
+            match victim {
+                Some(v) => {
+                    s.handshaking.remove(&v);
+                    evicted = Some(v);
                 }
-                _ => return Admitted::Refused,
+                None => return Admitted::Refused,
             }
         }
-        s.handshaking.insert(id, now);
+        s.handshaking.insert(id, (now, eager));
         Admitted::Yes { evicted }
     }
 
-    /// The oldest connection in handshake, removed: shed to free a descriptor.
+    /// The oldest silent connection in handshake (else the oldest), removed: shed to free a
+    /// descriptor.
     pub fn shed_oldest(&self) -> Option<u64> {
-        lock(&self.state).handshaking.pop_first().map(|(id, _)| id)
+        let mut s = lock(&self.state);
+        let id = s
+            .handshaking
+            .iter()
+            .find(|(_, (_, eager))| !eager)
+            .or_else(|| s.handshaking.iter().next())
+            .map(|(&id, _)| id)?;
+        s.handshaking.remove(&id);
+        Some(id)
     }
 
     /// Connections whose handshake is past the deadline at `now`, removed from the books.
@@ -118,7 +146,7 @@ impl Admission {
         let late: Vec<u64> = s
             .handshaking
             .iter()
-            .take_while(|(_, &at)| now.duration_since(at) >= t)
+            .filter(|(_, (at, _))| now.saturating_duration_since(*at) >= t)
             .map(|(&id, _)| id)
             .collect();
         for id in &late {
@@ -260,37 +288,58 @@ mod tests {
     }
 
     #[test]
-    fn past_the_handshake_cap_the_oldest_connection_is_evicted_once_it_had_its_chance() {
+    fn past_the_cap_a_silent_newcomer_evicts_only_an_old_silent_connection() {
         let a = Admission::new(limits(3, 4));
         assert_eq!(a.min_age(), Duration::from_secs(1));
         let t = Instant::now();
         let yes = |evicted| Admitted::Yes { evicted };
         for id in 1..=3 {
-            assert_eq!(a.admit(id, t), yes(None));
+            assert_eq!(a.admit(id, t, false), yes(None));
         }
-        // Everyone in handshake is young: the newcomer is refused, nobody evicted.
+        // Everyone in handshake is young: a silent newcomer is refused, nobody evicted.
         assert_eq!(
-            a.admit(4, t + Duration::from_millis(500)),
+            a.admit(4, t + Duration::from_millis(500), false),
             Admitted::Refused
         );
         let later = t + Duration::from_secs(2);
-        assert_eq!(a.admit(5, later), yes(Some(1)));
-        assert_eq!(a.admit(6, later), yes(Some(2)));
-        assert_eq!(a.admit(7, later), yes(Some(3)));
-        // 5, 6 and 7 just got in: they are safe for min_age.
-        assert_eq!(a.admit(8, later), Admitted::Refused);
+        assert_eq!(a.admit(5, later, false), yes(Some(1)));
+        assert_eq!(a.admit(6, later, false), yes(Some(2)));
+        assert_eq!(a.admit(7, later, false), yes(Some(3)));
+        // 5, 6 and 7 just got in: they are safe from silent newcomers for min_age.
+        assert_eq!(a.admit(8, later, false), Admitted::Refused);
         assert_eq!(a.handshaking(), 3);
         a.finished(6);
-        assert_eq!(a.admit(9, later), yes(None));
+        assert_eq!(a.admit(9, later, false), yes(None));
         assert_eq!(a.shed_oldest(), Some(5));
+    }
+
+    #[test]
+    fn an_eager_newcomer_gets_in_past_a_flood_of_young_silent_connections() {
+        let a = Admission::new(limits(3, 4));
+        let t = Instant::now();
+        for id in 1..=3 {
+            a.admit(id, t, false);
+        }
+        // The flood reconnects so fast that every silent slot is young: a real primary,
+        // which spoke first, still gets in, evicting the oldest silent connection.
+        assert_eq!(a.admit(4, t, true), Admitted::Yes { evicted: Some(1) });
+        assert_eq!(a.admit(5, t, true), Admitted::Yes { evicted: Some(2) });
+        assert_eq!(a.admit(6, t, true), Admitted::Yes { evicted: Some(3) });
+        // Only eager ones left, all young: a silent or an eager newcomer is refused...
+        assert_eq!(a.admit(7, t, false), Admitted::Refused);
+        assert_eq!(a.admit(8, t, true), Admitted::Refused);
+        // ...until the oldest eager one has had min_age to finish.
+        let later = t + Duration::from_secs(1);
+        assert_eq!(a.admit(9, later, true), Admitted::Yes { evicted: Some(4) });
+        assert_eq!(a.admit(10, later, false), Admitted::Refused);
     }
 
     #[test]
     fn handshakes_past_the_deadline_are_overdue_exactly_once() {
         let a = Admission::new(limits(64, 4));
         let t = Instant::now();
-        a.admit(1, t);
-        a.admit(2, t + Duration::from_secs(5));
+        a.admit(1, t, false);
+        a.admit(2, t + Duration::from_secs(5), true);
         assert!(a.overdue(t + Duration::from_secs(9)).is_empty());
         assert_eq!(a.overdue(t + Duration::from_secs(10)), vec![1]);
         assert!(a.overdue(t + Duration::from_secs(11)).is_empty());
@@ -303,7 +352,7 @@ mod tests {
         let a = Arc::new(Admission::new(limits(64, 2)));
         let t = Instant::now();
         for id in 1..=4 {
-            a.admit(id, t);
+            a.admit(id, t, true);
         }
         let s1 = a.authenticated(1).unwrap();
         let _s2 = a.authenticated(2).unwrap();
@@ -315,7 +364,7 @@ mod tests {
         drop(s1);
         assert!(a.authenticated(4).is_some());
         // A connection the deadline already shut down does not become a session.
-        a.admit(5, t);
+        a.admit(5, t, true);
         a.overdue(t + Duration::from_secs(60));
         assert!(a.authenticated(5).is_none());
     }

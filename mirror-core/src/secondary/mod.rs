@@ -289,7 +289,11 @@ fn accept_loop(inner: Arc<Inner>, listener: TcpListener, stop: Arc<AtomicBool>) 
 /// Admits an accepted connection and starts its handler, or closes it.
 fn accept(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
     let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
-    match inner.admission.admit(id, Instant::now()) {
+    // A real primary speaks first and at once: is its first record (or frame) header here?
+    let mut head = [0u8; 5];
+    let eager = stream.set_nonblocking(true).is_ok()
+        && matches!(stream.peek(&mut head), Ok(n) if n == head.len());
+    match inner.admission.admit(id, Instant::now(), eager) {
         Admitted::Refused => {
             inner.warn_limited(|suppressed| {
                 warn!(%peer, suppressed, "connection refused: too many connections in handshake")
