@@ -151,6 +151,8 @@ fn serve(exe: &Path, volume: &Path, extra: &[String]) -> Result<(Child, String)>
         .arg(volume)
         .args(["--listen", "127.0.0.1:0"])
         .args(extra)
+        // The flood's refusals are logged at warn, rate-limited: noise in a benchmark.
+        .env("RUST_LOG", "error")
         .stdout(Stdio::piped())
         .spawn()
         .map_err(io_err("starting mirror serve"))?;
