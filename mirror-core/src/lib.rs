@@ -14,6 +14,7 @@ pub mod digest;
 pub mod dirty;
 mod error;
 pub mod link;
+pub mod meta;
 pub mod primary;
 pub mod report;
 pub mod scan;
