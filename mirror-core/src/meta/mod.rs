@@ -19,11 +19,15 @@
 pub mod disk;
 pub mod history;
 pub mod intent;
+pub mod primary;
 pub mod record;
+pub mod secondary;
 pub mod store;
 
 pub use disk::{FaultDisk, FaultPoint, MetaDisk, OsDisk};
-pub use history::{relate, Relation, Resolution};
+pub use history::{relate, Lineage, Relation, Resolution};
 pub use intent::{IntentMap, DEFAULT_INTENT_CHUNK};
+pub use primary::PrimaryMeta;
 pub use record::{Checkpoint, GenId, MetaRecord, Role, VolumeId};
+pub use secondary::{Admission, PrimaryClaim, SecondaryMeta};
 pub use store::{default_meta_path, Loaded, MetaStore};
