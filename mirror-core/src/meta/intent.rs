@@ -99,15 +99,15 @@ impl IntentMap {
 
     /// Opens the map for a volume of `size` bytes, in chunks of `chunk` bytes (a power of two
     /// of at least 4 KiB). Returns what the file said of the last session, when it was whole,
-    /// of this volume and geometry, and marked valid; then starts a new, empty map (not yet
-    /// valid) for `session`.
+    /// of this volume and geometry, and marked valid. The map rewritten now keeps those bits
+    /// and that session until [`set_session`](Self::set_session) names a new one, so a second
+    /// crash before the resync loses nothing; otherwise it starts empty and not valid.
     pub fn open(
         path: PathBuf,
         disk: Arc<dyn MetaDisk>,
         identity: VolumeId,
         size: u64,
         chunk: u64,
-        session: u128,
     ) -> Result<(IntentMap, Option<Recovered>)> {
         if !chunk.is_power_of_two() || chunk < 4096 {
             return Err(Error::invalid(format!(
@@ -126,6 +126,14 @@ impl IntentMap {
             }
         };
         let bit_bytes = ((chunks.div_ceil(PAGE_BITS)) * PAGE_BITS / 8) as usize;
+        let mut bits = vec![0u8; bit_bytes];
+        if let Some(r) = &recovered {
+            for (off, _) in &r.dirty {
+                let c = off >> chunk_shift;
+                let (p, i) = (c / PAGE_BITS, c % PAGE_BITS);
+                bits[(p * PAGE_BITS / 8 + i / 8) as usize] |= 1 << (i % 8);
+            }
+        }
         let map = IntentMap {
             path,
             disk,
@@ -133,10 +141,10 @@ impl IntentMap {
             chunks,
             identity,
             state: Mutex::new(State {
-                bits: vec![0; bit_bytes],
+                bits,
                 in_flight: vec![0; chunks as usize],
-                session,
-                valid: false,
+                session: recovered.as_ref().map_or(0, |r| r.session),
+                valid: recovered.is_some(),
             }),
         };
         // Write the whole new map, then sync: from now on pages are rewritten in place.
@@ -308,14 +316,16 @@ impl IntentMap {
         Ok(cleared)
     }
 
-    /// Records durably whether the bits cover everything the secondary may lack in this
-    /// session (true once the session's dirty map is valid; false when it is invalidated).
-    pub fn set_valid(&self, valid: bool) -> Result<()> {
+    /// Records durably whether the bits cover everything the secondary may lack since it was
+    /// attached to `session` (true once that session's dirty map is valid; false when it is
+    /// invalidated).
+    pub fn set_session(&self, session: u128, valid: bool) -> Result<()> {
         let mut st = lock(&self.state);
-        if st.valid == valid {
+        if st.valid == valid && st.session == session {
             return Ok(());
         }
         st.valid = valid;
+        st.session = session;
         self.write_page(&st, u64::MAX)
     }
 
@@ -348,30 +358,22 @@ mod tests {
 
     const MIB: u64 = 1 << 20;
 
-    fn open(dir: &Path, disk: Arc<dyn MetaDisk>, session: u128) -> (IntentMap, Option<Recovered>) {
-        IntentMap::open(
-            dir.join("m.intent"),
-            disk,
-            VolumeId(5),
-            1 << 30,
-            4 * MIB,
-            session,
-        )
-        .unwrap()
+    fn open(dir: &Path, disk: Arc<dyn MetaDisk>) -> (IntentMap, Option<Recovered>) {
+        IntentMap::open(dir.join("m.intent"), disk, VolumeId(5), 1 << 30, 4 * MIB).unwrap()
     }
 
     #[test]
     fn bits_set_before_a_crash_come_back_for_a_valid_session() {
         let d = tempfile::tempdir().unwrap();
-        let (m, rec) = open(d.path(), Arc::new(OsDisk), 7);
+        let (m, rec) = open(d.path(), Arc::new(OsDisk));
         assert_eq!(rec, None);
-        m.set_valid(true).unwrap();
+        m.set_session(7, true).unwrap();
         m.begin(0, 4096).unwrap();
         m.begin(100 * MIB, 8 * MIB + 1).unwrap();
         m.end(0, 4096);
         assert_eq!(m.set_chunks(), 4);
         drop(m); // a crash: nothing cleared
-        let (_, rec) = open(d.path(), Arc::new(OsDisk), 8);
+        let (_, rec) = open(d.path(), Arc::new(OsDisk));
         let rec = rec.unwrap();
         assert_eq!(rec.session, 7);
         assert_eq!(
@@ -388,8 +390,8 @@ mod tests {
     #[test]
     fn idle_clean_chunks_are_cleared_lazily_and_busy_or_dirty_ones_kept() {
         let d = tempfile::tempdir().unwrap();
-        let (m, _) = open(d.path(), Arc::new(OsDisk), 7);
-        m.set_valid(true).unwrap();
+        let (m, _) = open(d.path(), Arc::new(OsDisk));
+        m.set_session(7, true).unwrap();
         m.begin(0, 4096).unwrap();
         m.begin(8 * MIB, 4096).unwrap();
         m.begin(16 * MIB, 4096).unwrap();
@@ -399,7 +401,7 @@ mod tests {
         assert_eq!(m.clear_idle(|off, _| off == 8 * MIB).unwrap(), 1);
         assert_eq!(m.set_chunks(), 2);
         drop(m);
-        let (_, rec) = open(d.path(), Arc::new(OsDisk), 8);
+        let (_, rec) = open(d.path(), Arc::new(OsDisk));
         assert_eq!(
             rec.unwrap().dirty,
             vec![(8 * MIB, 4 * MIB), (16 * MIB, 4 * MIB)]
@@ -409,18 +411,18 @@ mod tests {
     #[test]
     fn a_map_not_valid_for_its_session_recovers_nothing() {
         let d = tempfile::tempdir().unwrap();
-        let (m, _) = open(d.path(), Arc::new(OsDisk), 7);
+        let (m, _) = open(d.path(), Arc::new(OsDisk));
         m.begin(0, 4096).unwrap();
         drop(m);
-        assert_eq!(open(d.path(), Arc::new(OsDisk), 8).1, None);
+        assert_eq!(open(d.path(), Arc::new(OsDisk)).1, None);
     }
 
     #[test]
     fn a_torn_page_makes_the_whole_map_untrusted() {
         let d = tempfile::tempdir().unwrap();
         let disk = Arc::new(FaultDisk::new(OsDisk));
-        let (m, _) = open(d.path(), disk.clone(), 7);
-        m.set_valid(true).unwrap();
+        let (m, _) = open(d.path(), disk.clone());
+        m.set_session(7, true).unwrap();
         m.begin(0, 4096).unwrap();
         disk.arm(FaultPoint::TornWrite(100), 0);
         assert!(
@@ -429,14 +431,14 @@ mod tests {
         );
         drop(m);
         // The torn page holds new bits under the old checksum: untrusted.
-        assert_eq!(open(d.path(), Arc::new(OsDisk), 8).1, None);
+        assert_eq!(open(d.path(), Arc::new(OsDisk)).1, None);
     }
 
     #[test]
     fn a_failed_sync_fails_the_write_that_needed_it() {
         let d = tempfile::tempdir().unwrap();
         let disk = Arc::new(FaultDisk::new(OsDisk));
-        let (m, _) = open(d.path(), disk.clone(), 7);
+        let (m, _) = open(d.path(), disk.clone());
         disk.arm(FaultPoint::Sync, 0);
         assert!(m.begin(0, 4096).is_err());
         disk.disarm();
