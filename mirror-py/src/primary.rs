@@ -121,6 +121,10 @@ impl Primary {
         link_timeout = 5.0,
         queue_depth = 1024,
         auto_resync = true,
+        meta = None,
+        adopt = false,
+        discard_secondary = false,
+        write_intent = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -139,8 +143,16 @@ impl Primary {
         link_timeout: f64,
         queue_depth: i128,
         auto_resync: bool,
+        meta: Option<PathBuf>,
+        adopt: bool,
+        discard_secondary: bool,
+        write_intent: bool,
     ) -> PyResult<Self> {
         let mut config = PrimaryConfig::new(peer.clone());
+        config.meta = Some(meta.unwrap_or_else(|| mirror_core::meta::default_meta_path(&volume)));
+        config.adopt = adopt;
+        config.discard_secondary = discard_secondary;
+        config.write_intent = write_intent;
         if let Some(a) = algorithm {
             config.algorithm = named(a)?;
         }
