@@ -20,8 +20,8 @@ use mirror_uring::{open_volume, IoBackend, VolumeOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
 
-use crate::cli::{parse_io, parse_size};
 use crate::error::{CliError, Result, EXIT_OK};
+use crate::parse::{parse_algorithm, parse_io, parse_size};
 use crate::proxy::Proxy;
 
 const BLOCK: u64 = 4096;
@@ -59,7 +59,7 @@ pub struct LinkCutBenchArgs {
     #[arg(long, default_value = "4K,64K,1M", value_delimiter = ',', value_parser = parse_size)]
     pub region_sizes: Vec<u64>,
     /// Digest algorithm.
-    #[arg(long, default_value = "sha1", value_parser = crate::cli::parse_algorithm)]
+    #[arg(long, default_value = "sha1", value_parser = parse_algorithm)]
     pub algorithm: Algorithm,
     /// Directory for the files (default: the system's temporary directory).
     #[arg(long)]

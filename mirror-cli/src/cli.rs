@@ -1,8 +1,8 @@
 //! The command line: every subcommand, its options and how their values are parsed.
 //!
 //! Values are parsed into the engine's own types (`Algorithm`, `BlockSize`, `CompareSide`,
-//! `IoBackend`) here, so a bad value is refused by the parser with a one-line message before
-//! any volume is opened or any connection made.
+//! `IoBackend`) by the parsers of [`crate::parse`], so a bad value is refused with a one-line
+//! message before any volume is opened or any connection made.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -10,6 +10,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use mirror_core::{Algorithm, BlockSize, CompareSide};
 use mirror_uring::IoBackend;
+
+use crate::parse::{
+    parse_algorithm, parse_block_size, parse_compare, parse_duration, parse_io, parse_rate,
+    parse_size,
+};
 
 /// Keep a secondary block volume coherent with a primary over TCP.
 #[derive(Debug, Parser)]
@@ -172,7 +177,8 @@ pub struct PrimaryArgs {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub interval: Duration,
 
-    /// Read rate limit of the periodic scan, MiB/s, on each side.
+    /// Read rate limit of the periodic scan on each side, in MiB/s: a number (fractions
+    /// allowed), optionally with a size suffix (50 and 50M are both 50 MiB/s; 512K, 1G).
     #[arg(long, value_name = "MIB_S", default_value = "64", value_parser = parse_rate)]
     pub rate: f64,
 
@@ -211,66 +217,6 @@ pub struct DemoArgs {
     pub seed: Option<u64>,
 }
 
-/// The message of an engine error, without the kind's prefix, for a parser's error line.
-fn message(e: mirror_core::Error) -> String {
-    match e {
-        mirror_core::Error::InvalidArgument(m) => m,
-        other => other.to_string(),
-    }
-}
-
-pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
-    s.parse().map_err(message)
-}
-
-pub fn parse_compare(s: &str) -> Result<CompareSide, String> {
-    s.parse().map_err(message)
-}
-
-pub fn parse_io(s: &str) -> Result<IoBackend, String> {
-    s.parse().map_err(message)
-}
-
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let d = humantime::parse_duration(s).map_err(|e| format!("{e} (try 10s, 500ms or 5m)"))?;
-    if d.is_zero() {
-        return Err("duration must be positive".into());
-    }
-    Ok(d)
-}
-
-fn parse_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
-        _ => Err(format!("{s:?} is not a positive number of MiB/s")),
-    }
-}
-
-/// A byte count: digits with an optional binary suffix `K`, `M`, `G` or `T` (also spelt
-/// `KiB`, `KB`, ...; all powers of 1024).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (digits, suffix) = t.split_at(split);
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (try 4096, 64M or 1G)"))?;
-    let shift = match suffix.to_ascii_lowercase().as_str() {
-        "" | "b" => 0,
-        "k" | "kb" | "kib" => 10,
-        "m" | "mb" | "mib" => 20,
-        "g" | "gb" | "gib" => 30,
-        "t" | "tb" | "tib" => 40,
-        _ => return Err(format!("{s:?} has an unknown size suffix (K, M, G or T)")),
-    };
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
-}
-
-pub fn parse_block_size(s: &str) -> Result<BlockSize, String> {
-    BlockSize::new(parse_size(s)?).map_err(message)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,31 +228,28 @@ mod tests {
     }
 
     #[test]
-    fn sizes_take_binary_suffixes() {
-        assert_eq!(parse_size("4096"), Ok(4096));
-        assert_eq!(parse_size("4K"), Ok(4096));
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("1.5G").is_err());
-        assert!(parse_size("12Q").is_err());
-        assert!(parse_size("").is_err());
-        assert!(parse_size("99999999999T").is_err());
-    }
-
-    #[test]
-    fn block_sizes_are_powers_of_two_in_range() {
-        assert_eq!(parse_block_size("4K").unwrap().get(), 4096);
-        assert_eq!(parse_block_size("1M").unwrap().get(), 1 << 20);
-        assert!(parse_block_size("256").is_err());
-        assert!(parse_block_size("3000").is_err());
-        assert!(parse_block_size("2M").is_err());
-    }
-
-    #[test]
-    fn durations_are_humantime() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert!(parse_duration("0s").is_err());
-        assert!(parse_duration("soon").is_err());
+    fn rates_take_the_size_suffixes() {
+        let rate = |v: &str| {
+            let cli = Cli::try_parse_from([
+                "mirror",
+                "primary",
+                "--volume",
+                "v",
+                "--peer",
+                "p:1",
+                "--interval",
+                "1s",
+                "--rate",
+                v,
+            ])
+            .unwrap();
+            match cli.command {
+                Command::Primary(a) => a.rate,
+                _ => unreachable!(),
+            }
+        };
+        assert_eq!(rate("50"), 50.0);
+        assert_eq!(rate("50M"), 50.0);
+        assert_eq!(rate("1G"), 1024.0);
     }
 }

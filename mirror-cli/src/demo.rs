@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -88,6 +88,27 @@ impl<'p> Steps<'p> {
     }
 }
 
+impl Steps<'_> {
+    /// Prints the verdict; the exit code says whether every check held.
+    fn conclude(&self, seed: u64) -> u8 {
+        say!("");
+        if self.failed.is_empty() {
+            say!("demo passed: {} checks held", self.checks);
+            EXIT_OK
+        } else {
+            say!(
+                "demo FAILED: {} of {} checks did not hold (seed {seed}):",
+                self.failed.len(),
+                self.checks
+            );
+            for f in &self.failed {
+                say!("  {f}");
+            }
+            EXIT_INCOHERENT
+        }
+    }
+}
+
 /// Random 4 KiB writes: where they go and what they hold.
 struct Writer {
     rng: SmallRng,
@@ -126,7 +147,7 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     };
     let blocks = args.size / BLOCK;
     let seed = args.seed.unwrap_or_else(rand::random);
-    let mut writer = Writer {
+    let writer = Writer {
         rng: SmallRng::seed_from_u64(seed),
         blocks,
     };
@@ -151,210 +172,282 @@ pub fn run(args: DemoArgs) -> Result<u8> {
     );
 
     let stop = crate::signals::stop_flag()?;
-    let mut steps = Steps {
+    let mut demo = Demo {
+        p_path,
+        s_path,
+        vopts,
+        algorithm: args.algorithm,
+        blocks,
+        writes: args.writes as usize,
+        writer,
         proxy: &proxy,
-        stop: &stop,
-        number: 0,
-        failed: Vec::new(),
-        checks: 0,
-        started: Instant::now(),
-        wire_at_start: 0,
+        steps: Steps {
+            proxy: &proxy,
+            stop: &stop,
+            number: 0,
+            failed: Vec::new(),
+            checks: 0,
+            started: Instant::now(),
+            wire_at_start: 0,
+        },
     };
-    let config = |periodic: Option<PeriodicScan>| {
-        let mut c = PrimaryConfig::new(proxy.addr().to_string());
-        c.algorithm = args.algorithm;
+    let primary = demo.first_resync()?;
+    demo.replicate(&primary)?;
+    let written_during_cut = demo.cut_link(&primary)?;
+    demo.resync_from_dirty_map(&primary, written_during_cut)?;
+    let primary = demo.restart_primary(primary)?;
+    demo.repair_corruption(&primary)?;
+    demo.verify(&primary)?;
+
+    primary.close()?;
+    secondary.stop();
+    Ok(demo.steps.conclude(seed))
+}
+
+/// What the steps work on: the two files, the link, the random writes and the tally.
+struct Demo<'p> {
+    p_path: PathBuf,
+    s_path: PathBuf,
+    vopts: VolumeOptions,
+    algorithm: Algorithm,
+    blocks: u64,
+    /// Writes in each writing step.
+    writes: usize,
+    writer: Writer,
+    proxy: &'p Proxy,
+    steps: Steps<'p>,
+}
+
+impl Demo<'_> {
+    /// A primary's configuration: through the proxy, resyncs only when the demo asks, a short
+    /// link timeout so that a cut is noticed quickly.
+    fn config(&self, periodic: Option<PeriodicScan>) -> PrimaryConfig {
+        let mut c = PrimaryConfig::new(self.proxy.addr().to_string());
+        c.algorithm = self.algorithm;
         c.auto_resync = false;
         c.link_timeout = Duration::from_secs(1);
         c.periodic = periodic;
         c
-    };
-    let n = args.writes as usize;
-
-    // 1. The primary starts with data the secondary lacks; its first sync is a full scan.
-    steps.begin("primary holds data the secondary lacks: open it, connect, first resync")?;
-    let seeded = write_behind(&p_path, &mut writer, (blocks / 8).max(1) as usize)?;
-    say!(
-        "    wrote {} random blocks to the primary's file before mirror started",
-        seeded.len()
-    );
-    let primary = Primary::open(open_volume(&p_path, &vopts)?, config(None))?;
-    primary.wait_connected(Duration::from_secs(10))?;
-    let r = primary.resync()?;
-    say!("    {}", summary(&r));
-    steps.check(
-        r.mode == ResyncMode::FullScan,
-        format!("a first connection resyncs by full scan (mode {})", r.mode),
-    );
-    steps.check(
-        r.mismatched == seeded.len() as u64,
-        format!(
-            "the scan found exactly the {} blocks written (found {})",
-            seeded.len(),
-            r.mismatched
-        ),
-    );
-    steps.end();
-
-    // 2. Replication while connected.
-    steps.begin(&format!(
-        "replicate {n} random 4 KiB writes (synchronous mode)"
-    ))?;
-    let outcomes = write_through(&primary, &mut writer, n)?;
-    let t = steps.started.elapsed().as_secs_f64();
-    say!(
-        "    {} writes replicated, {:.0} writes/s",
-        outcomes.replicated,
-        n as f64 / t.max(1e-9)
-    );
-    steps.check(
-        outcomes.replicated == n,
-        format!(
-            "every write acknowledged by the secondary ({} of {n})",
-            outcomes.replicated
-        ),
-    );
-    steps.end();
-
-    // 3. The link goes down; writes go on and land in the dirty map.
-    steps.begin(&format!("cut the link and keep writing: {n} more writes"))?;
-    proxy.cut();
-    let outcomes = write_through(&primary, &mut writer, n)?;
-    let st = primary.status();
-    say!(
-        "    {} writes degraded (recorded in the dirty map), {} replicated before the cut was noticed",
-        outcomes.degraded,
-        outcomes.replicated + outcomes.queued
-    );
-    say!(
-        "    link {}; dirty map: {} regions of {}, covering {}",
-        st.state.name(),
-        st.dirty_regions,
-        HumanBytes(st.region_size),
-        HumanBytes(st.dirty_bytes)
-    );
-    let written_during_cut = outcomes.distinct.len() as u64;
-    steps.check(
-        outcomes.degraded > 0 && st.map_valid && st.dirty_regions > 0,
-        "writes during the cut succeed, degraded, and mark a valid dirty map",
-    );
-    steps.end();
-
-    // 4. The link comes back: the dirty map says what to send.
-    steps.begin("restore the link: reconnect and resync from the dirty map")?;
-    proxy.restore();
-    primary.wait_connected(Duration::from_secs(30))?;
-    let r = primary.resync()?;
-    say!("    {}", summary(&r));
-    say!(
-        "    {} distinct blocks written during the cut ({}); resync sent {} of block data",
-        written_during_cut,
-        HumanBytes(written_during_cut * BLOCK),
-        HumanBytes(r.blocks_sent * BLOCK)
-    );
-    steps.check(
-        r.mode == ResyncMode::DirtyMap,
-        format!("resync driven by the dirty map (mode {})", r.mode),
-    );
-    steps.check(
-        r.blocks_sent <= written_during_cut && r.blocks < blocks,
-        format!(
-            "only dirty regions compared ({} of {blocks} blocks), at most the blocks written sent ({} ≤ {written_during_cut})",
-            r.blocks, r.blocks_sent
-        ),
-    );
-    steps.end();
-
-    // 5. The primary restarts: the dirty map is gone, and writes happened meanwhile.
-    steps.begin("restart the primary (dirty map lost) and resync by full scan")?;
-    primary.close()?;
-    drop(primary);
-    let behind = write_behind(&p_path, &mut writer, (n / 10).max(1))?;
-    say!(
-        "    while mirror was down, {} blocks changed on the primary's file",
-        behind.len()
-    );
-    let periodic = PeriodicScan {
-        interval: Duration::from_secs(1),
-        rate_mib_s: 512.0,
-    };
-    let primary = Primary::open(open_volume(&p_path, &vopts)?, config(Some(periodic)))?;
-    primary.wait_connected(Duration::from_secs(10))?;
-    let r = primary.resync()?;
-    say!("    {}", summary(&r));
-    steps.check(
-        r.mode == ResyncMode::FullScan,
-        format!("a restarted primary resyncs by full scan (mode {})", r.mode),
-    );
-    steps.check(
-        r.blocks == blocks && r.mismatched <= behind.len() as u64,
-        format!(
-            "every block compared ({} of {blocks}); at most the {} changed blocks sent ({})",
-            r.blocks,
-            behind.len(),
-            r.blocks_sent
-        ),
-    );
-    steps.end();
-
-    // 6. Corruption on the secondary that mirror is not told about.
-    let corrupt = 16.min(blocks as usize);
-    steps.begin(&format!(
-        "corrupt {corrupt} blocks of the secondary's file behind mirror's back; wait for the periodic scan"
-    ))?;
-    let seen_before = primary.status().last_report;
-    let hit = corrupt_blocks(&s_path, &mut writer, corrupt)?;
-    say!(
-        "    overwrote blocks {} on the secondary's file",
-        list(&hit, 8)
-    );
-    let found = wait_for_periodic(
-        &primary,
-        seen_before,
-        corrupt as u64,
-        Duration::from_secs(60),
-    );
-    for r in &found {
-        say!("    {}", summary(r));
     }
-    let repaired: u64 = found.iter().map(|r| r.mismatched).sum();
-    steps.check(
-        repaired == corrupt as u64,
-        format!("the periodic scan found and repaired the {corrupt} corrupted blocks ({repaired})"),
-    );
-    steps.end();
 
-    // 7. The proof.
-    steps.begin("verify: compare every block, then the two files byte for byte")?;
-    let r = primary.verify()?;
-    say!("    {}", summary(&r));
-    steps.check(r.coherent(), "verify finds no mismatched block");
-    primary.flush()?;
-    let equal = files_equal(&p_path, &s_path)?;
-    let digest = |p: &Path| -> Result<String> {
-        let bytes = std::fs::read(p).map_err(|e| CliError::io(p.display().to_string(), e))?;
-        Ok(mirror_core::digest::hex(&Algorithm::Sha1.digest(&bytes)))
-    };
-    say!("    sha1 of the primary's file:   {}", digest(&p_path)?);
-    say!("    sha1 of the secondary's file: {}", digest(&s_path)?);
-    steps.check(equal, "the two volumes are equal byte for byte");
-    steps.end();
-
-    primary.close()?;
-    secondary.stop();
-    say!("");
-    if steps.failed.is_empty() {
-        say!("demo passed: {} checks held", steps.checks);
-        Ok(EXIT_OK)
-    } else {
+    /// Step 1: the primary starts with data the secondary lacks; its first resync is a full
+    /// scan.
+    fn first_resync(&mut self) -> Result<Primary> {
+        let blocks = self.blocks;
+        self.steps
+            .begin("primary holds data the secondary lacks: open it, connect, first resync")?;
+        let seeded = write_behind(&self.p_path, &mut self.writer, (blocks / 8).max(1) as usize)?;
         say!(
-            "demo FAILED: {} of {} checks did not hold (seed {seed}):",
-            steps.failed.len(),
-            steps.checks
+            "    wrote {} random blocks to the primary's file before mirror started",
+            seeded.len()
         );
-        for f in &steps.failed {
-            say!("  {f}");
+        let primary = Primary::open(open_volume(&self.p_path, &self.vopts)?, self.config(None))?;
+        primary.wait_connected(Duration::from_secs(10))?;
+        let r = primary.resync()?;
+        say!("    {}", summary(&r));
+        self.steps.check(
+            r.mode == ResyncMode::FullScan,
+            format!("a first connection resyncs by full scan (mode {})", r.mode),
+        );
+        self.steps.check(
+            r.mismatched == seeded.len() as u64,
+            format!(
+                "the scan found exactly the {} blocks written (found {})",
+                seeded.len(),
+                r.mismatched
+            ),
+        );
+        self.steps.end();
+        Ok(primary)
+    }
+
+    /// Step 2: writes replicated while connected.
+    fn replicate(&mut self, primary: &Primary) -> Result<()> {
+        let n = self.writes;
+        self.steps.begin(&format!(
+            "replicate {n} random 4 KiB writes (synchronous mode)"
+        ))?;
+        let outcomes = write_through(primary, &mut self.writer, n)?;
+        let t = self.steps.started.elapsed().as_secs_f64();
+        say!(
+            "    {} writes replicated, {:.0} writes/s",
+            outcomes.replicated,
+            n as f64 / t.max(1e-9)
+        );
+        self.steps.check(
+            outcomes.replicated == n,
+            format!(
+                "every write acknowledged by the secondary ({} of {n})",
+                outcomes.replicated
+            ),
+        );
+        self.steps.end();
+        Ok(())
+    }
+
+    /// Step 3: the link goes down; writes go on and land in the dirty map. Returns the distinct
+    /// blocks written meanwhile.
+    fn cut_link(&mut self, primary: &Primary) -> Result<u64> {
+        let n = self.writes;
+        let proxy = self.proxy;
+        self.steps
+            .begin(&format!("cut the link and keep writing: {n} more writes"))?;
+        proxy.cut();
+        let outcomes = write_through(primary, &mut self.writer, n)?;
+        let st = primary.status();
+        say!(
+            "    {} writes degraded (recorded in the dirty map), {} replicated before the cut was noticed",
+            outcomes.degraded,
+            outcomes.replicated + outcomes.queued
+        );
+        say!(
+            "    link {}; dirty map: {} regions of {}, covering {}",
+            st.state.name(),
+            st.dirty_regions,
+            HumanBytes(st.region_size),
+            HumanBytes(st.dirty_bytes)
+        );
+        let written_during_cut = outcomes.distinct.len() as u64;
+        self.steps.check(
+            outcomes.degraded > 0 && st.map_valid && st.dirty_regions > 0,
+            "writes during the cut succeed, degraded, and mark a valid dirty map",
+        );
+        self.steps.end();
+        Ok(written_during_cut)
+    }
+
+    /// Step 4: the link comes back and the dirty map says what to send.
+    fn resync_from_dirty_map(&mut self, primary: &Primary, written_during_cut: u64) -> Result<()> {
+        let blocks = self.blocks;
+        let proxy = self.proxy;
+        self.steps
+            .begin("restore the link: reconnect and resync from the dirty map")?;
+        proxy.restore();
+        primary.wait_connected(Duration::from_secs(30))?;
+        let r = primary.resync()?;
+        say!("    {}", summary(&r));
+        say!(
+            "    {} distinct blocks written during the cut ({}); resync sent {} of block data",
+            written_during_cut,
+            HumanBytes(written_during_cut * BLOCK),
+            HumanBytes(r.blocks_sent * BLOCK)
+        );
+        self.steps.check(
+            r.mode == ResyncMode::DirtyMap,
+            format!("resync driven by the dirty map (mode {})", r.mode),
+        );
+        self.steps.check(
+            r.blocks_sent <= written_during_cut && r.blocks < blocks,
+            format!(
+                "only dirty regions compared ({} of {blocks} blocks), at most the blocks written sent ({} ≤ {written_during_cut})",
+                r.blocks, r.blocks_sent
+            ),
+        );
+        self.steps.end();
+        Ok(())
+    }
+
+    /// Step 5: the primary restarts, its dirty map gone while writes happened: a full scan.
+    fn restart_primary(&mut self, primary: Primary) -> Result<Primary> {
+        let blocks = self.blocks;
+        let n = self.writes;
+        self.steps
+            .begin("restart the primary (dirty map lost) and resync by full scan")?;
+        primary.close()?;
+        drop(primary);
+        let behind = write_behind(&self.p_path, &mut self.writer, (n / 10).max(1))?;
+        say!(
+            "    while mirror was down, {} blocks changed on the primary's file",
+            behind.len()
+        );
+        let periodic = PeriodicScan {
+            interval: Duration::from_secs(1),
+            rate_mib_s: 512.0,
+        };
+        let primary = Primary::open(
+            open_volume(&self.p_path, &self.vopts)?,
+            self.config(Some(periodic)),
+        )?;
+        primary.wait_connected(Duration::from_secs(10))?;
+        let r = primary.resync()?;
+        say!("    {}", summary(&r));
+        self.steps.check(
+            r.mode == ResyncMode::FullScan,
+            format!("a restarted primary resyncs by full scan (mode {})", r.mode),
+        );
+        self.steps.check(
+            r.blocks == blocks && r.mismatched <= behind.len() as u64,
+            format!(
+                "every block compared ({} of {blocks}); at most the {} changed blocks sent ({})",
+                r.blocks,
+                behind.len(),
+                r.blocks_sent
+            ),
+        );
+        self.steps.end();
+        Ok(primary)
+    }
+
+    /// Step 6: blocks corrupted on the secondary behind mirror's back, found and repaired by the
+    /// periodic scan.
+    fn repair_corruption(&mut self, primary: &Primary) -> Result<()> {
+        let blocks = self.blocks;
+        let corrupt = 16.min(blocks as usize);
+        self.steps.begin(&format!(
+            "corrupt {corrupt} blocks of the secondary's file behind mirror's back; wait for the periodic scan"
+        ))?;
+        let seen_before = primary.status().last_report;
+        let hit = corrupt_blocks(&self.s_path, &mut self.writer, corrupt)?;
+        say!(
+            "    overwrote blocks {} on the secondary's file",
+            list(&hit, 8)
+        );
+        let found = wait_for_periodic(
+            primary,
+            seen_before,
+            corrupt as u64,
+            Duration::from_secs(60),
+        );
+        for r in &found {
+            say!("    {}", summary(r));
         }
-        Ok(EXIT_INCOHERENT)
+        let repaired: u64 = found.iter().map(|r| r.mismatched).sum();
+        self.steps.check(
+            repaired == corrupt as u64,
+            format!(
+                "the periodic scan found and repaired the {corrupt} corrupted blocks ({repaired})"
+            ),
+        );
+        self.steps.end();
+        Ok(())
+    }
+
+    /// Step 7: the proof: a verify, then the two files compared byte for byte.
+    fn verify(&mut self, primary: &Primary) -> Result<()> {
+        self.steps
+            .begin("verify: compare every block, then the two files byte for byte")?;
+        let r = primary.verify()?;
+        say!("    {}", summary(&r));
+        self.steps
+            .check(r.coherent(), "verify finds no mismatched block");
+        primary.flush()?;
+        let equal = files_equal(&self.p_path, &self.s_path)?;
+        let digest = |p: &Path| -> Result<String> {
+            let bytes = std::fs::read(p).map_err(|e| CliError::io(p.display().to_string(), e))?;
+            Ok(mirror_core::digest::hex(&Algorithm::Sha1.digest(&bytes)))
+        };
+        say!(
+            "    sha1 of the primary's file:   {}",
+            digest(&self.p_path)?
+        );
+        say!(
+            "    sha1 of the secondary's file: {}",
+            digest(&self.s_path)?
+        );
+        self.steps
+            .check(equal, "the two volumes are equal byte for byte");
+        self.steps.end();
+        Ok(())
     }
 }
 

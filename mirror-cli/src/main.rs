@@ -9,6 +9,7 @@ mod cli;
 mod daemon;
 mod demo;
 mod error;
+mod parse;
 mod progress;
 mod proxy;
 mod report;

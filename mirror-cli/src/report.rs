@@ -95,3 +95,41 @@ pub fn range_line(g: &BlockRange) -> String {
         format!("mismatched blocks {} ({} blocks)", g, g.count)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mirror_core::{Algorithm, BlockIndex, CompareSide, ResyncMode};
+
+    #[test]
+    fn json_report_has_every_report_field_between_command_and_coherent() {
+        let r = Report {
+            mode: ResyncMode::Verify,
+            algorithm: Algorithm::Sha1,
+            compare: CompareSide::Primary,
+            blocks: 8,
+            mismatched: 2,
+            blocks_sent: 0,
+            bytes_sent: 1,
+            bytes_received: 2,
+            seconds: 0.5,
+            mismatched_ranges: vec![BlockRange {
+                start: BlockIndex(3),
+                count: 2,
+            }],
+        };
+        let json = serde_json::to_value(JsonReport::new("verify", &r)).unwrap();
+        let mut keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|&k| k != "command" && k != "coherent")
+            .collect();
+        let mut core = Report::FIELDS.to_vec();
+        core.sort_unstable();
+        keys.sort_unstable();
+        assert_eq!(keys, core);
+        assert_eq!(json["mismatched_ranges"][0]["start"], 3);
+    }
+}

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use crate::digest::Algorithm;
 use crate::dirty::DEFAULT_REGION_SIZE;
+use crate::storage::digest::Algorithm;
 use crate::{Error, Result};
 
 /// When a replicated write is acknowledged to its caller.

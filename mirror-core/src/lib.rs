@@ -5,23 +5,30 @@
 //! - [`DirtyMap`]: what the secondary may lack, one bit per region.
 //! - [`wire`]: the framed, versioned protocol between the two.
 //! - [`Primary`], [`Secondary`]: the controllers, blocking and thread-safe.
+//!
+//! The source is folders by part — [`storage`] (volumes, digests, scans), [`protocol`]
+//! (frames, messages, link, authentication), [`primary`], [`secondary`] — plus the [`dirty`]
+//! map, the [`meta`]data record, configuration, errors, units and reports. The earlier flat paths (`wire`, `scan`,
+//! `volume`, `link`, `auth`, `digest`) stay as re-exports.
 #![forbid(unsafe_code)]
 
-pub mod auth;
-mod background;
 pub mod config;
-pub mod digest;
 pub mod dirty;
 mod error;
-pub mod link;
 pub mod meta;
 pub mod primary;
+pub mod protocol;
 pub mod report;
-pub mod scan;
 pub mod secondary;
+pub mod storage;
+pub mod sync;
 pub mod units;
-pub mod volume;
-pub mod wire;
+
+pub use protocol::{auth, link};
+pub use storage::{digest, scan, volume};
+
+/// The wire protocol (messages, with the frame codec re-exported) under its earlier name.
+pub use protocol::messages as wire;
 
 pub use config::{CompareSide, PeriodicScan, PrimaryConfig, ReplicationMode, SecondaryConfig};
 pub use digest::Algorithm;

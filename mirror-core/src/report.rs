@@ -1,9 +1,15 @@
 //! What a resync, verify or periodic scan reports, and the primary's status.
+//!
+//! [`Report::FIELDS`] and [`Status::FIELDS`] are the one list of each type's fields. The
+//! adapters that copy them into their own shapes (the CLI's `--json`, the C `mirror_report` and
+//! `mirror_status`, the Python `Report` and `Status`) are checked against these lists, at
+//! compile time with [`same_field_names`] or by a test, so a field added here cannot be
+//! forgotten there.
 
 use std::fmt;
 
 use crate::config::CompareSide;
-use crate::digest::Algorithm;
+use crate::storage::digest::Algorithm;
 use crate::units::BlockRange;
 
 /// How a resync found what to send.
@@ -68,6 +74,20 @@ pub struct Report {
 impl Report {
     /// Most mismatched runs a report lists.
     pub const MAX_RANGES: usize = 10_000;
+
+    /// The names of a report's fields, in declaration order.
+    pub const FIELDS: &'static [&'static str] = &[
+        "mode",
+        "algorithm",
+        "compare",
+        "blocks",
+        "mismatched",
+        "blocks_sent",
+        "bytes_sent",
+        "bytes_received",
+        "seconds",
+        "mismatched_ranges",
+    ];
 
     pub(crate) fn new(mode: ResyncMode, algorithm: Algorithm, compare: CompareSide) -> Self {
         Report {
@@ -140,4 +160,108 @@ pub struct Status {
     pub last_error: Option<String>,
     /// The last resync or periodic scan, if any.
     pub last_report: Option<Report>,
+}
+
+impl Status {
+    /// The names of a status's fields, in declaration order.
+    pub const FIELDS: &'static [&'static str] = &[
+        "state",
+        "map_valid",
+        "dirty_regions",
+        "dirty_bytes",
+        "region_size",
+        "pending_writes",
+        "bytes_sent",
+        "bytes_received",
+        "connections",
+        "last_error",
+        "last_report",
+    ];
+}
+
+/// True when `a` and `b` hold the same names in the same order. A `const fn`, so an adapter
+/// can check its copy of a field list against [`Report::FIELDS`] or [`Status::FIELDS`] in a
+/// `const` assertion, at compile time.
+pub const fn same_field_names(a: &[&str], b: &[&str]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        let (x, y) = (a[i].as_bytes(), b[i].as_bytes());
+        if x.len() != y.len() {
+            return false;
+        }
+        let mut j = 0;
+        while j < x.len() {
+            if x[j] != y[j] {
+                return false;
+            }
+            j += 1;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// The field names of a struct, as a `&'static [&'static str]`, with a check that the list is
+/// exhaustive: the struct pattern inside has no `..`, so a field added to or removed from the
+/// struct stops the build until the list follows. Used by the tests here and by the adapters.
+#[macro_export]
+macro_rules! field_names {
+    ($ty:ident { $($field:ident),* $(,)? }) => {{
+        #[allow(dead_code)]
+        fn exhaustive(v: $ty) {
+            let $ty { $($field: _),* } = v;
+        }
+        &[$(stringify!($field)),*]
+    }};
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_field_list_names_every_field_in_order() {
+        let names: &[&str] = field_names!(Report {
+            mode,
+            algorithm,
+            compare,
+            blocks,
+            mismatched,
+            blocks_sent,
+            bytes_sent,
+            bytes_received,
+            seconds,
+            mismatched_ranges,
+        });
+        assert_eq!(names, Report::FIELDS);
+    }
+
+    #[test]
+    fn status_field_list_names_every_field_in_order() {
+        let names: &[&str] = field_names!(Status {
+            state,
+            map_valid,
+            dirty_regions,
+            dirty_bytes,
+            region_size,
+            pending_writes,
+            bytes_sent,
+            bytes_received,
+            connections,
+            last_error,
+            last_report,
+        });
+        assert_eq!(names, Status::FIELDS);
+    }
+
+    #[test]
+    fn field_name_lists_compare_by_name_and_order() {
+        assert!(same_field_names(&["a", "bc"], &["a", "bc"]));
+        assert!(!same_field_names(&["a", "bc"], &["bc", "a"]));
+        assert!(!same_field_names(&["a", "bc"], &["a", "bd"]));
+        assert!(!same_field_names(&["a"], &["a", "b"]));
+    }
 }

@@ -518,3 +518,24 @@ fn periodic_report_counts_divergence_not_writes_racing_the_scan() {
     p.resync().unwrap();
     assert!(pair.equal());
 }
+
+#[test]
+fn cancel_jobs_stops_the_running_verify_and_spares_the_next() {
+    let pair = Pair::new(4 * MIB, 14);
+    let p = Arc::new(pair.open_primary(pair.config()));
+    wait_coherent(&p);
+    // The secondary's answers are held back, so the verify waits on its digests.
+    pair.proxy.hold_back(true);
+    let job = {
+        let p = p.clone();
+        std::thread::spawn(move || p.verify())
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    p.cancel_jobs();
+    let e = job.join().unwrap().unwrap_err();
+    assert_eq!(e.kind(), mirror_core::ErrorKind::Cancelled, "{e}");
+    pair.proxy.restore();
+    wait_coherent(&p);
+    let r = p.verify().unwrap();
+    assert_eq!(r.mismatched, 0);
+}

@@ -4,6 +4,21 @@
 //! setters (each checks its value and leaves the config unchanged on error), passes to
 //! `mirror_primary_open` / `mirror_secondary_new` (which copy it) and frees. Builders rather
 //! than a struct keep the ABI stable as options are added.
+//!
+//! The rules every function here keeps, in one place:
+//!
+//! - Ownership: the caller owns a config from `_new` until `_free` (`_free(NULL)` does
+//!   nothing). Setters copy what they are given (numbers, strings, secret bytes, a secret
+//!   file's contents) and keep no pointer; opened primaries and secondaries hold their own
+//!   copy, so freeing or changing a config never affects them.
+//! - Thread safety: a config is used by one thread at a time; distinct configs are
+//!   independent. Nothing here blocks or touches the network; `_set_secret_file` reads its
+//!   file at once.
+//!
+//! The setters both builders have (block size, I/O backend, direct I/O, secret, secret file,
+//! link timeout) are written once, generic over [`ConfigBuilder`]; the exported functions
+//! are one-line forwarders so that cbindgen, which does not expand macros, sees each of them
+//! with its own C documentation.
 
 use std::ffi::c_char;
 use std::path::PathBuf;
@@ -44,7 +59,6 @@ impl VolumeSpec {
 
 /// How to open a primary: its volume, its secondary and every option. Create with
 /// `mirror_primary_config_new`, free with `mirror_primary_config_free`.
-#[allow(non_camel_case_types)]
 #[derive(Debug)]
 pub struct mirror_primary_config {
     pub(crate) volume: VolumeSpec,
@@ -53,7 +67,6 @@ pub struct mirror_primary_config {
 
 /// How to create a secondary: its volume, its listen address and options. Create with
 /// `mirror_secondary_config_new`, free with `mirror_secondary_config_free`.
-#[allow(non_camel_case_types)]
 #[derive(Debug)]
 pub struct mirror_secondary_config {
     pub(crate) volume: VolumeSpec,
@@ -119,42 +132,159 @@ pub unsafe extern "C" fn mirror_primary_config_new(
 /// other thread.
 #[no_mangle]
 pub unsafe extern "C" fn mirror_primary_config_free(config: *mut mirror_primary_config) {
+    // SAFETY: forwarded contract.
+    unsafe { free_config(config) }
+}
+
+/// What the primary and secondary config builders share: a volume, a secret and a link
+/// timeout. The shared setters below are written once over it.
+pub(crate) trait ConfigBuilder {
+    /// Where the volume is and how to open it.
+    fn volume_mut(&mut self) -> &mut VolumeSpec;
+    /// The shared secret, `None` for none.
+    fn secret_mut(&mut self) -> &mut Option<Vec<u8>>;
+    /// How long a silent link lives.
+    fn link_timeout_mut(&mut self) -> &mut Duration;
+}
+
+impl ConfigBuilder for mirror_primary_config {
+    fn volume_mut(&mut self) -> &mut VolumeSpec {
+        &mut self.volume
+    }
+    fn secret_mut(&mut self) -> &mut Option<Vec<u8>> {
+        &mut self.core.secret
+    }
+    fn link_timeout_mut(&mut self) -> &mut Duration {
+        &mut self.core.link_timeout
+    }
+}
+
+impl ConfigBuilder for mirror_secondary_config {
+    fn volume_mut(&mut self) -> &mut VolumeSpec {
+        &mut self.volume
+    }
+    fn secret_mut(&mut self) -> &mut Option<Vec<u8>> {
+        &mut self.core.secret
+    }
+    fn link_timeout_mut(&mut self) -> &mut Duration {
+        &mut self.core.link_timeout
+    }
+}
+
+/// Applies `set` to the config behind `config`, inside the panic boundary.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+unsafe fn with_config<C>(config: *mut C, set: impl FnOnce(&mut C) -> FfiResult) -> mirror_result {
+    guard(|| {
+        // SAFETY: per this function's contract.
+        let config = unsafe { arg_mut(config, "config")? };
+        set(config)
+    })
+}
+
+/// Frees a config made by `Box::into_raw`; NULL does nothing.
+///
+/// # Safety
+/// `config` is NULL or a config from its `_new` function not yet freed, used by no other
+/// thread.
+unsafe fn free_config<C>(config: *mut C) {
     guard_or((), || {
         if !config.is_null() {
-            // SAFETY: a pointer from `Box::into_raw` in `mirror_primary_config_new`, freed once.
+            // SAFETY: a pointer from `Box::into_raw` in the config's `_new`, freed once.
             drop(unsafe { Box::from_raw(config) });
         }
     })
 }
 
-/// Applies `set` to the config behind `config`.
+/// The block size of all I/O.
 ///
 /// # Safety
-/// `config` is NULL or a live config used by no other thread.
-unsafe fn with_primary(
-    config: *mut mirror_primary_config,
-    set: impl FnOnce(&mut mirror_primary_config) -> FfiResult,
-) -> mirror_result {
-    guard(|| {
-        // SAFETY: per this function's contract.
-        let config = unsafe { arg_mut(config, "config")? };
-        set(config)
-    })
+/// As [`with_config`].
+unsafe fn set_block_size<C: ConfigBuilder>(config: *mut C, bytes: u32) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.volume_mut().options.block_size = block_size(bytes)?;
+            Ok(())
+        })
+    }
 }
 
-/// Applies `set` to the config behind `config`.
+/// The volume's I/O backend, a `mirror_io_backend` value.
 ///
 /// # Safety
-/// `config` is NULL or a live config used by no other thread.
-unsafe fn with_secondary(
-    config: *mut mirror_secondary_config,
-    set: impl FnOnce(&mut mirror_secondary_config) -> FfiResult,
+/// As [`with_config`].
+unsafe fn set_io_backend<C: ConfigBuilder>(config: *mut C, backend: u32) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.volume_mut().options.io = mirror_io_backend::from_c(backend)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// Whether the volume is opened with `O_DIRECT`, a `mirror_direct_io` value.
+///
+/// # Safety
+/// As [`with_config`].
+unsafe fn set_direct_io<C: ConfigBuilder>(config: *mut C, direct_io: u32) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.volume_mut().options.direct = mirror_direct_io::from_c(direct_io)?.option();
+            Ok(())
+        })
+    }
+}
+
+/// The shared secret, copied; length 0 removes it.
+///
+/// # Safety
+/// As [`with_config`]; `secret` is NULL or readable for `secret_len` bytes.
+unsafe fn set_secret<C: ConfigBuilder>(
+    config: *mut C,
+    secret: *const u8,
+    secret_len: usize,
 ) -> mirror_result {
-    guard(|| {
-        // SAFETY: per this function's contract.
-        let config = unsafe { arg_mut(config, "config")? };
-        set(config)
-    })
+    // SAFETY: forwarded contract; `secret` is NULL or readable for `secret_len` bytes.
+    unsafe {
+        with_config(config, |c| {
+            let s = arg_bytes(secret, secret_len, "secret")?;
+            *c.secret_mut() = (!s.is_empty()).then(|| s.to_vec());
+            Ok(())
+        })
+    }
+}
+
+/// The shared secret, read from the file at `path` now.
+///
+/// # Safety
+/// As [`with_config`]; `path` is NULL or a NUL-terminated string.
+unsafe fn set_secret_file<C: ConfigBuilder>(config: *mut C, path: *const c_char) -> mirror_result {
+    // SAFETY: forwarded contract; `path` is NULL or a NUL-terminated string.
+    unsafe {
+        with_config(config, |c| {
+            let path = arg_str(path, "path")?;
+            *c.secret_mut() = Some(read_secret_file(path)?);
+            Ok(())
+        })
+    }
+}
+
+/// How long a silent link lives, in milliseconds (at least 100).
+///
+/// # Safety
+/// As [`with_config`].
+unsafe fn set_link_timeout_ms<C: ConfigBuilder>(config: *mut C, timeout_ms: u32) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            *c.link_timeout_mut() = link_timeout(timeout_ms)?;
+            Ok(())
+        })
+    }
 }
 
 fn block_size(bytes: u32) -> FfiResult<BlockSize> {
@@ -176,7 +306,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_algorithm(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe {
-        with_primary(config, |c| {
+        with_config(config, |c| {
             c.core.algorithm = Algorithm::from(mirror_algorithm::from_c(algorithm)?);
             Ok(())
         })
@@ -197,12 +327,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_block_size(
     block_size_bytes: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_primary(config, |c| {
-            c.volume.options.block_size = block_size(block_size_bytes)?;
-            Ok(())
-        })
-    }
+    unsafe { set_block_size(config, block_size_bytes) }
 }
 
 /// Sets the dirty-map region size in bytes: a power of two, at least the block size (checked
@@ -221,7 +346,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_region_size(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe {
-        with_primary(config, |c| {
+        with_config(config, |c| {
             if !region_size_bytes.is_power_of_two() || region_size_bytes < u64::from(BlockSize::MIN)
             {
                 return Err(Failure::invalid(format!(
@@ -249,7 +374,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_mode(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe {
-        with_primary(config, |c| {
+        with_config(config, |c| {
             c.core.mode = mirror_mode::from_c(mode)?.into();
             Ok(())
         })
@@ -269,12 +394,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_io_backend(
     backend: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_primary(config, |c| {
-            c.volume.options.io = mirror_io_backend::from_c(backend)?.into();
-            Ok(())
-        })
-    }
+    unsafe { set_io_backend(config, backend) }
 }
 
 /// Sets whether the volume is opened with `O_DIRECT` (a `mirror_direct_io` value).
@@ -290,12 +410,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_direct_io(
     direct_io: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_primary(config, |c| {
-            c.volume.options.direct = mirror_direct_io::from_c(direct_io)?.option();
-            Ok(())
-        })
-    }
+    unsafe { set_direct_io(config, direct_io) }
 }
 
 /// Sets which side compares digests during checksum scans (a `mirror_compare_side` value).
@@ -312,7 +427,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_compare_side(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe {
-        with_primary(config, |c| {
+        with_config(config, |c| {
             c.core.compare = mirror_compare_side::from_c(side)?.into();
             Ok(())
         })
@@ -336,14 +451,8 @@ pub unsafe extern "C" fn mirror_primary_config_set_secret(
     secret: *const u8,
     secret_len: usize,
 ) -> mirror_result {
-    guard(|| {
-        // SAFETY: the caller passes NULL or a live config used by no other thread.
-        let c = unsafe { arg_mut(config, "config")? };
-        // SAFETY: the caller promises `secret_len` readable bytes unless NULL.
-        let s = unsafe { arg_bytes(secret, secret_len, "secret")? };
-        c.core.secret = (!s.is_empty()).then(|| s.to_vec());
-        Ok(())
-    })
+    // SAFETY: forwarded contract.
+    unsafe { set_secret(config, secret, secret_len) }
 }
 
 /// Reads the shared secret from a file now: its bytes less one trailing newline, at least 8.
@@ -360,14 +469,8 @@ pub unsafe extern "C" fn mirror_primary_config_set_secret_file(
     config: *mut mirror_primary_config,
     path: *const c_char,
 ) -> mirror_result {
-    guard(|| {
-        // SAFETY: the caller passes NULL or a live config used by no other thread.
-        let c = unsafe { arg_mut(config, "config")? };
-        // SAFETY: the caller passes NULL or a NUL-terminated string.
-        let path = unsafe { arg_str(path, "path")? };
-        c.core.secret = Some(read_secret_file(path)?);
-        Ok(())
-    })
+    // SAFETY: forwarded contract.
+    unsafe { set_secret_file(config, path) }
 }
 
 /// Turns on the periodic low-priority checksum scan: every `interval_ms` milliseconds after the
@@ -387,7 +490,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_periodic_scan(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe {
-        with_primary(config, |c| {
+        with_config(config, |c| {
             if interval_ms == 0 {
                 c.core.periodic = None;
                 return Ok(());
@@ -420,7 +523,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_queue_depth(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe {
-        with_primary(config, |c| {
+        with_config(config, |c| {
             if queue_depth == 0 {
                 return Err(Failure::invalid("queue depth must be at least 1"));
             }
@@ -444,12 +547,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_link_timeout_ms(
     timeout_ms: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_primary(config, |c| {
-            c.core.link_timeout = link_timeout(timeout_ms)?;
-            Ok(())
-        })
-    }
+    unsafe { set_link_timeout_ms(config, timeout_ms) }
 }
 
 /// Chooses whether the primary resyncs by itself on every (re)connection (default true).
@@ -467,7 +565,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_auto_resync(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe {
-        with_primary(config, |c| {
+        with_config(config, |c| {
             c.core.auto_resync = auto_resync;
             Ok(())
         })
@@ -524,12 +622,8 @@ pub unsafe extern "C" fn mirror_secondary_config_new(
 /// other thread.
 #[no_mangle]
 pub unsafe extern "C" fn mirror_secondary_config_free(config: *mut mirror_secondary_config) {
-    guard_or((), || {
-        if !config.is_null() {
-            // SAFETY: a pointer from `Box::into_raw` in `mirror_secondary_config_new`, freed once.
-            drop(unsafe { Box::from_raw(config) });
-        }
-    })
+    // SAFETY: forwarded contract.
+    unsafe { free_config(config) }
 }
 
 /// Sets the block size of all I/O, in bytes (see `mirror_primary_config_set_block_size`).
@@ -545,12 +639,7 @@ pub unsafe extern "C" fn mirror_secondary_config_set_block_size(
     block_size_bytes: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_secondary(config, |c| {
-            c.volume.options.block_size = block_size(block_size_bytes)?;
-            Ok(())
-        })
-    }
+    unsafe { set_block_size(config, block_size_bytes) }
 }
 
 /// Sets the volume's I/O backend (a `mirror_io_backend` value).
@@ -566,12 +655,7 @@ pub unsafe extern "C" fn mirror_secondary_config_set_io_backend(
     backend: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_secondary(config, |c| {
-            c.volume.options.io = mirror_io_backend::from_c(backend)?.into();
-            Ok(())
-        })
-    }
+    unsafe { set_io_backend(config, backend) }
 }
 
 /// Sets whether the volume is opened with `O_DIRECT` (a `mirror_direct_io` value).
@@ -587,12 +671,7 @@ pub unsafe extern "C" fn mirror_secondary_config_set_direct_io(
     direct_io: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_secondary(config, |c| {
-            c.volume.options.direct = mirror_direct_io::from_c(direct_io)?.option();
-            Ok(())
-        })
-    }
+    unsafe { set_direct_io(config, direct_io) }
 }
 
 /// Sets the shared secret a primary must prove (at least 8 bytes); length 0 removes it.
@@ -611,14 +690,8 @@ pub unsafe extern "C" fn mirror_secondary_config_set_secret(
     secret: *const u8,
     secret_len: usize,
 ) -> mirror_result {
-    guard(|| {
-        // SAFETY: the caller passes NULL or a live config used by no other thread.
-        let c = unsafe { arg_mut(config, "config")? };
-        // SAFETY: the caller promises `secret_len` readable bytes unless NULL.
-        let s = unsafe { arg_bytes(secret, secret_len, "secret")? };
-        c.core.secret = (!s.is_empty()).then(|| s.to_vec());
-        Ok(())
-    })
+    // SAFETY: forwarded contract.
+    unsafe { set_secret(config, secret, secret_len) }
 }
 
 /// Reads the shared secret from a file now (see `mirror_primary_config_set_secret_file`).
@@ -634,14 +707,8 @@ pub unsafe extern "C" fn mirror_secondary_config_set_secret_file(
     config: *mut mirror_secondary_config,
     path: *const c_char,
 ) -> mirror_result {
-    guard(|| {
-        // SAFETY: the caller passes NULL or a live config used by no other thread.
-        let c = unsafe { arg_mut(config, "config")? };
-        // SAFETY: the caller passes NULL or a NUL-terminated string.
-        let path = unsafe { arg_str(path, "path")? };
-        c.core.secret = Some(read_secret_file(path)?);
-        Ok(())
-    })
+    // SAFETY: forwarded contract.
+    unsafe { set_secret_file(config, path) }
 }
 
 /// Allows listening on a non-loopback address without a shared secret (default false: such a
@@ -659,7 +726,7 @@ pub unsafe extern "C" fn mirror_secondary_config_set_allow_insecure(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe {
-        with_secondary(config, |c| {
+        with_config(config, |c| {
             c.core.allow_insecure = allow_insecure;
             Ok(())
         })
@@ -679,10 +746,5 @@ pub unsafe extern "C" fn mirror_secondary_config_set_link_timeout_ms(
     timeout_ms: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_secondary(config, |c| {
-            c.core.link_timeout = link_timeout(timeout_ms)?;
-            Ok(())
-        })
-    }
+    unsafe { set_link_timeout_ms(config, timeout_ms) }
 }

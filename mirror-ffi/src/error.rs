@@ -16,7 +16,6 @@ use mirror_core::{Error, ErrorKind};
 /// Values are part of the ABI: they are explicit, never change meaning and are never reused.
 /// Codes 1 to 99 mirror the engine's error kinds; codes from 100 are raised by the C binding
 /// itself. New codes may be added, so treat an unknown code as a generic failure.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_result {

@@ -13,6 +13,10 @@
 //! - Handles are created by `_new`/`_open` and released by `_free`, which accepts NULL. A
 //!   closed handle returns `MIRROR_RESULT_CLOSED` until it is freed.
 
+// The exported types carry their C names (`mirror_primary`, `mirror_report`, ...), which
+// cbindgen copies into the header as they are.
+#![allow(non_camel_case_types)]
+
 pub mod args;
 pub mod config;
 pub mod error;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mirror_core::volume::check_io;
+use mirror_core::sync::lock;
 use mirror_core::{Algorithm, BlockRange, JobOptions, Primary, Progress, Report, Volume};
 
 use crate::args::{arg_bytes, arg_ref, out_ptr, write_out, write_string, CEnum};
@@ -32,8 +32,6 @@ pub struct mirror_primary {
     primary: Primary,
     volume: Arc<dyn Volume>,
     closed: AtomicBool,
-    /// Cancel flags of the resyncs and verifies running now.
-    jobs: Mutex<Vec<Arc<AtomicBool>>>,
     /// The progress callback jobs report to, if any.
     progress: Mutex<Option<ProgressCallback>>,
 }
@@ -77,18 +75,7 @@ impl mirror_primary {
         }
     }
 
-    fn check_write(&self, offset: u64, len: usize) -> FfiResult {
-        let v = &*self.volume;
-        Ok(check_io(
-            v.name(),
-            v.size(),
-            v.block_size(),
-            offset,
-            len as u64,
-        )?)
-    }
-
-    /// Runs a resync or verify with a cancel flag `mirror_primary_cancel` can reach.
+    /// Runs a resync or verify (`mirror_primary_cancel` reaches it through the core).
     fn job(
         &self,
         flags: u32,
@@ -99,45 +86,17 @@ impl mirror_primary {
         if flags & !MIRROR_JOB_FULL != 0 {
             return Err(Failure::invalid(format!("unknown job flags {flags:#x}")));
         }
-        let job = RunningJob::register(&self.jobs);
         let callback = *lock(&self.progress);
         let report = callback.map(|cb| move |p: Progress| cb.call(p));
         let opts = JobOptions {
             full: flags & MIRROR_JOB_FULL != 0,
             progress: report.as_ref().map(|r| r as &(dyn Fn(Progress) + Sync)),
-            cancel: Some(&job.cancel),
+            cancel: None,
             connect_timeout: (connect_timeout_ms != 0)
                 .then(|| Duration::from_millis(connect_timeout_ms.into())),
         };
         Ok(run(primary, &opts)?)
     }
-}
-
-/// A job's cancel flag, listed in its primary's jobs while the job runs (and removed however
-/// the job ends, a panic included).
-struct RunningJob<'a> {
-    cancel: Arc<AtomicBool>,
-    jobs: &'a Mutex<Vec<Arc<AtomicBool>>>,
-}
-
-impl<'a> RunningJob<'a> {
-    fn register(jobs: &'a Mutex<Vec<Arc<AtomicBool>>>) -> Self {
-        let cancel = Arc::new(AtomicBool::new(false));
-        lock(jobs).push(cancel.clone());
-        RunningJob { cancel, jobs }
-    }
-}
-
-impl Drop for RunningJob<'_> {
-    fn drop(&mut self) {
-        lock(self.jobs).retain(|j| !Arc::ptr_eq(j, &self.cancel));
-    }
-}
-
-/// Locks a mutex, taking over a poisoned one: the guarded list stays consistent whatever
-/// panicked.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Opens a primary: opens its volume and starts connecting to the secondary in the
@@ -170,7 +129,6 @@ pub unsafe extern "C" fn mirror_primary_open(
             primary,
             volume,
             closed: AtomicBool::new(false),
-            jobs: Mutex::new(Vec::new()),
             progress: Mutex::new(None),
         });
         // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
@@ -227,7 +185,6 @@ unsafe fn write_like(
         // SAFETY: the caller promises `len` readable bytes at `data` unless NULL.
         let data = unsafe { arg_bytes(data, len, "data")? };
         let live = p.live()?;
-        p.check_write(offset, data.len())?;
         let outcome = if local {
             live.write(offset, data)?
         } else {
@@ -485,10 +442,7 @@ pub unsafe extern "C" fn mirror_primary_cancel(primary: *const mirror_primary) -
     guard(|| {
         // SAFETY: the caller passes NULL or a live handle.
         let p = unsafe { arg_ref(primary, "primary")? };
-        p.live()?;
-        for job in lock(&p.jobs).iter() {
-            job.store(true, Ordering::Release);
-        }
+        p.live()?.cancel_jobs();
         Ok(())
     })
 }

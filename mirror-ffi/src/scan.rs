@@ -16,7 +16,6 @@ use crate::MIRROR_BLOCKS_TO_END;
 
 /// Digests of a run of blocks. Made by `mirror_primary_scan` or `mirror_volume_scan`, freed by
 /// `mirror_scan_free`. Immutable: safe to read from several threads at once.
-#[allow(non_camel_case_types)]
 #[derive(Debug)]
 pub struct mirror_scan {
     map: ScanMap,
@@ -30,7 +29,6 @@ impl mirror_scan {
 
 /// A view of a scan's digests: block `first_block + i` has the digest at
 /// `digests + i * digest_len`, for `i < block_count`.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct mirror_scan_view {

@@ -18,7 +18,6 @@ use crate::types::mirror_secondary_status;
 ///
 /// Thread safety: every function but `mirror_secondary_free` may be called from several
 /// threads at once on the same handle.
-#[allow(non_camel_case_types)]
 #[derive(Debug)]
 pub struct mirror_secondary {
     secondary: Secondary,

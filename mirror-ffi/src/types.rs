@@ -25,7 +25,6 @@ macro_rules! c_enum {
 }
 
 /// A per-block digest algorithm. The values are the wire ids.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_algorithm {
@@ -59,7 +58,6 @@ impl From<Algorithm> for mirror_algorithm {
 }
 
 /// When a replicated write is acknowledged to its caller.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_mode {
@@ -80,7 +78,6 @@ impl From<mirror_mode> for ReplicationMode {
 }
 
 /// The I/O backend of a volume.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_io_backend {
@@ -101,7 +98,6 @@ impl From<mirror_io_backend> for IoBackend {
 }
 
 /// Whether a volume is opened with `O_DIRECT`.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_direct_io {
@@ -125,7 +121,6 @@ impl mirror_direct_io {
 }
 
 /// Which side compares digests during a checksum scan.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_compare_side {
@@ -159,7 +154,6 @@ impl From<CompareSide> for mirror_compare_side {
 }
 
 /// Where a primary's link stands.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_link_state {
@@ -185,7 +179,6 @@ impl From<LinkState> for mirror_link_state {
 }
 
 /// How a resync found what to send.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_resync_mode {
@@ -214,7 +207,6 @@ impl From<ResyncMode> for mirror_resync_mode {
 }
 
 /// What became of a replicated write.
-#[allow(non_camel_case_types)]
 #[repr(u32)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum mirror_write_outcome {
@@ -237,7 +229,6 @@ impl From<WriteOutcome> for mirror_write_outcome {
 }
 
 /// A run of blocks `[start, start + count)`.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct mirror_block_range {
@@ -248,7 +239,6 @@ pub struct mirror_block_range {
 }
 
 /// The result of a resync, a verify or a periodic scan.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct mirror_report {
@@ -309,7 +299,6 @@ impl Default for mirror_report {
 }
 
 /// A snapshot of a primary.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct mirror_status {
@@ -356,7 +345,6 @@ impl From<&Status> for mirror_status {
 }
 
 /// A snapshot of a secondary.
-#[allow(non_camel_case_types)]
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct mirror_secondary_status {
@@ -387,5 +375,68 @@ impl mirror_secondary_status {
             bytes_received: s.bytes_received,
             bytes_sent: s.bytes_sent,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use mirror_core::{field_names, Report, Status};
+
+    use super::{mirror_report, mirror_status};
+
+    #[test]
+    fn c_report_carries_every_report_field() {
+        let c: &[&str] = field_names!(mirror_report {
+            mode,
+            algorithm,
+            compare,
+            blocks,
+            mismatched,
+            blocks_sent,
+            bytes_sent,
+            bytes_received,
+            seconds,
+            mismatched_runs,
+        });
+        // A fixed-size struct cannot hold the runs: it counts them, and
+        // `mirror_primary_verify` copies them into the caller's array.
+        let core: Vec<&str> = Report::FIELDS
+            .iter()
+            .map(|&f| match f {
+                "mismatched_ranges" => "mismatched_runs",
+                other => other,
+            })
+            .collect();
+        assert_eq!(c, core);
+    }
+
+    #[test]
+    fn c_status_carries_every_status_field() {
+        let c: &[&str] = field_names!(mirror_status {
+            state,
+            map_valid,
+            has_last_report,
+            dirty_regions,
+            dirty_bytes,
+            region_size,
+            pending_writes,
+            bytes_sent,
+            bytes_received,
+            connections,
+            last_report,
+        });
+        // `has_last_report` stands for the `Option` of `last_report`; `last_error` is a string,
+        // which `mirror_primary_last_link_error` copies out instead.
+        let c: Vec<&str> = c
+            .iter()
+            .copied()
+            .filter(|&f| f != "has_last_report")
+            .collect();
+        let core: Vec<&str> = Status::FIELDS
+            .iter()
+            .copied()
+            .filter(|&f| f != "last_error")
+            .collect();
+        assert_eq!(c, core);
     }
 }

@@ -3,7 +3,8 @@
 //! Each is a frozen snapshot converted once from the engine's type; a scan result keeps its
 //! digests as one `bytes` object and builds per-block objects only when asked.
 
-use mirror_core::{Algorithm, BlockSize};
+use mirror_core::report::same_field_names;
+use mirror_core::{field_names, Algorithm, BlockSize};
 use pyo3::exceptions::{PyIndexError, PyStopIteration};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -35,6 +36,24 @@ pub struct Report {
     /// Runs of mismatched blocks as ``(first_block, count)`` pairs (at most 10,000 listed).
     mismatched_ranges: Vec<(u64, u64)>,
 }
+
+// The class has every field of the engine's report, by the same name and in the same order
+// (`mismatched_ranges` as pairs): checked when this crate is built.
+const _: () = assert!(same_field_names(
+    field_names!(Report {
+        mode,
+        algorithm,
+        compare,
+        blocks,
+        mismatched,
+        blocks_sent,
+        bytes_sent,
+        bytes_received,
+        seconds,
+        mismatched_ranges,
+    }),
+    mirror_core::Report::FIELDS
+));
 
 impl From<&mirror_core::Report> for Report {
     fn from(r: &mirror_core::Report) -> Self {
@@ -133,6 +152,25 @@ pub struct Status {
     /// The last resync or periodic scan, if any.
     last_report: Option<Report>,
 }
+
+// The class has every field of the engine's status, by the same name and in the same order:
+// checked when this crate is built.
+const _: () = assert!(same_field_names(
+    field_names!(Status {
+        state,
+        map_valid,
+        dirty_regions,
+        dirty_bytes,
+        region_size,
+        pending_writes,
+        bytes_sent,
+        bytes_received,
+        connections,
+        last_error,
+        last_report,
+    }),
+    mirror_core::Status::FIELDS
+));
 
 impl From<&mirror_core::Status> for Status {
     fn from(s: &mirror_core::Status) -> Self {

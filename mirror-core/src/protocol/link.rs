@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::wire::{self, code, FrameError, Message};
+use crate::protocol::messages::{self as wire, code, FrameError, Message};
 use crate::{Error, Result};
 
 /// Bytes moved on one connection.

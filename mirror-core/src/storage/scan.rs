@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
-use crate::digest::{hex, Algorithm};
+use crate::protocol::messages::{Message, MAX_DIGESTS_PER_FRAME};
+use crate::storage::digest::{hex, Algorithm};
+use crate::storage::volume::{IoPriority, ReadOp, Volume};
 use crate::units::{BlockIndex, BlockRange, BlockSize};
-use crate::volume::{IoPriority, ReadOp, Volume};
 use crate::{Error, Result};
 
 /// Per-block digests of a run of blocks, in one contiguous buffer.
@@ -426,10 +427,26 @@ pub fn scan_all(vol: &dyn Volume, range: BlockRange, opts: ScanOptions) -> Resul
     Ok(all)
 }
 
+/// The `Digests` messages carrying `map` for request `req`, each within the frame limit. Scans
+/// are what the controllers stream, so the framing of a batch lives with the batch.
+pub fn digest_messages(req: u64, map: &ScanMap) -> impl Iterator<Item = Message> + '_ {
+    let algorithm = map.algorithm();
+    let first = map.first().0;
+    map.as_bytes()
+        .chunks(MAX_DIGESTS_PER_FRAME * algorithm.digest_len())
+        .enumerate()
+        .map(move |(i, chunk)| Message::Digests {
+            req,
+            algorithm,
+            start: first + (i * MAX_DIGESTS_PER_FRAME) as u64,
+            digests: chunk.to_vec(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::volume::MemVolume;
+    use crate::storage::volume::MemVolume;
 
     fn patterned(size: usize) -> MemVolume {
         let bytes: Vec<u8> = (0..size).map(|i| (i * 7 + i / 4096) as u8).collect();

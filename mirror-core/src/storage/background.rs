@@ -11,11 +11,13 @@ use std::sync::Mutex;
 
 use tracing::debug;
 
+use crate::sync::lock;
+
 /// Runs `f` on a new thread at the lowest CPU priority and returns its result. When no thread
 /// can be started, `f` runs on the caller's thread at its priority.
 pub(crate) fn run_niced<T: Send>(f: impl FnOnce() -> T + Send) -> T {
     let slot = Mutex::new(Some(f));
-    let take = || slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+    let take = || lock(&slot).take();
     let spawned = std::thread::scope(|s| {
         let handle = std::thread::Builder::new()
             .name("mirror-background".into())

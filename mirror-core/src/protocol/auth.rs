@@ -94,7 +94,7 @@ mod tests {
         m.update(b"what do ya want for nothing?");
         let out: [u8; 32] = m.finalize().into_bytes().into();
         assert_eq!(
-            crate::digest::hex(&out),
+            crate::storage::digest::hex(&out),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
     }

@@ -1,0 +1,317 @@
+//! The connection manager and the link's two threads. The manager connects with backoff,
+//! decides whether the dirty map may drive the resync (it must cover everything since the
+//! generation the secondary reports), runs resyncs and periodic scans, and tears the link down
+//! when it dies. The writer thread is the one ordered stream to the secondary; the reader
+//! thread applies acks and routes answers to the job that asked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use tracing::{debug, info, warn};
+
+use super::conn::{Conn, PendingTable};
+use super::handshake::Handshaken;
+use super::{Inner, JobKind, JobOptions};
+use crate::dirty::Region;
+use crate::protocol::link::{FrameReader, FrameWriter};
+use crate::protocol::messages::Message;
+use crate::report::LinkState;
+use crate::sync::lock;
+use crate::units::Generation;
+use crate::{Error, Result};
+
+impl Inner {
+    pub(super) fn poke(&self) {
+        *lock(&self.wake) = true;
+        self.wake_cv.notify_all();
+    }
+
+    pub(super) fn sleep(&self, t: Duration) {
+        let g = lock(&self.wake);
+        let (mut g, _) = self
+            .wake_cv
+            .wait_timeout_while(g, t, |woken| !*woken && !self.closed.load(Ordering::SeqCst))
+            .unwrap_or_else(|e| e.into_inner());
+        *g = false;
+    }
+
+    pub(super) fn set_state(&self, s: LinkState) {
+        let mut st = lock(&self.state);
+        if *st != LinkState::Closed {
+            *st = s;
+        }
+        self.state_cv.notify_all();
+    }
+
+    pub(super) fn record_error(&self, e: &Error) {
+        *lock(&self.last_error) = Some(e.clone());
+        self.errors.fetch_add(1, Ordering::SeqCst);
+        self.state_cv.notify_all();
+    }
+
+    pub(super) fn wait_connected(&self, timeout: Duration) -> Result<Arc<Conn>> {
+        let deadline = Instant::now() + timeout;
+        let errors_before = self.errors.load(Ordering::SeqCst);
+        let mut st = lock(&self.state);
+        loop {
+            if *st == LinkState::Closed || self.closed.load(Ordering::SeqCst) {
+                return Err(Error::Closed("primary"));
+            }
+            if matches!(*st, LinkState::Connected | LinkState::Resyncing) {
+                if let Some(c) = lock(&self.conn).clone().filter(|c| !c.is_dead()) {
+                    return Ok(c);
+                }
+            }
+            // A refusal that retrying cannot cure (mismatched volumes, a wrong secret, a
+            // peer that breaks the protocol) fails the wait at once.
+            if self.errors.load(Ordering::SeqCst) != errors_before {
+                if let Some(
+                    e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
+                ) = lock(&self.last_error).clone()
+                {
+                    return Err(e);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(match lock(&self.last_error).clone() {
+                    Some(
+                        e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
+                    ) => e,
+                    Some(Error::Link { msg, .. }) => Error::link(
+                        &self.config.peer,
+                        format!("not connected after {:.1}s: {msg}", timeout.as_secs_f64()),
+                    ),
+                    Some(e) => Error::link(
+                        &self.config.peer,
+                        format!("not connected after {:.1}s: {e}", timeout.as_secs_f64()),
+                    ),
+                    None => Error::link(
+                        &self.config.peer,
+                        format!("not connected after {:.1}s", timeout.as_secs_f64()),
+                    ),
+                });
+            }
+            st = self
+                .state_cv
+                .wait_timeout(st, (deadline - now).min(Duration::from_millis(100)))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+}
+
+/// The connection manager: connects with backoff, decides whether the dirty map can drive
+/// the resync, runs the resync and periodic scans, and tears the link down when it dies.
+pub(super) fn manager(inner: Arc<Inner>) {
+    let mut backoff = Duration::from_millis(50);
+    while !inner.closed.load(Ordering::SeqCst) {
+        let Handshaken {
+            stream,
+            reader,
+            writer,
+            counters,
+            last,
+            epoch,
+        } = match inner.connect() {
+            Ok(h) => h,
+            Err(e) => {
+                debug!(peer = %inner.config.peer, error = %e, "connect failed");
+                inner.record_error(&e);
+                inner.sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        let (tx, rx) = bounded::<Vec<u8>>(inner.config.queue_depth);
+        let conn = Arc::new(Conn {
+            peer: inner.config.peer.clone(),
+            tx,
+            seq: AtomicU64::new(1),
+            pending: Mutex::new(PendingTable::default()),
+            routes: Mutex::new(HashMap::new()),
+            counters,
+            stream,
+            dead: AtomicBool::new(false),
+        });
+        let prev = inner.epoch.swap(epoch, Ordering::SeqCst);
+        let map_usable = {
+            let mut d = lock(&inner.dirty);
+            let usable = d.is_valid()
+                && last
+                    == Generation {
+                        session: inner.session,
+                        epoch: prev,
+                    };
+            if !usable {
+                d.invalidate();
+            }
+            usable
+        };
+        info!(peer = %conn.peer, generation = %Generation { session: inner.session, epoch }, secondary_last = %last, map_usable, "connected");
+        let ping = (inner.config.link_timeout / 5).min(Duration::from_secs(1));
+        let w_thread = {
+            let (inner, conn) = (inner.clone(), conn.clone());
+            std::thread::Builder::new()
+                .name("mirror-link-tx".into())
+                .spawn(move || writer_loop(&inner, &conn, writer, rx, ping))
+        };
+        let r_thread = {
+            let (inner, conn) = (inner.clone(), conn.clone());
+            std::thread::Builder::new()
+                .name("mirror-link-rx".into())
+                .spawn(move || reader_loop(&inner, &conn, reader))
+        };
+        let (Ok(w_thread), Ok(r_thread)) = (w_thread, r_thread) else {
+            conn.fail(
+                &inner.dirty,
+                &Error::link(&conn.peer, "could not start link threads"),
+            );
+            continue;
+        };
+        *lock(&inner.conn) = Some(conn.clone());
+        inner.connections.fetch_add(1, Ordering::Relaxed);
+        inner.set_state(LinkState::Connected);
+
+        if inner.config.auto_resync {
+            let _ = inner.run_job(JobKind::Auto, &JobOptions::default(), None);
+        }
+        let mut next_periodic = inner.config.periodic.map(|p| Instant::now() + p.interval);
+        while !conn.is_dead() && !inner.closed.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if let Some(t) = next_periodic.filter(|t| *t <= now) {
+                let _ = t;
+                match inner.run_job(JobKind::Periodic, &JobOptions::default(), None) {
+                    Ok(r) => info!(
+                        mismatched = r.mismatched,
+                        blocks = r.blocks,
+                        "periodic scan done"
+                    ),
+                    Err(e) => warn!(error = %e, "periodic scan failed"),
+                }
+                next_periodic = inner.config.periodic.map(|p| Instant::now() + p.interval);
+                continue;
+            }
+            let has_dirty = {
+                let d = lock(&inner.dirty);
+                d.is_valid() && d.next_dirty(Region(0)).is_some()
+            };
+            if inner.config.auto_resync && has_dirty {
+                if inner
+                    .run_job(JobKind::Auto, &JobOptions::default(), None)
+                    .is_err()
+                {
+                    // A failing volume must not spin: retry after a pause.
+                    inner.sleep(Duration::from_secs(1));
+                }
+                continue;
+            }
+            let wait = next_periodic
+                .map(|t| t.saturating_duration_since(now))
+                .unwrap_or(Duration::from_millis(200))
+                .min(Duration::from_millis(200));
+            inner.sleep(wait);
+        }
+        // Tear down: the threads exit once the link is failed.
+        conn.fail(&inner.dirty, &Error::link(&conn.peer, "link closed"));
+        let _ = w_thread.join();
+        let _ = r_thread.join();
+        *lock(&inner.conn) = None;
+        inner.totals.sent.fetch_add(
+            conn.counters.sent.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        inner.totals.received.fetch_add(
+            conn.counters.received.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        inner.set_state(LinkState::Disconnected);
+    }
+    inner.set_state(LinkState::Closed);
+}
+
+fn writer_loop(
+    inner: &Inner,
+    conn: &Conn,
+    mut w: FrameWriter,
+    rx: Receiver<Vec<u8>>,
+    ping: Duration,
+) {
+    let mut nonce = 0u64;
+    let result = (|| -> Result<()> {
+        loop {
+            if conn.is_dead() {
+                return Ok(());
+            }
+            match rx.recv_timeout(ping) {
+                Ok(frame) => {
+                    if !frame.is_empty() {
+                        w.send_frame(&frame)?;
+                    }
+                    while let Ok(f) = rx.try_recv() {
+                        if !f.is_empty() {
+                            w.send_frame(&f)?;
+                        }
+                    }
+                    w.flush()?;
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    nonce += 1;
+                    w.send_now(&Message::Ping { nonce })?;
+                }
+                Err(RecvTimeoutError::Disconnected) => return Ok(()),
+            }
+        }
+    })();
+    if let Err(e) = result {
+        inner.record_error(&e);
+        conn.fail(&inner.dirty, &e);
+    }
+}
+
+fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
+    let result = (|| -> Result<()> {
+        loop {
+            if conn.is_dead() {
+                return Ok(());
+            }
+            match r.recv()? {
+                Message::Ack { seq } => conn.ack(seq, &inner.dirty)?,
+                Message::Pong { .. } => {}
+                m @ (Message::Digests { .. }
+                | Message::ScanEnd { .. }
+                | Message::BlockRequest { .. }
+                | Message::CompareDone { .. }) => {
+                    let req = match &m {
+                        Message::Digests { req, .. }
+                        | Message::ScanEnd { req }
+                        | Message::BlockRequest { req, .. }
+                        | Message::CompareDone { req, .. } => *req,
+                        _ => 0,
+                    };
+                    // A late answer to a job that gave up is dropped.
+                    if let Some(tx) = lock(&conn.routes).get(&req) {
+                        let _ = tx.send(m);
+                    }
+                }
+                other => {
+                    return Err(Error::protocol(
+                        &conn.peer,
+                        format!("unexpected {} from a secondary", other.name()),
+                    ))
+                }
+            }
+        }
+    })();
+    if let Err(e) = result {
+        if !conn.is_dead() {
+            inner.record_error(&e);
+        }
+        conn.fail(&inner.dirty, &e);
+    }
+    inner.poke();
+}

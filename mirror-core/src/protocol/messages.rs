@@ -1,0 +1,583 @@
+//! Messages of the wire protocol: declared once, in the table below, from which their kind
+//! codes, names, encoders and decoders come. A new message is one table entry, plus a rule in
+//! [`Message::check`] when its fields need more than their types say.
+//!
+//! # Conversation
+//!
+//! ```text
+//! primary                                   secondary
+//! Hello{magic, version, nonce_p}      -->
+//!                                     <--   HelloReply{version, auth, nonce_s, proof_s}
+//! Auth{proof_p}        (secret set)   -->
+//! Open{volume, session, epoch, size, block_size}
+//!                                     <--   OpenReply{size, block_size, last session, epoch}
+//! Write / Flush / Barrier / Ping ...  -->   (applied in order)  <-- Ack{seq} / Pong
+//! ScanRequest{req, range, level}      -->   <-- Digests{req, start, ...}* ScanEnd{req}
+//! CompareRequest{req, range}, Digests* , CompareEnd{req}
+//!                                     <--   BlockRequest{req, range}* CompareDone{req, n}
+//! ```
+//!
+//! Either side may send `Error{code, message}` and close. A version the secondary does not
+//! speak is answered with `Error{VERSION}` naming both versions.
+//!
+//! The `level` byte of scan and compare requests selects what a digest covers: 0 is one block.
+//! Higher levels (a digest over 2^level consecutive block digests, for a hierarchical
+//! Merkle-style descent) fit the same messages; a secondary refuses a level it does not know
+//! with `Error{UNSUPPORTED}`, so adding them needs no new protocol version.
+//!
+//! # Payloads
+//!
+//! A payload is its message's fields in the order the table lists them, each encoded by its
+//! type's [`Field`] codec: integers little-endian, `bool` one byte (0 or 1), arrays as they
+//! are, an [`Algorithm`] as its id byte, a [`BlockRange`] as start then count (u64 each). A
+//! `Vec<u8>` or `String` field is the rest of the payload, so it comes last.
+
+use std::io;
+
+use super::frame::{bad, encode_frame, Cursor};
+use crate::storage::digest::Algorithm;
+use crate::units::BlockRange;
+
+pub use super::frame::{
+    read_frame, write_frame, FrameError, HEADER_LEN, MAX_HANDSHAKE_PAYLOAD, MAX_PAYLOAD,
+    TRAILER_LEN,
+};
+
+/// Protocol version this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// Oldest protocol version this build speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// Magic of the Hello message.
+pub const MAGIC: [u8; 4] = *b"MIRR";
+/// Most bytes of data one Write frame carries.
+pub const MAX_WRITE_DATA: usize = 1 << 20;
+/// Most blocks one scan or compare request covers.
+pub const MAX_REQUEST_BLOCKS: u64 = 1 << 16;
+/// Most digests one Digests frame carries.
+pub const MAX_DIGESTS_PER_FRAME: usize = 4096;
+/// Most bytes of an error message.
+pub const MAX_ERROR_MESSAGE: usize = 1024;
+
+/// Error codes of the `Error` message (wire values; never reuse one).
+pub mod code {
+    #![allow(missing_docs)]
+    pub const PROTOCOL: u16 = 1;
+    pub const VERSION: u16 = 2;
+    pub const MISMATCH: u16 = 3;
+    pub const AUTH: u16 = 4;
+    pub const IO: u16 = 5;
+    pub const OUT_OF_RANGE: u16 = 6;
+    pub const UNSUPPORTED: u16 = 7;
+    pub const SHUTDOWN: u16 = 8;
+}
+
+/// Flags of a Write message.
+pub mod write_flags {
+    /// Flush the secondary's volume before acknowledging.
+    pub const FLUSH: u8 = 1;
+    /// A resync or repair block, not a replicated write.
+    pub const REPAIR: u8 = 2;
+    /// Every flag this version knows.
+    pub const ALL: u8 = FLUSH | REPAIR;
+}
+
+/// Priority byte of scan and compare requests.
+pub mod priority {
+    /// Foreground.
+    pub const NORMAL: u8 = 0;
+    /// Background (idle I/O class where the volume supports it).
+    pub const IDLE: u8 = 1;
+}
+
+/// Declares the messages: for each, its kind code (a wire value; never reuse one), the name
+/// of its `kind::` constant, its variant and its fields in wire order. A code used twice is an
+/// unreachable pattern in [`kind_name`], which the lints refuse.
+macro_rules! messages {
+    ($(
+        $(#[$doc:meta])*
+        $code:literal => $KIND:ident $Variant:ident { $($field:ident : $ty:ty),* $(,)? }
+    ),* $(,)?) => {
+        /// One message of the protocol.
+        #[derive(Debug, Clone, PartialEq, Eq)]
+        pub enum Message {
+            $( $(#[$doc])* $Variant { $($field: $ty),* }, )*
+        }
+
+        /// Message kinds (wire values; never reuse one).
+        pub mod kind {
+            $(
+                #[doc = concat!("Kind of `", stringify!($Variant), "`.")]
+                pub const $KIND: u8 = $code;
+            )*
+        }
+
+        /// Name of a message kind.
+        pub fn kind_name(k: u8) -> &'static str {
+            match k {
+                $( kind::$KIND => stringify!($Variant), )*
+                _ => "unknown",
+            }
+        }
+
+        impl Message {
+            /// The kind byte.
+            pub fn kind(&self) -> u8 {
+                match self {
+                    $( Message::$Variant { .. } => kind::$KIND, )*
+                }
+            }
+
+            fn encode_payload(&self, o: &mut Vec<u8>) {
+                match self {
+                    $( Message::$Variant { $($field),* } => { $( Field::put($field, o); )* } )*
+                }
+            }
+
+            fn decode_fields(c: &mut Cursor<'_>) -> Result<Message, FrameError> {
+                Ok(match c.kind() {
+                    $( kind::$KIND => Message::$Variant { $($field: Field::get(c)?),* }, )*
+                    other => return Err(bad(format!("unknown message kind {other}"))),
+                })
+            }
+        }
+    };
+}
+
+messages! {
+    /// Primary's greeting.
+    1 => HELLO Hello { magic: [u8; 4], version: u16, nonce: [u8; 32] },
+    /// Secondary's answer; `proof` is all zeros when it holds no secret.
+    2 => HELLO_REPLY HelloReply { version: u16, auth_required: bool, nonce: [u8; 32], proof: [u8; 32] },
+    /// Primary's proof of the shared secret.
+    3 => AUTH Auth { proof: [u8; 32] },
+    /// Primary's volume and generation.
+    4 => OPEN Open { volume_id: u128, session: u128, epoch: u64, size: u64, block_size: u32 },
+    /// Secondary's volume and the generation it was last coherent with.
+    5 => OPEN_REPLY OpenReply { size: u64, block_size: u32, last_session: u128, last_epoch: u64 },
+    /// Data to write at a byte offset.
+    6 => WRITE Write { seq: u64, offset: u64, flags: u8, data: Vec<u8> },
+    /// Acknowledges the Write, Flush or Barrier `seq`.
+    7 => ACK Ack { seq: u64 },
+    /// Flush the volume, then acknowledge.
+    8 => FLUSH Flush { seq: u64 },
+    /// Acknowledge once everything before it is applied.
+    9 => BARRIER Barrier { seq: u64 },
+    /// Send the digests of a range.
+    10 => SCAN_REQUEST ScanRequest { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    /// Digests of consecutive blocks from `start`.
+    11 => DIGESTS Digests { req: u64, algorithm: Algorithm, start: u64, digests: Vec<u8> },
+    /// All digests of request `req` were sent.
+    12 => SCAN_END ScanEnd { req: u64 },
+    /// The primary will stream its digests of a range; compare and ask for what differs.
+    13 => COMPARE_REQUEST CompareRequest { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    /// The primary sent every digest of compare `req`.
+    14 => COMPARE_END CompareEnd { req: u64 },
+    /// Blocks whose digests differ.
+    15 => BLOCK_REQUEST BlockRequest { req: u64, range: BlockRange },
+    /// Compare `req` is finished; `mismatched` blocks were requested.
+    16 => COMPARE_DONE CompareDone { req: u64, mismatched: u64 },
+    /// Liveness probe.
+    17 => PING Ping { nonce: u64 },
+    /// Answer to a Ping.
+    18 => PONG Pong { nonce: u64 },
+    /// A fatal error; the sender closes the connection.
+    19 => ERROR Error { code: u16, message: String },
+}
+
+impl Message {
+    /// A short name for logs and errors.
+    pub fn name(&self) -> &'static str {
+        kind_name(self.kind())
+    }
+
+    /// Appends the whole frame (header, payload, checksum) to `out`.
+    ///
+    /// Panics never: a payload over [`MAX_PAYLOAD`] is a bug of the caller and is refused
+    /// with an error.
+    pub fn encode(&self, out: &mut Vec<u8>) -> io::Result<()> {
+        encode_frame(out, self.kind(), |o| self.encode_payload(o))
+    }
+
+    /// The whole frame.
+    pub fn to_frame(&self) -> io::Result<Vec<u8>> {
+        let mut v = Vec::new();
+        self.encode(&mut v)?;
+        Ok(v)
+    }
+
+    /// Decodes the payload of a frame of kind `kind`.
+    pub fn decode(kind: u8, p: &[u8]) -> Result<Message, FrameError> {
+        let mut c = Cursor::new(kind, p);
+        let msg = Message::decode_fields(&mut c)?;
+        c.finish()?;
+        msg.check()?;
+        Ok(msg)
+    }
+
+    /// The rules a decoded message must keep beyond its field types: every length and count
+    /// is bounded before anything acts on it.
+    fn check(&self) -> Result<(), FrameError> {
+        match self {
+            Message::Write { flags, data, .. } => {
+                if flags & !write_flags::ALL != 0 {
+                    return Err(bad(format!("Write with unknown flags {flags:#x}")));
+                }
+                if data.is_empty() || data.len() > MAX_WRITE_DATA {
+                    return Err(bad(format!(
+                        "Write of {} bytes (1 to {MAX_WRITE_DATA})",
+                        data.len()
+                    )));
+                }
+            }
+            Message::ScanRequest {
+                priority, range, ..
+            }
+            | Message::CompareRequest {
+                priority, range, ..
+            } => {
+                if !request_range_ok(range) {
+                    return Err(bad(format!(
+                        "request for {} blocks at {} (1 to {MAX_REQUEST_BLOCKS})",
+                        range.count, range.start.0
+                    )));
+                }
+                if *priority > priority::IDLE {
+                    return Err(bad(format!("unknown priority {priority}")));
+                }
+            }
+            Message::Digests {
+                algorithm,
+                start,
+                digests,
+                ..
+            } => {
+                let w = algorithm.digest_len();
+                if digests.is_empty()
+                    || digests.len() % w != 0
+                    || digests.len() / w > MAX_DIGESTS_PER_FRAME
+                {
+                    return Err(bad(format!(
+                        "Digests of {} bytes is not 1 to {MAX_DIGESTS_PER_FRAME} {algorithm} digests",
+                        digests.len()
+                    )));
+                }
+                if start.checked_add((digests.len() / w) as u64).is_none() {
+                    return Err(bad("Digests reach past the largest block index"));
+                }
+            }
+            Message::BlockRequest { range, .. } if !request_range_ok(range) => {
+                return Err(bad(format!(
+                    "BlockRequest for {} blocks at {}",
+                    range.count, range.start.0
+                )));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// A scan, compare or block request covers 1 to [`MAX_REQUEST_BLOCKS`] blocks, all with an
+/// index.
+fn request_range_ok(range: &BlockRange) -> bool {
+    range.count != 0
+        && range.count <= MAX_REQUEST_BLOCKS
+        && range.start.0.checked_add(range.count).is_some()
+}
+
+/// How a field of one type is written to and read from a payload.
+trait Field: Sized {
+    fn put(&self, o: &mut Vec<u8>);
+    fn get(c: &mut Cursor<'_>) -> Result<Self, FrameError>;
+}
+
+macro_rules! le_fields {
+    ($($t:ty),*) => {$(
+        impl Field for $t {
+            fn put(&self, o: &mut Vec<u8>) {
+                o.extend_from_slice(&self.to_le_bytes());
+            }
+            fn get(c: &mut Cursor<'_>) -> Result<Self, FrameError> {
+                Ok(<$t>::from_le_bytes(c.array()?))
+            }
+        }
+    )*};
+}
+le_fields!(u8, u16, u32, u64, u128);
+
+impl Field for bool {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.push(*self as u8);
+    }
+    fn get(c: &mut Cursor<'_>) -> Result<Self, FrameError> {
+        match u8::get(c)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(bad(format!("{}: boolean byte {v}", kind_name(c.kind())))),
+        }
+    }
+}
+
+impl<const N: usize> Field for [u8; N] {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(self);
+    }
+    fn get(c: &mut Cursor<'_>) -> Result<Self, FrameError> {
+        c.array()
+    }
+}
+
+impl Field for Algorithm {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.push(self.id());
+    }
+    fn get(c: &mut Cursor<'_>) -> Result<Self, FrameError> {
+        let id = u8::get(c)?;
+        Algorithm::from_id(id).ok_or_else(|| bad(format!("unknown algorithm id {id}")))
+    }
+}
+
+impl Field for BlockRange {
+    fn put(&self, o: &mut Vec<u8>) {
+        self.start.0.put(o);
+        self.count.put(o);
+    }
+    fn get(c: &mut Cursor<'_>) -> Result<Self, FrameError> {
+        Ok(BlockRange::new(u64::get(c)?, u64::get(c)?))
+    }
+}
+
+/// The rest of the payload, as bytes.
+impl Field for Vec<u8> {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(self);
+    }
+    fn get(c: &mut Cursor<'_>) -> Result<Self, FrameError> {
+        Ok(c.rest().to_vec())
+    }
+}
+
+/// The rest of the payload, as text of at most [`MAX_ERROR_MESSAGE`] bytes (cut at a
+/// character boundary on encode, refused beyond it on decode).
+impl Field for String {
+    fn put(&self, o: &mut Vec<u8>) {
+        o.extend_from_slice(truncate_utf8(self, MAX_ERROR_MESSAGE).as_bytes());
+    }
+    fn get(c: &mut Cursor<'_>) -> Result<Self, FrameError> {
+        let rest = c.rest();
+        if rest.len() > MAX_ERROR_MESSAGE {
+            return Err(bad(format!("{} message too long", kind_name(c.kind()))));
+        }
+        Ok(String::from_utf8_lossy(rest).into_owned())
+    }
+}
+
+fn truncate_utf8(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn samples() -> Vec<Message> {
+        use Message::*;
+        vec![
+            Hello {
+                magic: MAGIC,
+                version: 1,
+                nonce: [7; 32],
+            },
+            HelloReply {
+                version: 1,
+                auth_required: true,
+                nonce: [8; 32],
+                proof: [9; 32],
+            },
+            Auth { proof: [3; 32] },
+            Open {
+                volume_id: 1 << 100,
+                session: 42,
+                epoch: 3,
+                size: 1 << 30,
+                block_size: 4096,
+            },
+            OpenReply {
+                size: 1 << 30,
+                block_size: 4096,
+                last_session: 42,
+                last_epoch: 2,
+            },
+            Write {
+                seq: 9,
+                offset: 8192,
+                flags: write_flags::REPAIR,
+                data: vec![5; 4096],
+            },
+            Ack { seq: 9 },
+            Flush { seq: 10 },
+            Barrier { seq: 11 },
+            ScanRequest {
+                req: 1,
+                algorithm: Algorithm::Sha1,
+                level: 0,
+                priority: priority::IDLE,
+                range: BlockRange::new(5, 100),
+            },
+            Digests {
+                req: 1,
+                algorithm: Algorithm::Md5,
+                start: 5,
+                digests: vec![1; 32],
+            },
+            ScanEnd { req: 1 },
+            CompareRequest {
+                req: 2,
+                algorithm: Algorithm::Crc32,
+                level: 0,
+                priority: 0,
+                range: BlockRange::new(0, 10),
+            },
+            CompareEnd { req: 2 },
+            BlockRequest {
+                req: 2,
+                range: BlockRange::new(3, 2),
+            },
+            CompareDone {
+                req: 2,
+                mismatched: 2,
+            },
+            Ping { nonce: 77 },
+            Pong { nonce: 77 },
+            Error {
+                code: code::MISMATCH,
+                message: "size differs".into(),
+            },
+        ]
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        for m in samples() {
+            let frame = m.to_frame().unwrap();
+            let (back, n) = read_frame(&mut &frame[..], MAX_PAYLOAD).unwrap();
+            assert_eq!(back, m);
+            assert_eq!(n, frame.len());
+        }
+    }
+
+    #[test]
+    fn hello_golden_bytes() {
+        let m = Message::Hello {
+            magic: MAGIC,
+            version: 1,
+            nonce: [0xAB; 32],
+        };
+        let f = m.to_frame().unwrap();
+        assert_eq!(&f[..8], &[38, 0, 0, 0, kind::HELLO, 0, 0, 0]);
+        assert_eq!(&f[8..14], b"MIRR\x01\x00");
+        assert_eq!(&f[14..46], &[0xAB; 32]);
+        let crc = crc32fast::hash(&f[..46]);
+        assert_eq!(&f[46..], &crc.to_le_bytes());
+        assert_eq!(f.len(), 50);
+    }
+
+    #[test]
+    fn open_golden_bytes() {
+        let m = Message::Open {
+            volume_id: 1,
+            session: 2,
+            epoch: 3,
+            size: 4,
+            block_size: 4096,
+        };
+        let f = m.to_frame().unwrap();
+        let mut want = vec![52, 0, 0, 0, kind::OPEN, 0, 0, 0];
+        want.extend_from_slice(&1u128.to_le_bytes());
+        want.extend_from_slice(&2u128.to_le_bytes());
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(&4u64.to_le_bytes());
+        want.extend_from_slice(&4096u32.to_le_bytes());
+        assert_eq!(&f[..f.len() - 4], &want[..]);
+    }
+
+    #[test]
+    fn oversized_length_is_refused_before_allocation() {
+        let mut f = vec![0xff, 0xff, 0xff, 0x7f, kind::WRITE, 0, 0, 0];
+        f.extend_from_slice(&[0; 16]);
+        match read_frame(&mut &f[..], MAX_PAYLOAD) {
+            Err(FrameError::Malformed(m)) => assert!(m.contains("exceeds the limit"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        let big = Message::Write {
+            seq: 0,
+            offset: 0,
+            flags: 0,
+            data: vec![0; MAX_PAYLOAD + 1],
+        };
+        assert!(big.to_frame().is_err());
+    }
+
+    #[test]
+    fn corrupted_truncated_and_garbage_frames_are_refused() {
+        let f = Message::Ack { seq: 1 }.to_frame().unwrap();
+        let mut flipped = f.clone();
+        flipped[9] ^= 1;
+        assert!(
+            matches!(read_frame(&mut &flipped[..], MAX_PAYLOAD), Err(FrameError::Malformed(m)) if m.contains("checksum"))
+        );
+        assert!(
+            matches!(read_frame(&mut &f[..f.len() - 1], MAX_PAYLOAD), Err(FrameError::Malformed(m)) if m.contains("truncated"))
+        );
+        let mut reserved = f.clone();
+        reserved[6] = 1;
+        assert!(matches!(
+            read_frame(&mut &reserved[..], MAX_PAYLOAD),
+            Err(FrameError::Malformed(_))
+        ));
+        // A valid frame of an unknown kind.
+        let mut unknown = vec![0, 0, 0, 0, 200, 0, 0, 0];
+        let crc = crc32fast::hash(&unknown);
+        unknown.extend_from_slice(&crc.to_le_bytes());
+        assert!(
+            matches!(read_frame(&mut &unknown[..], MAX_PAYLOAD), Err(FrameError::Malformed(m)) if m.contains("unknown message kind"))
+        );
+    }
+
+    #[test]
+    fn payload_fields_are_validated() {
+        // Ack with trailing bytes.
+        assert!(Message::decode(kind::ACK, &[0; 9]).is_err());
+        // Write with no data, unknown flags.
+        assert!(Message::decode(kind::WRITE, &[0; 17]).is_err());
+        let mut w = vec![0; 16];
+        w.push(0x80);
+        w.push(1);
+        assert!(Message::decode(kind::WRITE, &w).is_err());
+        // Scan of zero blocks, too many blocks, unknown algorithm.
+        let scan = |alg: u8, count: u64| {
+            let mut p = 1u64.to_le_bytes().to_vec();
+            p.extend_from_slice(&[alg, 0, 0]);
+            p.extend_from_slice(&0u64.to_le_bytes());
+            p.extend_from_slice(&count.to_le_bytes());
+            Message::decode(kind::SCAN_REQUEST, &p)
+        };
+        assert!(scan(1, 1).is_ok());
+        assert!(scan(1, 0).is_err());
+        assert!(scan(1, MAX_REQUEST_BLOCKS + 1).is_err());
+        assert!(scan(9, 1).is_err());
+        // Digests not a whole number of digests.
+        let mut d = 1u64.to_le_bytes().to_vec();
+        d.push(Algorithm::Md5.id());
+        d.extend_from_slice(&0u64.to_le_bytes());
+        d.extend_from_slice(&[0; 15]);
+        assert!(Message::decode(kind::DIGESTS, &d).is_err());
+    }
+}

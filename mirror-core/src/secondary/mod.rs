@@ -1,0 +1,251 @@
+//! The secondary controller: accepts a primary's connection, applies its writes in stream
+//! order, serves its scans and compares, and keeps serving the next connection after a bad
+//! one.
+//!
+//! Invariants:
+//! - Nothing is written before the handshake (version, secret, volume size and block size)
+//!   has succeeded, and every offset and length is checked against the volume before any I/O;
+//!   a bad frame ends that connection with an `Error` message, never touches the volume.
+//! - One session at a time: a newly authenticated primary takes over (the old connection is
+//!   shut down and its handler finishes before the new one applies anything), so writes of two
+//!   connections never interleave.
+//! - The coherence record (which primary session and connection last attached) is reported
+//!   at every handshake, before it is replaced; the primary decides from it whether its dirty
+//!   map can drive the resync. It lives in memory: a restarted secondary reports none, which
+//!   forces a full checksum scan.
+//!
+//! Parts: [`session`] (handshake), [`apply`] (the ordered apply loop), [`worker`] (scans and
+//! compares). This file is the public face, [`Secondary`], and the accept loop.
+
+mod apply;
+mod session;
+mod worker;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use self::session::handle_connection;
+use crate::config::SecondaryConfig;
+use crate::protocol::link::Counters;
+use crate::storage::volume::Volume;
+use crate::sync::lock;
+use crate::units::Generation;
+use crate::{Error, Result};
+
+/// A snapshot of a secondary.
+#[derive(Debug, Clone, Default)]
+pub struct SecondaryStatus {
+    /// Address of the connected primary.
+    pub peer: Option<String>,
+    /// Connections accepted.
+    pub connections: u64,
+    /// Connections refused or ended by an error.
+    pub rejected: u64,
+    /// Writes applied (replicated and repairs).
+    pub writes_applied: u64,
+    /// Bytes received.
+    pub bytes_received: u64,
+    /// Bytes sent.
+    pub bytes_sent: u64,
+    /// The last connection error.
+    pub last_error: Option<String>,
+}
+
+/// The secondary side of a mirrored pair: applies what a primary sends.
+#[derive(Debug)]
+pub struct Secondary {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Serving {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    connections: AtomicU64,
+    rejected: AtomicU64,
+    writes_applied: AtomicU64,
+    bytes_received: AtomicU64,
+    bytes_sent: AtomicU64,
+    last_error: Mutex<Option<String>>,
+    peer: Mutex<Option<String>>,
+    current: Mutex<Option<Arc<Counters>>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    volume: Arc<dyn Volume>,
+    config: SecondaryConfig,
+    coherent: Mutex<Generation>,
+    serving: Mutex<Option<Serving>>,
+    /// Every open connection, so stop and takeover can shut them down.
+    conns: Mutex<HashMap<u64, TcpStream>>,
+    handlers: Mutex<Vec<JoinHandle<()>>>,
+    /// Id of the connection that is (or is becoming) the active session.
+    active: Mutex<Option<u64>>,
+    /// Held by the handler of the active session while it applies frames.
+    session: Mutex<()>,
+    next_conn: AtomicU64,
+    stats: Stats,
+}
+
+impl Secondary {
+    /// A secondary over `volume`; it listens once [`serve`](Self::serve) is called.
+    pub fn new(volume: Arc<dyn Volume>, config: SecondaryConfig) -> Result<Secondary> {
+        if let Some(s) = &config.secret {
+            if s.len() < 8 {
+                return Err(Error::invalid("shared secret must be at least 8 bytes"));
+            }
+        }
+        Ok(Secondary {
+            inner: Arc::new(Inner {
+                volume,
+                config,
+                coherent: Mutex::new(Generation::default()),
+                serving: Mutex::new(None),
+                conns: Mutex::new(HashMap::new()),
+                handlers: Mutex::new(Vec::new()),
+                active: Mutex::new(None),
+                session: Mutex::new(()),
+                next_conn: AtomicU64::new(1),
+                stats: Stats::default(),
+            }),
+        })
+    }
+
+    /// Starts listening and serving in background threads; returns the bound address. Serving
+    /// already: returns the address it is bound to.
+    pub fn serve(&self) -> Result<SocketAddr> {
+        let mut serving = lock(&self.inner.serving);
+        if let Some(s) = serving.as_ref() {
+            return Ok(s.addr);
+        }
+        let listen = &self.inner.config.listen;
+        let addr = listen
+            .to_socket_addrs()
+            .map_err(|e| Error::invalid(format!("listen address {listen:?}: {e}")))?
+            .next()
+            .ok_or_else(|| {
+                Error::invalid(format!("listen address {listen:?} resolves to nothing"))
+            })?;
+        self.inner.config.validate(&addr)?;
+        let listener =
+            TcpListener::bind(addr).map_err(|e| Error::link(addr, format!("listen: {e}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::link(addr, e.to_string()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| Error::link(addr, e.to_string()))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let inner = self.inner.clone();
+        let stop2 = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("mirror-accept".into())
+            .spawn(move || accept_loop(inner, listener, stop2))
+            .map_err(|e| Error::link(addr, format!("spawn: {e}")))?;
+        info!(%addr, volume = self.inner.volume.name(), "secondary listening");
+        *serving = Some(Serving { addr, stop, thread });
+        Ok(addr)
+    }
+
+    /// The bound address, while serving.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        lock(&self.inner.serving).as_ref().map(|s| s.addr)
+    }
+
+    /// Stops listening and ends every connection, flushing the volume. What the secondary
+    /// knows of its coherence is kept, so a later `serve` lets the primary resync from its
+    /// dirty map.
+    pub fn stop(&self) {
+        let serving = lock(&self.inner.serving).take();
+        if let Some(s) = serving {
+            s.stop.store(true, Ordering::SeqCst);
+            let _ = s.thread.join();
+        }
+        for (_, c) in lock(&self.inner.conns).iter() {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+        let handlers: Vec<_> = lock(&self.inner.handlers).drain(..).collect();
+        for h in handlers {
+            let _ = h.join();
+        }
+        let _ = self.inner.volume.flush();
+    }
+
+    /// The generation the secondary was last attached to.
+    pub fn generation(&self) -> Generation {
+        *lock(&self.inner.coherent)
+    }
+
+    /// A snapshot.
+    pub fn status(&self) -> SecondaryStatus {
+        let s = &self.inner.stats;
+        let (mut sent, mut received) = (
+            s.bytes_sent.load(Ordering::Relaxed),
+            s.bytes_received.load(Ordering::Relaxed),
+        );
+        if let Some(c) = lock(&s.current).as_ref() {
+            sent += c.sent.load(Ordering::Relaxed);
+            received += c.received.load(Ordering::Relaxed);
+        }
+        SecondaryStatus {
+            peer: lock(&s.peer).clone(),
+            connections: s.connections.load(Ordering::Relaxed),
+            rejected: s.rejected.load(Ordering::Relaxed),
+            writes_applied: s.writes_applied.load(Ordering::Relaxed),
+            bytes_received: received,
+            bytes_sent: sent,
+            last_error: lock(&s.last_error).clone(),
+        }
+    }
+}
+
+impl Drop for Secondary {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn accept_loop(inner: Arc<Inner>, listener: TcpListener, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::SeqCst) {
+        match listener.accept() {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nonblocking(false);
+                let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+                if let Ok(c) = stream.try_clone() {
+                    lock(&inner.conns).insert(id, c);
+                }
+                let inner2 = inner.clone();
+                let h = std::thread::Builder::new()
+                    .name(format!("mirror-secondary-{id}"))
+                    .spawn(move || {
+                        handle_connection(&inner2, id, stream, peer.to_string());
+                        lock(&inner2.conns).remove(&id);
+                    });
+                let mut handlers = lock(&inner.handlers);
+                handlers.retain(|h| !h.is_finished());
+                if let Ok(h) = h {
+                    handlers.push(h);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => {
+                warn!(error = %e, "accept failed");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! One primary's session: the handshake (version, shared secret, volume size and block size,
+//! the coherence record reported before it is replaced), then the apply loop. Nothing is
+//! written before the handshake succeeds; a session that ends badly answers with an `Error`
+//! message and leaves the volume untouched by its bad frame.
+
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crossbeam_channel::bounded;
+use tracing::{info, warn};
+
+use super::worker::{worker, Work};
+use super::Inner;
+use crate::protocol::auth;
+use crate::protocol::link::{self, Counters, FrameReader, FrameWriter};
+use crate::protocol::messages::{self as wire, code, Message};
+use crate::sync::lock;
+use crate::units::Generation;
+use crate::{Error, ErrorKind, Result};
+
+pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, peer: String) {
+    info!(%peer, "primary connected");
+    let timeout = inner.config.link_timeout;
+    let (mut reader, writer, counters) = match link::split(stream, &peer, timeout) {
+        Ok(x) => x,
+        Err(e) => {
+            warn!(%peer, error = %e, "connection setup failed");
+            return;
+        }
+    };
+    let writer = Arc::new(Mutex::new(writer));
+    let result = Session {
+        inner,
+        id,
+        peer: &peer,
+        writer: &writer,
+        counters: counters.clone(),
+    }
+    .run(&mut reader);
+    let stats = &inner.stats;
+    stats
+        .bytes_sent
+        .fetch_add(counters.sent.load(Ordering::Relaxed), Ordering::Relaxed);
+    stats
+        .bytes_received
+        .fetch_add(counters.received.load(Ordering::Relaxed), Ordering::Relaxed);
+    {
+        let mut cur = lock(&stats.current);
+        if cur.as_ref().is_some_and(|c| Arc::ptr_eq(c, &counters)) {
+            *cur = None;
+            *lock(&stats.peer) = None;
+        }
+    }
+    match result {
+        Ok(()) => info!(%peer, "primary disconnected"),
+        Err(e) => {
+            // Tell the peer why, when the fault is not the link itself.
+            if !matches!(e.kind(), ErrorKind::Link)
+                && !matches!(e, Error::Protocol { ref msg, .. } if msg.starts_with("peer reported"))
+            {
+                let msg = Message::Error {
+                    code: link::error_code(&e),
+                    message: e.to_string(),
+                };
+                let _ = lock(&writer).send_now(&msg);
+            }
+            if e.kind() == ErrorKind::Link {
+                // The primary went away (closed, restarted, or the link broke): not a fault
+                // of the connection's contents.
+                info!(%peer, reason = %e, "primary disconnected");
+            } else {
+                warn!(%peer, error = %e, "connection refused or ended by an error");
+                stats.rejected.fetch_add(1, Ordering::Relaxed);
+            }
+            *lock(&stats.last_error) = Some(e.to_string());
+        }
+    }
+    if let Some(c) = lock(&inner.conns).get(&id) {
+        let _ = c.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+pub(super) struct Session<'a> {
+    pub(super) inner: &'a Arc<Inner>,
+    id: u64,
+    pub(super) peer: &'a str,
+    pub(super) writer: &'a Arc<Mutex<FrameWriter>>,
+    counters: Arc<Counters>,
+}
+
+impl Session<'_> {
+    pub(super) fn run(&self, reader: &mut FrameReader) -> Result<()> {
+        let open = self.handshake(reader)?;
+        reader.handshake_done();
+
+        // Take over from any earlier session: shut it down, then wait for its handler to let
+        // go of the session before anything of ours is applied.
+        {
+            let mut active = lock(&self.inner.active);
+            if let Some(old) = active.replace(self.id) {
+                if let Some(c) = lock(&self.inner.conns).get(&old) {
+                    info!(
+                        peer = self.peer,
+                        "new primary connection takes over from the previous one"
+                    );
+                    let _ = c.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+        let _session = lock(&self.inner.session);
+        if *lock(&self.inner.active) != Some(self.id) {
+            return Err(Error::link(self.peer, "superseded by a newer connection"));
+        }
+        let last = {
+            let mut g = lock(&self.inner.coherent);
+            let last = *g;
+            *g = open;
+            last
+        };
+        self.send_now(&Message::OpenReply {
+            size: self.inner.volume.size(),
+            block_size: self.inner.volume.block_size().get(),
+            last_session: last.session,
+            last_epoch: last.epoch,
+        })?;
+        self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
+        *lock(&self.inner.stats.peer) = Some(self.peer.to_owned());
+        *lock(&self.inner.stats.current) = Some(self.counters.clone());
+        info!(peer = self.peer, generation = %open, previous = %last, "session open");
+
+        let (tx, rx) = bounded::<Work>(64);
+        let closing = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let inner = self.inner.clone();
+            let writer = self.writer.clone();
+            let closing = closing.clone();
+            let peer = self.peer.to_owned();
+            let id = self.id;
+            std::thread::Builder::new()
+                .name("mirror-secondary-scan".into())
+                .spawn(move || {
+                    if let Err(e) = worker(&inner, &writer, &rx, &closing, &peer) {
+                        if !matches!(e.kind(), ErrorKind::Link | ErrorKind::Cancelled) {
+                            let _ = lock(&writer).send_now(&Message::Error {
+                                code: link::error_code(&e),
+                                message: e.to_string(),
+                            });
+                        }
+                        warn!(%peer, error = %e, "scan worker stopped");
+                        if let Some(c) = lock(&inner.conns).get(&id) {
+                            let _ = c.shutdown(std::net::Shutdown::Both);
+                        }
+                    }
+                })
+                .map_err(|e| Error::link(self.peer, format!("spawn: {e}")))?
+        };
+        let result = self.apply_loop(reader, &tx);
+        closing.store(true, Ordering::SeqCst);
+        drop(tx);
+        let _ = worker.join();
+        let _ = self.inner.volume.flush();
+        let mut active = lock(&self.inner.active);
+        if *active == Some(self.id) {
+            *active = None;
+        }
+        result
+    }
+
+    pub(super) fn send_now(&self, m: &Message) -> Result<()> {
+        lock(self.writer).send_now(m)
+    }
+
+    pub(super) fn handshake(&self, reader: &mut FrameReader) -> Result<Generation> {
+        let vol = &self.inner.volume;
+        let (version, nonce_p) = match reader.recv()? {
+            Message::Hello {
+                magic,
+                version,
+                nonce,
+            } => {
+                if magic != wire::MAGIC {
+                    return Err(Error::protocol(
+                        self.peer,
+                        "not a mirror primary (bad magic)",
+                    ));
+                }
+                (version, nonce)
+            }
+            other => {
+                return Err(Error::protocol(
+                    self.peer,
+                    format!("expected Hello, got {}", other.name()),
+                ))
+            }
+        };
+        if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) {
+            let msg = format!(
+                "protocol version mismatch: primary speaks {version}, secondary speaks {}..={}",
+                wire::MIN_PROTOCOL_VERSION,
+                wire::PROTOCOL_VERSION
+            );
+            let _ = self.send_now(&Message::Error {
+                code: code::VERSION,
+                message: msg.clone(),
+            });
+            return Err(Error::protocol(self.peer, format!("peer reported: {msg}")));
+        }
+        let secret = self.inner.config.secret.as_deref();
+        let nonce_s = auth::nonce();
+        let proof = secret.map_or([0; 32], |s| {
+            auth::proof(s, auth::SECONDARY_LABEL, &nonce_p, &nonce_s)
+        });
+        self.send_now(&Message::HelloReply {
+            version,
+            auth_required: secret.is_some(),
+            nonce: nonce_s,
+            proof,
+        })?;
+        if let Some(s) = secret {
+            match reader.recv()? {
+                Message::Auth { proof }
+                    if auth::verify(s, auth::PRIMARY_LABEL, &nonce_s, &nonce_p, &proof) => {}
+                Message::Auth { .. } => {
+                    return Err(Error::auth(
+                        self.peer,
+                        "primary did not prove the shared secret",
+                    ))
+                }
+                other => {
+                    return Err(Error::auth(
+                        self.peer,
+                        format!(
+                            "a shared secret is required; primary sent {} instead of Auth",
+                            other.name()
+                        ),
+                    ))
+                }
+            }
+        }
+        match reader.recv()? {
+            Message::Open {
+                session,
+                epoch,
+                size,
+                block_size,
+                ..
+            } => {
+                if block_size != vol.block_size().get() {
+                    return Err(Error::Mismatch(format!(
+                        "block size mismatch: primary uses {block_size} bytes, secondary {} uses {} bytes",
+                        vol.name(),
+                        vol.block_size()
+                    )));
+                }
+                if size != vol.size() {
+                    return Err(Error::Mismatch(format!(
+                        "volume size mismatch: primary has {size} bytes, secondary {} has {} bytes",
+                        vol.name(),
+                        vol.size()
+                    )));
+                }
+                if session == 0 {
+                    return Err(Error::protocol(self.peer, "Open with session id 0"));
+                }
+                Ok(Generation { session, epoch })
+            }
+            other => Err(Error::protocol(
+                self.peer,
+                format!("expected Open, got {}", other.name()),
+            )),
+        }
+    }
+}
