@@ -102,7 +102,8 @@ impl PrimaryMeta {
     /// durably, the first time since the link was lost.
     pub fn before_write_apart(&self) -> Result<()> {
         let mut f = lock(&self.fork);
-        if matches!(*f, Fork::NotStarted | Fork::Apart) {
+        // From `Following` too: the link can die before the controller notices and detaches.
+        if *f != Fork::Forked {
             self.start_generation()?;
             *f = Fork::Forked;
         }

@@ -19,7 +19,8 @@
 //!
 //! Parts: [`conn`] (the link, its pending table and waiters), [`locks`] (region stripe locks),
 //! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`manager`]
-//! (connecting, the writer and reader threads). This file is the public face, [`Primary`].
+//! (connecting, the writer and reader threads), [`state`] (the metadata record, the
+//! write-intent map, the full-scan checkpoint). This file is the public face, [`Primary`].
 
 mod compare;
 mod conn;
@@ -27,6 +28,7 @@ mod handshake;
 mod job;
 mod locks;
 mod manager;
+mod state;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -97,7 +99,7 @@ struct Inner {
     volume: Arc<dyn Volume>,
     config: PrimaryConfig,
     session: u128,
-    volume_id: u128,
+    durable: state::PrimaryState,
     dirty: Mutex<DirtyMap>,
     locks: RegionLocks,
     conn: Mutex<Option<Arc<Conn>>>,
@@ -128,6 +130,15 @@ impl Inner {
     }
 }
 
+/// Ends a write's hold on its write-intent chunks, however the write ends.
+struct IntentEnd<'a>(&'a Inner, u64, u64);
+
+impl Drop for IntentEnd<'_> {
+    fn drop(&mut self) {
+        self.0.durable.after_write(self.1, self.2);
+    }
+}
+
 /// The primary side of a mirrored pair. Thread-safe; every call blocks.
 #[derive(Debug)]
 pub struct Primary {
@@ -143,17 +154,13 @@ impl Primary {
         config.validate()?;
         let dirty = DirtyMap::new(volume.size(), volume.block_size(), config.region_size)?;
         let session = auth::random_id();
-        let volume_id = if config.volume_id == 0 {
-            auth::random_id()
-        } else {
-            config.volume_id
-        };
+        let durable = state::PrimaryState::open(&*volume, &config)?;
         let inner = Arc::new(Inner {
             locks: RegionLocks::new(config.region_size),
             volume,
             config,
             session,
-            volume_id,
+            durable,
             dirty: Mutex::new(dirty),
             conn: Mutex::new(None),
             state: Mutex::new(LinkState::Disconnected),
@@ -223,6 +230,10 @@ impl Primary {
         let sync = inner.config.mode == ReplicationMode::Sync;
         let mut waiters = Vec::new();
         let mut degraded = false;
+        let len = data.len() as u64;
+        let connected = lock(&inner.conn).as_ref().is_some_and(|c| !c.is_dead());
+        inner.durable.before_write(offset, len, connected)?;
+        let _intent = IntentEnd(inner, offset, len);
         {
             let _guards = inner.locks.lock(offset, data.len() as u64);
             if local {
@@ -261,6 +272,10 @@ impl Primary {
             }
         }
         if degraded {
+            if connected {
+                // The link went down under this write: it is apart from the secondary.
+                inner.durable.meta.before_write_apart()?;
+            }
             inner.poke();
         }
         for w in waiters {
@@ -288,7 +303,11 @@ impl Primary {
                 self.inner.volume.name()
             )));
         }
+        // The secondary lacks the range: the write-intent bits keep it across a crash.
+        let connected = lock(&self.inner.conn).as_ref().is_some_and(|c| !c.is_dead());
+        self.inner.durable.before_write(offset, len, connected)?;
         lock(&self.inner.dirty).mark(offset, len);
+        self.inner.durable.after_write(offset, len);
         self.inner.poke();
         Ok(())
     }

@@ -45,6 +45,10 @@ impl Session<'_> {
                     flags,
                     data,
                 } => {
+                    if flags & write_flags::REPAIR != 0 {
+                        // Out of write order from here on: not a usable image, durably first.
+                        self.inner.meta.before_repair()?;
+                    }
                     // check_io inside write_at refuses a bad offset or length before any I/O.
                     vol.write_at(offset, &data)?;
                     if flags & write_flags::FLUSH != 0 {
@@ -63,6 +67,14 @@ impl Session<'_> {
                     unflushed_acks = true;
                 }
                 Message::Barrier { seq } => {
+                    lock(self.writer).send(&Message::Ack { seq })?;
+                    unflushed_acks = true;
+                }
+                Message::ResyncDone { seq } => {
+                    // Everything before it is applied: the resync's blocks are on the volume,
+                    // flushed, before the record says it is a usable image again.
+                    vol.flush()?;
+                    self.inner.meta.resync_done()?;
                     lock(self.writer).send(&Message::Ack { seq })?;
                     unflushed_acks = true;
                 }
