@@ -110,7 +110,11 @@ pub fn run(a: InfoArgs) -> Result<()> {
                     time(r.last_coherent_ms),
                     r.last_coherent.session,
                     r.last_coherent.epoch,
-                    if r.peer_addr.is_empty() { "?" } else { &r.peer_addr },
+                    if r.peer_addr.is_empty() {
+                        "?"
+                    } else {
+                        &r.peer_addr
+                    },
                     r.peer_identity
                 );
             } else {

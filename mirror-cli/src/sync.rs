@@ -39,7 +39,10 @@ pub enum Job {
 
 pub fn run(args: PairArgs, job: Job) -> Result<u8> {
     let mut config = primary_config(&args.peer, &args.link)?;
-    config.meta = Some(crate::info::meta_path(&args.path, args.volume_opts.meta.as_deref()));
+    config.meta = Some(crate::info::meta_path(
+        &args.path,
+        args.volume_opts.meta.as_deref(),
+    ));
     config.auto_resync = false;
     config.validate()?;
     // The primary only reads its volume in these jobs.

@@ -72,8 +72,8 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let size_mib: u64 = args.get(1).map_or(1024, |s| s.parse().unwrap());
     let writes: u64 = args.get(2).map_or(10_000, |s| s.parse().unwrap());
-    let dir = tempfile::tempdir_in(args.get(3).map_or(std::env::temp_dir(), PathBuf::from))
-        .unwrap();
+    let dir =
+        tempfile::tempdir_in(args.get(3).map_or(std::env::temp_dir(), PathBuf::from)).unwrap();
     let size = size_mib << 20;
     let blocks = size / BS;
     let (pa, ps) = (dir.path().join("a.img"), dir.path().join("s.img"));
@@ -173,7 +173,9 @@ fn main() {
     std::mem::forget(p);
     let s = secondary(&ps, &listen);
     let p = Primary::open(vol(&pa), c).unwrap();
-    wait("resync after the crash", || coherent(&p) && p.status().last_report.is_some());
+    wait("resync after the crash", || {
+        coherent(&p) && p.status().last_report.is_some()
+    });
     let rep = p.status().last_report.unwrap();
     rows.push((
         "primary crash with the write-intent map, 100 random writes apart".into(),

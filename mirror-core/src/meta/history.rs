@@ -88,7 +88,7 @@ impl Relation {
         }
         Some(match self {
             Relation::Stranger { secondary_of } => format!(
-                "identity mismatch: the secondary (volume {}) mirrors volume {secondary_of}, not this primary's volume {}; nothing was written (--adopt discards the secondary's data and rebinds it)",
+                "identity mismatch: secondary {} mirrors volume {secondary_of}, not {}; nothing written (--adopt rebinds it)",
                 secondary.identity, primary.identity
             ),
             Relation::Diverged {
@@ -96,8 +96,7 @@ impl Relation {
                 secondary: s,
                 common,
             } => format!(
-                "split brain: primary volume {} (generation {p}) and secondary volume {} (generation {s}) were both written as primaries since generation {common}; nothing was written (--discard-secondary resolves it in favour of this primary)",
-                primary.identity, secondary.identity
+                "split brain: primary generation {p} and secondary generation {s} both written since {common}; nothing written (--discard-secondary resolves it for the primary)"
             ),
             _ => return None,
         })

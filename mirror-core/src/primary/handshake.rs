@@ -10,10 +10,10 @@ use std::sync::Arc;
 use tracing::info;
 
 use super::Inner;
+use crate::meta::{GenId, Lineage, VolumeId};
 use crate::protocol::auth;
 use crate::protocol::link::{self, Counters, FrameReader, FrameWriter};
 use crate::protocol::messages::{self as wire, Message};
-use crate::meta::{GenId, Lineage, VolumeId};
 use crate::units::Generation;
 use crate::{Error, Result};
 
@@ -129,7 +129,8 @@ impl Inner {
                     history: wire::history_ids(&history).into_iter().map(GenId).collect(),
                     bound_to: VolumeId(bound_to),
                 };
-                self.durable.check_reply(peer, &mine, &theirs, &self.config)?;
+                self.durable
+                    .check_reply(peer, &mine, &theirs, &self.config)?;
                 if !consistent {
                     info!(%peer, "the secondary is not a consistent image until this resync ends");
                 }

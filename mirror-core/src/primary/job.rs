@@ -123,6 +123,8 @@ impl Inner {
                     }
                     let w = self.barrier(&conn, Vec::new(), true)?;
                     self.wait_ack(&conn, &w)?;
+                    // The map is valid from here: the write-intent bits now cover this session.
+                    self.durable.map_valid(self.session);
                     if mode == ResyncMode::FullScan && self.durable.checkpoint().is_some() {
                         self.durable.set_checkpoint(self.session, None);
                     }

@@ -70,9 +70,9 @@ impl Inner {
             if self.errors.load(Ordering::SeqCst) != errors_before {
                 if let Some(
                     e @ (Error::Mismatch(_)
-                        | Error::Busy(_)
-                        | Error::Auth { .. }
-                        | Error::Protocol { .. }),
+                    | Error::Busy(_)
+                    | Error::Auth { .. }
+                    | Error::Protocol { .. }),
                 ) = lock(&self.last_error).clone()
                 {
                     return Err(e);
@@ -158,7 +158,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
             let resume = !usable && follows && inner.durable.checkpoint().is_some();
             if usable || resume {
                 usable
-            } else if inner.durable.seed(&mut d, last) {
+            } else if inner.durable.seed(&mut d, last, inner.session) {
                 true
             } else {
                 d.invalidate();

@@ -304,7 +304,9 @@ impl Primary {
             )));
         }
         // The secondary lacks the range: the write-intent bits keep it across a crash.
-        let connected = lock(&self.inner.conn).as_ref().is_some_and(|c| !c.is_dead());
+        let connected = lock(&self.inner.conn)
+            .as_ref()
+            .is_some_and(|c| !c.is_dead());
         self.inner.durable.before_write(offset, len, connected)?;
         lock(&self.inner.dirty).mark(offset, len);
         self.inner.durable.after_write(offset, len);

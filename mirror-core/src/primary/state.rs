@@ -107,7 +107,13 @@ impl PrimaryState {
     }
 
     /// The primary's own check of the secondary's answer: refused on both sides.
-    pub(super) fn check_reply(&self, peer: &str, mine: &Lineage, theirs: &Lineage, config: &PrimaryConfig) -> Result<()> {
+    pub(super) fn check_reply(
+        &self,
+        peer: &str,
+        mine: &Lineage,
+        theirs: &Lineage,
+        config: &PrimaryConfig,
+    ) -> Result<()> {
         *lock(&self.peer_identity) = theirs.identity;
         let known = !theirs.current.is_none() || !theirs.bound_to.is_none();
         let rel = relate(mine, known.then_some(theirs));
@@ -148,7 +154,7 @@ impl PrimaryState {
     /// At a connection whose dirty map is not usable: whether a crashed session's write-intent
     /// bits can stand in for it (the secondary still follows that session). If so they are
     /// marked in `d`, which becomes valid.
-    pub(super) fn seed(&self, d: &mut DirtyMap, last: Generation) -> bool {
+    pub(super) fn seed(&self, d: &mut DirtyMap, last: Generation, session: u128) -> bool {
         let Some(r) = lock(&self.recovered).take() else {
             return false;
         };
@@ -161,7 +167,10 @@ impl PrimaryState {
             d.mark(*off, *len);
         }
         d.set_valid();
-        info!(chunks = r.dirty.len(), "dirty map seeded from the write-intent map of the crashed session");
+        info!(
+            chunks = r.dirty.len(),
+            "dirty map seeded from the write-intent map of the crashed session"
+        );
         true
     }
 
@@ -186,6 +195,16 @@ impl PrimaryState {
         });
         if let Err(e) = r {
             warn!(error = %e, "write-intent bits not cleared");
+        }
+    }
+
+    /// This session's dirty map just became valid: the write-intent bits now cover what the
+    /// secondary lacks since it was attached to this session.
+    pub(super) fn map_valid(&self, session: u128) {
+        if let Some(m) = &self.intent {
+            if let Err(e) = m.set_session(session, true) {
+                warn!(error = %e, "write-intent map header not written");
+            }
         }
     }
 

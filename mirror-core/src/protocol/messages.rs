@@ -267,7 +267,9 @@ impl Message {
     /// is bounded before anything acts on it.
     fn check(&self) -> Result<(), FrameError> {
         match self {
-            Message::Open { flags, history, .. } if flags & !open_flags::ALL != 0 || !history_ok(history) => {
+            Message::Open { flags, history, .. }
+                if flags & !open_flags::ALL != 0 || !history_ok(history) =>
+            {
                 return Err(bad(format!(
                     "Open with flags {flags:#x} and a history of {} bytes (known flags {:#x}; at most {MAX_WIRE_HISTORY} generations of 16 bytes)",
                     history.len(),
@@ -643,7 +645,11 @@ mod tests {
         };
         for m in [open, reply] {
             let f = m.to_frame().unwrap();
-            assert!(read_frame(&mut &f[..], MAX_HANDSHAKE_PAYLOAD).is_ok(), "{}", m.name());
+            assert!(
+                read_frame(&mut &f[..], MAX_HANDSHAKE_PAYLOAD).is_ok(),
+                "{}",
+                m.name()
+            );
         }
     }
 

@@ -60,8 +60,7 @@ impl Session<'_> {
             let alive = *active == Some(h.conn) && lock(&self.inner.conns).contains_key(&h.conn);
             if alive && h.session != session {
                 return Err(Error::Busy(format!(
-                    "secondary volume {} held by session {:032x} since {}: refused while its link is alive",
-                    self.inner.volume.name(),
+                    "volume held by session {:032x} since {}: refused while its link is alive",
                     h.session,
                     utc(h.since)
                 )));
