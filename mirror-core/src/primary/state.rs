@@ -167,6 +167,7 @@ impl PrimaryState {
             d.mark(*off, *len);
         }
         d.set_valid();
+        self.map_valid(session);
         info!(
             chunks = r.dirty.len(),
             "dirty map seeded from the write-intent map of the crashed session"
