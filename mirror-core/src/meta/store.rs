@@ -65,9 +65,11 @@ impl MetaStore {
         &self.disk
     }
 
+    /// The temporary of a save: per process, so two processes saving the same record (a
+    /// one-shot job beside a daemon) never rename each other's half-written file.
     fn tmp_path(&self) -> PathBuf {
         let mut s = self.path.as_os_str().to_owned();
-        s.push(".tmp");
+        s.push(format!(".tmp-{}", std::process::id()));
         PathBuf::from(s)
     }
 
@@ -92,9 +94,9 @@ impl MetaStore {
     /// Replaces the record with `rec`, durably.
     ///
     /// Crash ordering — each step must be durable before the next begins:
-    /// 1. write the whole new record to `PATH.tmp` and `fdatasync` it: a crash here leaves the
-    ///    old record in place (and a stray temporary that the next save truncates);
-    /// 2. `rename(PATH.tmp, PATH)`: atomic, so readers see the old record or the new one,
+    /// 1. write the whole new record to `PATH.tmp-PID` and `fdatasync` it: a crash here leaves
+    ///    the old record in place (and a stray temporary);
+    /// 2. `rename(PATH.tmp-PID, PATH)`: atomic, so readers see the old record or the new one,
     ///    never a mix — but the rename itself is only in the directory's page cache;
     /// 3. `fsync` the directory: now the new record survives a crash. Until this returns the
     ///    caller must act as if the old record were still current (the secondary marks itself
