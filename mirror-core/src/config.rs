@@ -111,7 +111,8 @@ pub struct PrimaryConfig {
     /// (zero: random per session). With `meta` the record's identity is used.
     pub volume_id: u128,
     /// The volume's metadata record (identity, generations, last coherent sync); `None`
-    /// keeps it in memory only, so a restart forgets it.
+    /// keeps it in memory only, so a restart forgets it — and the secondary, which cannot
+    /// hold such a primary to a binding, admits it without identity or generation checks.
     pub meta: Option<PathBuf>,
     /// Rebind a secondary bound to another volume, discarding its data.
     pub adopt: bool,

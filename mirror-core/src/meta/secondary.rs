@@ -16,7 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use super::history::{relate, Lineage, Relation, Resolution};
-use super::record::{MetaRecord, Role, VolumeId};
+use super::record::{GenId, MetaRecord, Role, VolumeId};
 use super::store::{Loaded, MetaStore};
 use crate::units::Generation;
 use crate::{Error, Result};
@@ -28,6 +28,9 @@ pub struct PrimaryClaim {
     pub lineage: Lineage,
     /// What its operator allowed to be discarded.
     pub resolution: Resolution,
+    /// The primary keeps no record: it cannot prove which volume it is, so it is admitted
+    /// without binding checks and changes neither the binding nor the generations.
+    pub ephemeral: bool,
 }
 
 /// What the secondary answers once it admitted a primary.
@@ -112,6 +115,22 @@ impl SecondaryMeta {
             history: rec.history.clone(),
             bound_to: rec.bound_to,
         };
+        if claim.ephemeral {
+            let mut new = rec.clone();
+            let last = rec.last_coherent;
+            new.last_coherent = open;
+            new.last_coherent_ms = now_ms();
+            new.peer_addr = peer.to_owned();
+            self.save(&new)?;
+            let consistent = rec.consistent;
+            *rec = new;
+            return Ok(Admission {
+                last,
+                lineage: mine,
+                consistent,
+                relation: Relation::SameLine { at: GenId(0) },
+            });
+        }
         let relation = relate(&claim.lineage, known.then_some(&mine));
         if let Some(msg) = relation.refusal(&claim.lineage, &mine, claim.resolution) {
             warn!(%peer, "{msg}");
@@ -203,7 +222,6 @@ impl SecondaryMeta {
 
 #[cfg(test)]
 mod tests {
-    use super::super::record::GenId;
     use super::*;
 
     fn claim(id: u128, current: u128, history: &[u128]) -> PrimaryClaim {
@@ -215,6 +233,7 @@ mod tests {
                 bound_to: VolumeId(0),
             },
             resolution: Resolution::default(),
+            ephemeral: false,
         }
     }
 

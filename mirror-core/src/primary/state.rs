@@ -90,6 +90,9 @@ impl PrimaryState {
         if config.discard_secondary {
             flags |= open_flags::DISCARD_SECONDARY;
         }
+        if self.meta.store().is_none() {
+            flags |= open_flags::EPHEMERAL;
+        }
         let history: Vec<u128> = lineage.history.iter().map(|g| g.0).collect();
         Ok((
             Message::Open {
@@ -115,6 +118,10 @@ impl PrimaryState {
         config: &PrimaryConfig,
     ) -> Result<()> {
         *lock(&self.peer_identity) = theirs.identity;
+        if self.meta.store().is_none() {
+            // No record of our own: nothing to hold the secondary to.
+            return Ok(());
+        }
         let known = !theirs.current.is_none() || !theirs.bound_to.is_none();
         let rel = relate(mine, known.then_some(theirs));
         let res = crate::meta::Resolution {

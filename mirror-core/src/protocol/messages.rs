@@ -96,8 +96,11 @@ pub mod open_flags {
     pub const ADOPT: u8 = 1;
     /// Resolve a split brain in favour of this primary (`--discard-secondary`).
     pub const DISCARD_SECONDARY: u8 = 2;
+    /// The primary keeps no metadata record: its identity and generation last one process,
+    /// so the secondary cannot hold it to a binding and admits it without one.
+    pub const EPHEMERAL: u8 = 4;
     /// Every flag this version knows.
-    pub const ALL: u8 = ADOPT | DISCARD_SECONDARY;
+    pub const ALL: u8 = ADOPT | DISCARD_SECONDARY | EPHEMERAL;
 }
 
 /// Generation ids as the 16-byte little-endian records of a history field.
@@ -662,7 +665,7 @@ mod tests {
             Message::decode(kind::OPEN, &p)
         };
         assert!(open(open_flags::ALL, 32).is_ok());
-        assert!(open(4, 0).is_err());
+        assert!(open(8, 0).is_err());
         assert!(open(0, 15).is_err());
         assert!(open(0, 16 * (MAX_WIRE_HISTORY + 1)).is_err());
     }

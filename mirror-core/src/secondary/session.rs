@@ -275,6 +275,7 @@ impl Session<'_> {
                         adopt: flags & wire::open_flags::ADOPT != 0,
                         discard_secondary: flags & wire::open_flags::DISCARD_SECONDARY != 0,
                     },
+                    ephemeral: flags & wire::open_flags::EPHEMERAL != 0,
                 };
                 Ok((Generation { session, epoch }, claim))
             }
