@@ -215,7 +215,7 @@ fn two_live_primaries_and_a_verify_beside_a_daemon_leave_the_first_session_alone
 fn failover_then_split_brain_exits_5_until_the_secondary_is_discarded() {
     let dir = tempfile::tempdir().unwrap();
     let a = write_file(dir.path(), "a.img", &pseudo_random(64 * BLOCK, 5));
-    let b = write_file(dir.path(), "b.img", &vec![0u8; 64 * BLOCK]);
+    let b = write_file(dir.path(), "b.img", &[0u8; 64 * BLOCK]);
     {
         let served = Served::start(&b, &[]);
         let o = sync(&a, &served.addr, &[]);
@@ -269,7 +269,7 @@ fn failover_then_split_brain_exits_5_until_the_secondary_is_discarded() {
 fn info_reports_a_torn_record_as_unknown_history() {
     let dir = tempfile::tempdir().unwrap();
     let a = write_file(dir.path(), "a.img", &pseudo_random(16 * BLOCK, 6));
-    let sv = write_file(dir.path(), "s.img", &vec![0u8; 16 * BLOCK]);
+    let sv = write_file(dir.path(), "s.img", &[0u8; 16 * BLOCK]);
     {
         let served = Served::start(&sv, &[]);
         assert!(sync(&a, &served.addr, &[]).status.success());
@@ -280,7 +280,7 @@ fn info_reports_a_torn_record_as_unknown_history() {
     let v = info(&sv);
     assert_eq!(v["state"], "unknown", "{v}");
     // The pair falls back to a full scan and ends equal; the record is whole again.
-    std::fs::write(&sv, vec![0u8; 16 * BLOCK]).unwrap();
+    std::fs::write(&sv, [0u8; 16 * BLOCK]).unwrap();
     let served = Served::start(&sv, &[]);
     let o = sync(&a, &served.addr, &["--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
