@@ -234,14 +234,12 @@ fn failover_then_split_brain_exits_5_until_the_secondary_is_discarded() {
     }
     assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
     assert_eq!(info(&a)["role"], "secondary");
-    // Both write as primaries apart (the peer is unreachable): each starts a generation.
-    for p in [&a, &b] {
-        let o = mirror()
-            .args(["primary", "--volume", s(p), "--peer", "127.0.0.1:1"])
-            .args(["--interval", "1h", "--connect-timeout", "1s"])
-            .output()
-            .unwrap();
-        let _ = o;
+    // Both act as primaries apart, each towards a scratch secondary of its own: each starts
+    // a generation the other does not know.
+    for (p, name) in [(&a, "c.img"), (&b, "d.img")] {
+        let other = Served::start(&dir.path().join(name), &["--create", "256K"]);
+        let o = sync(p, &other.addr, &[]);
+        assert!(o.status.success(), "{}", stderr(&o));
     }
     let (ga, gb) = (
         info(&a)["generation"].clone(),
