@@ -122,6 +122,18 @@ fn lines_of(child: &mut Child) -> Receiver<Value> {
     rx
 }
 
+/// The next scan report among a daemon's JSON lines (link events skipped).
+fn next_report(rx: &Receiver<Value>) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let v = rx.recv_timeout(left).expect("a scan report");
+        if !v["mode"].is_null() {
+            return v;
+        }
+    }
+}
+
 fn sync(p: &Path, peer: &str, extra: &[&str]) -> Output {
     mirror()
         .args(["sync", s(p), "--peer", peer, "--link-timeout", "2s"])
@@ -170,7 +182,7 @@ fn two_live_primaries_and_a_verify_beside_a_daemon_leave_the_first_session_alone
         .spawn()
         .unwrap();
     let rx = lines_of(&mut da);
-    let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    let first = next_report(&rx);
     assert_eq!(first["mode"], "full-scan", "{first}");
     // A second daemon, of another volume: refused while the first holds the secondary.
     let mut db = mirror()
@@ -197,12 +209,14 @@ fn two_live_primaries_and_a_verify_beside_a_daemon_leave_the_first_session_alone
     assert!(stderr(&o).contains("held by session"), "{}", stderr(&o));
     std::thread::sleep(Duration::from_secs(3));
     assert!(
-        rxb.try_recv().is_err(),
+        rxb.try_iter()
+            .all(|v| v["mode"].is_null() && v["state"] != "connected"),
         "the second daemon never got a session"
     );
     assert!(
-        rx.try_recv().is_err(),
-        "the first daemon never scanned again"
+        rx.try_iter()
+            .all(|v| v["mode"].is_null() && v["state"] != "disconnected"),
+        "the first daemon was never disturbed"
     );
     signal(&db, "-TERM");
     assert_eq!(wait_exit(&mut db), Some(0));
@@ -355,7 +369,8 @@ fn secondary_restart_resumes(sig: &str) {
     });
     let r = p.status().last_report.unwrap();
     assert_eq!(r.mode, ResyncMode::DirtyMap, "{r:?}");
-    assert!(r.blocks < blocks / 4, "{r:?}");
+    // 40 writes, each in a region of 16 blocks: not the whole volume.
+    assert!(r.blocks <= 40 * 16 && r.blocks < blocks, "{r:?}");
     p.close().unwrap();
     signal(&sec, "-TERM");
     let _ = wait_exit(&mut sec);

@@ -100,7 +100,11 @@ fn main() {
     }
     let s = secondary(&ps, &listen);
     wait("resync after restart", || {
-        p.status().connections >= 2 && coherent(&p)
+        p.status().connections >= 2
+            && coherent(&p)
+            && p.status()
+                .last_report
+                .is_some_and(|r| r.mode != ResyncMode::FullScan)
     });
     let rep = p.status().last_report.unwrap();
     assert_eq!(rep.mode, ResyncMode::DirtyMap, "{rep:?}");
