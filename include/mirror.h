@@ -93,7 +93,8 @@ enum mirror_result
      */
     MIRROR_RESULT_PROTOCOL = 4,
     /**
-     * The two volumes (or the two peers' versions) do not match.
+     * The two volumes (size, block size, identity) or the two peers' versions do not match,
+     * or their generation histories diverged (split brain); nothing was written.
      */
     MIRROR_RESULT_MISMATCH = 5,
     /**
@@ -114,6 +115,11 @@ enum mirror_result
      * the message names its volume. Not a link failure.
      */
     MIRROR_RESULT_REMOTE_IO = 9,
+    /**
+     * The secondary is held by another primary session whose link is alive; that session
+     * was not disturbed.
+     */
+    MIRROR_RESULT_BUSY = 10,
     /**
      * A required pointer argument was NULL.
      */
@@ -657,6 +663,11 @@ typedef struct mirror_secondary_status {
      * Bytes sent.
      */
     uint64_t bytes_sent;
+    /**
+     * False while a resync that is not in write order is under way (or was cut off): the
+     * secondary's volume is then not a usable image. Kept in its metadata record.
+     */
+    bool consistent;
 } mirror_secondary_status;
 
 #ifdef __cplusplus
@@ -1024,6 +1035,79 @@ mirror_result mirror_secondary_config_set_allow_insecure(struct mirror_secondary
  */
 mirror_result mirror_secondary_config_set_link_timeout_ms(struct mirror_secondary_config *config,
                                                           uint32_t timeout_ms);
+
+/**
+ * Sets where the primary volume's metadata record is kept (its identity, generations and
+ * last coherent sync; and the write-intent map beside it, `PATH.intent`). Default: the
+ * volume's path with `.mirror-meta` appended — give another path for a block device.
+ *
+ * Ownership: the string is copied. Thread safety: a config is used by one thread at a time;
+ * distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread; `path` is NULL or a
+ * NUL-terminated string.
+ */
+mirror_result mirror_primary_config_set_meta_path(struct mirror_primary_config *config,
+                                                  const char *path);
+
+/**
+ * Sets where the secondary volume's metadata record is kept (its identity, the volume it
+ * mirrors, its generations and whether it is a consistent image). Default: the volume's
+ * path with `.mirror-meta` appended — give another path for a block device.
+ *
+ * Ownership: the string is copied. Thread safety: a config is used by one thread at a time;
+ * distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread; `path` is NULL or a
+ * NUL-terminated string.
+ */
+mirror_result mirror_secondary_config_set_meta_path(struct mirror_secondary_config *config,
+                                                    const char *path);
+
+/**
+ * Lets the primary rebind a secondary bound to another volume (default false): the
+ * secondary's data is discarded and a full scan follows. Without it such a secondary
+ * refuses the primary with `MIRROR_RESULT_MISMATCH`, naming both identities.
+ *
+ * Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+ * time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_adopt(struct mirror_primary_config *config,
+                                              bool adopt);
+
+/**
+ * Resolves a split brain in favour of this primary (default false): the secondary's writes
+ * since the common generation are discarded and a full scan follows. Without it a split
+ * brain is refused with `MIRROR_RESULT_MISMATCH`, naming the generations that diverged.
+ *
+ * Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+ * time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_discard_secondary(struct mirror_primary_config *config,
+                                                          bool discard);
+
+/**
+ * Keeps the persistent write-intent map (default false): a chunk's bit is made durable
+ * before the first write to it proceeds and cleared lazily once the secondary has the data,
+ * so after a crash of the primary the resync covers the chunks whose bits were set instead
+ * of the whole volume. Costs an `fdatasync` of the map per write to a clean chunk.
+ *
+ * Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+ * time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_write_intent(struct mirror_primary_config *config,
+                                                     bool write_intent);
 
 /**
  * Describes the most recent failed `mirror_*` call made on the calling thread.

@@ -41,6 +41,8 @@ pub enum Command {
     Scan(ScanArgs),
     /// Run a primary daemon that keeps a pair coherent by periodic low-priority scans.
     Primary(PrimaryArgs),
+    /// Print a volume's metadata record: identity, generation, consistent or not, last sync.
+    Info(crate::info::InfoArgs),
     /// Show the whole job on temporary files over loopback: replicate, cut the link, resync.
     Demo(DemoArgs),
     /// Benchmark: `mirror sync` of two files that differ in scattered blocks.
@@ -61,6 +63,11 @@ pub struct VolumeArgs {
     /// I/O backend: uring (falls back to sync where io_uring is unavailable) or sync.
     #[arg(long, value_name = "BACKEND", default_value = "uring", value_parser = parse_io)]
     pub io: IoBackend,
+
+    /// The volume's metadata record (default: PATH.mirror-meta beside the volume; give it
+    /// for a block device).
+    #[arg(long, value_name = "PATH")]
+    pub meta: Option<PathBuf>,
 }
 
 /// Options shared by everything that talks to a secondary.
@@ -91,6 +98,13 @@ pub struct LinkArgs {
     /// written (after its write) or received (on arrival).
     #[arg(long, value_name = "LEVEL", default_value = "flushed", value_parser = parse_durability)]
     pub durability: Durability,
+    /// Rebind a secondary bound to another volume to this one, discarding its data.
+    #[arg(long)]
+    pub adopt: bool,
+
+    /// Resolve a split brain in favour of this primary, discarding the secondary's writes.
+    #[arg(long)]
+    pub discard_secondary: bool,
 }
 
 /// `mirror serve`.

@@ -20,6 +20,10 @@ use crate::{signals, volumes};
 
 pub fn run(args: PrimaryArgs) -> Result<u8> {
     let mut config = primary_config(&args.peer, &args.link)?;
+    config.meta = Some(crate::info::meta_path(
+        &args.volume,
+        args.volume_opts.meta.as_deref(),
+    ));
     config.auto_resync = true;
     config.periodic = Some(PeriodicScan {
         interval: args.interval,

@@ -18,6 +18,10 @@ pub fn run(args: ServeArgs) -> Result<u8> {
     let mut config = SecondaryConfig::new(listen.to_string());
     config.allow_insecure = args.allow_insecure;
     config.link_timeout = args.link_timeout;
+    config.meta = Some(crate::info::meta_path(
+        &args.volume,
+        args.volume_opts.meta.as_deref(),
+    ));
     if let Some(f) = &args.secret_file {
         config.secret = Some(mirror_core::config::read_secret_file(f)?);
     }

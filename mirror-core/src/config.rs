@@ -1,7 +1,7 @@
 //! Configuration of the two controllers, with the defaults a storage operator expects.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -108,12 +108,26 @@ pub struct PrimaryConfig {
     pub auto_resync: bool,
     /// Periodic scan, if any.
     pub periodic: Option<PeriodicScan>,
-    /// Identity of the primary volume sent at handshake (zero: random per session).
+    /// Identity of the primary volume sent at handshake when no metadata record is kept
+    /// (zero: random per session). With `meta` the record's identity is used.
     pub volume_id: u128,
     /// When the secondary acknowledges a replicated write (default: once flushed).
     pub durability: Durability,
     /// What a sync-mode write does while the link is down (default: degrade).
     pub on_disconnect: OnDisconnect,
+    /// The volume's metadata record (identity, generations, last coherent sync); `None`
+    /// keeps it in memory only, so a restart forgets it — and the secondary, which cannot
+    /// hold such a primary to a binding, admits it without identity or generation checks.
+    pub meta: Option<PathBuf>,
+    /// Rebind a secondary bound to another volume, discarding its data.
+    pub adopt: bool,
+    /// Resolve a split brain in favour of this primary, discarding the secondary's writes.
+    pub discard_secondary: bool,
+    /// Keep the persistent write-intent map beside the record (`meta` required), so a
+    /// primary crash costs a resync of the dirty chunks instead of a full scan.
+    pub write_intent: bool,
+    /// Chunk of the write-intent map, bytes (a power of two, at least 4 KiB).
+    pub intent_chunk: u64,
 }
 
 impl PrimaryConfig {
@@ -133,6 +147,11 @@ impl PrimaryConfig {
             volume_id: 0,
             durability: Durability::Flushed,
             on_disconnect: OnDisconnect::Degrade,
+            meta: None,
+            adopt: false,
+            discard_secondary: false,
+            write_intent: false,
+            intent_chunk: crate::meta::DEFAULT_INTENT_CHUNK,
         }
     }
 
@@ -161,6 +180,17 @@ impl PrimaryConfig {
         if let Some(s) = &self.secret {
             check_secret(s)?;
         }
+        if self.write_intent && self.meta.is_none() {
+            return Err(Error::invalid(
+                "the write-intent map lives beside the metadata record: give a meta path",
+            ));
+        }
+        if !self.intent_chunk.is_power_of_two() || self.intent_chunk < 4096 {
+            return Err(Error::invalid(format!(
+                "write-intent chunk {} must be a power of two of at least 4096",
+                self.intent_chunk
+            )));
+        }
         Ok(())
     }
 }
@@ -176,6 +206,9 @@ pub struct SecondaryConfig {
     pub allow_insecure: bool,
     /// A link silent this long is declared dead.
     pub link_timeout: Duration,
+    /// The volume's metadata record (identity, binding, generations, consistent flag);
+    /// `None` keeps it in memory only.
+    pub meta: Option<PathBuf>,
 }
 
 impl SecondaryConfig {
@@ -186,6 +219,7 @@ impl SecondaryConfig {
             secret: None,
             allow_insecure: false,
             link_timeout: Duration::from_secs(5),
+            meta: None,
         }
     }
 

@@ -21,10 +21,11 @@
 //! with its own C documentation.
 
 use std::ffi::c_char;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mirror_core::config::read_secret_file;
+use mirror_core::meta::default_meta_path;
 use mirror_core::{
     Algorithm, BlockSize, OnDisconnect, PeriodicScan, PrimaryConfig, SecondaryConfig,
 };
@@ -114,9 +115,11 @@ pub unsafe extern "C" fn mirror_primary_config_new(
         if peer.is_empty() {
             return Err(Failure::invalid("peer address is empty"));
         }
+        let mut core = PrimaryConfig::new(peer);
+        core.meta = Some(default_meta_path(Path::new(path)));
         let config = Box::new(mirror_primary_config {
             volume: VolumeSpec::new(path)?,
-            core: PrimaryConfig::new(peer),
+            core,
         });
         // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
         unsafe { write_out(out, Box::into_raw(config)) };
@@ -148,6 +151,8 @@ pub(crate) trait ConfigBuilder {
     fn secret_mut(&mut self) -> &mut Option<Vec<u8>>;
     /// How long a silent link lives.
     fn link_timeout_mut(&mut self) -> &mut Duration;
+    /// Where the metadata record is kept.
+    fn meta_mut(&mut self) -> &mut Option<PathBuf>;
 }
 
 impl ConfigBuilder for mirror_primary_config {
@@ -160,6 +165,9 @@ impl ConfigBuilder for mirror_primary_config {
     fn link_timeout_mut(&mut self) -> &mut Duration {
         &mut self.core.link_timeout
     }
+    fn meta_mut(&mut self) -> &mut Option<PathBuf> {
+        &mut self.core.meta
+    }
 }
 
 impl ConfigBuilder for mirror_secondary_config {
@@ -171,6 +179,9 @@ impl ConfigBuilder for mirror_secondary_config {
     }
     fn link_timeout_mut(&mut self) -> &mut Duration {
         &mut self.core.link_timeout
+    }
+    fn meta_mut(&mut self) -> &mut Option<PathBuf> {
+        &mut self.core.meta
     }
 }
 
@@ -660,9 +671,11 @@ pub unsafe extern "C" fn mirror_secondary_config_new(
         if listen.is_empty() {
             return Err(Failure::invalid("listen address is empty"));
         }
+        let mut core = SecondaryConfig::new(listen);
+        core.meta = Some(default_meta_path(Path::new(path)));
         let config = Box::new(mirror_secondary_config {
             volume: VolumeSpec::new(path)?,
-            core: SecondaryConfig::new(listen),
+            core,
         });
         // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
         unsafe { write_out(out, Box::into_raw(config)) };
@@ -804,4 +817,131 @@ pub unsafe extern "C" fn mirror_secondary_config_set_link_timeout_ms(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe { set_link_timeout_ms(config, timeout_ms) }
+}
+
+/// The metadata record's path (see `mirror_primary_config_set_meta_path`).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `path` is NULL or a
+/// NUL-terminated string.
+unsafe fn set_meta_path<C: ConfigBuilder>(config: *mut C, path: *const c_char) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            let path = arg_str(path, "path")?;
+            if path.is_empty() {
+                return Err(Failure::invalid("metadata record path is empty"));
+            }
+            *c.meta_mut() = Some(PathBuf::from(path));
+            Ok(())
+        })
+    }
+}
+
+/// Sets where the primary volume's metadata record is kept (its identity, generations and
+/// last coherent sync; and the write-intent map beside it, `PATH.intent`). Default: the
+/// volume's path with `.mirror-meta` appended — give another path for a block device.
+///
+/// Ownership: the string is copied. Thread safety: a config is used by one thread at a time;
+/// distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `path` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_meta_path(
+    config: *mut mirror_primary_config,
+    path: *const c_char,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_meta_path(config, path) }
+}
+
+/// Sets where the secondary volume's metadata record is kept (its identity, the volume it
+/// mirrors, its generations and whether it is a consistent image). Default: the volume's
+/// path with `.mirror-meta` appended — give another path for a block device.
+///
+/// Ownership: the string is copied. Thread safety: a config is used by one thread at a time;
+/// distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `path` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_meta_path(
+    config: *mut mirror_secondary_config,
+    path: *const c_char,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_meta_path(config, path) }
+}
+
+/// Lets the primary rebind a secondary bound to another volume (default false): the
+/// secondary's data is discarded and a full scan follows. Without it such a secondary
+/// refuses the primary with `MIRROR_RESULT_MISMATCH`, naming both identities.
+///
+/// Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+/// time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_adopt(
+    config: *mut mirror_primary_config,
+    adopt: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.adopt = adopt;
+            Ok(())
+        })
+    }
+}
+
+/// Resolves a split brain in favour of this primary (default false): the secondary's writes
+/// since the common generation are discarded and a full scan follows. Without it a split
+/// brain is refused with `MIRROR_RESULT_MISMATCH`, naming the generations that diverged.
+///
+/// Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+/// time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_discard_secondary(
+    config: *mut mirror_primary_config,
+    discard: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.discard_secondary = discard;
+            Ok(())
+        })
+    }
+}
+
+/// Keeps the persistent write-intent map (default false): a chunk's bit is made durable
+/// before the first write to it proceeds and cleared lazily once the secondary has the data,
+/// so after a crash of the primary the resync covers the chunks whose bits were set instead
+/// of the whole volume. Costs an `fdatasync` of the map per write to a clean chunk.
+///
+/// Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+/// time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_write_intent(
+    config: *mut mirror_primary_config,
+    write_intent: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.write_intent = write_intent;
+            Ok(())
+        })
+    }
 }

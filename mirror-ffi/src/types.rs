@@ -407,6 +407,9 @@ pub struct mirror_secondary_status {
     pub bytes_received: u64,
     /// Bytes sent.
     pub bytes_sent: u64,
+    /// False while a resync that is not in write order is under way (or was cut off): the
+    /// secondary's volume is then not a usable image. Kept in its metadata record.
+    pub consistent: bool,
 }
 
 impl mirror_secondary_status {
@@ -419,6 +422,7 @@ impl mirror_secondary_status {
             writes_applied: s.writes_applied,
             bytes_received: s.bytes_received,
             bytes_sent: s.bytes_sent,
+            consistent: s.consistent,
         }
     }
 }

@@ -128,6 +128,10 @@ impl Primary {
         durability = "flushed",
         on_disconnect = "degrade",
         suspend_timeout = 30.0,
+        meta = None,
+        adopt = false,
+        discard_secondary = false,
+        write_intent = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -149,8 +153,16 @@ impl Primary {
         durability: &str,
         on_disconnect: &str,
         suspend_timeout: f64,
+        meta: Option<PathBuf>,
+        adopt: bool,
+        discard_secondary: bool,
+        write_intent: bool,
     ) -> PyResult<Self> {
         let mut config = PrimaryConfig::new(peer.clone());
+        config.meta = Some(meta.unwrap_or_else(|| mirror_core::meta::default_meta_path(&volume)));
+        config.adopt = adopt;
+        config.discard_secondary = discard_secondary;
+        config.write_intent = write_intent;
         if let Some(a) = algorithm {
             config.algorithm = named(a)?;
         }

@@ -43,6 +43,7 @@ impl Secondary {
         create = None,
         allow_insecure = false,
         link_timeout = 5.0,
+        meta = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -55,11 +56,13 @@ impl Secondary {
         create: Option<i128>,
         allow_insecure: bool,
         link_timeout: f64,
+        meta: Option<PathBuf>,
     ) -> PyResult<Self> {
         let bs = crate::args::block_size(block_size)?;
         let io: IoBackend = named(io)?;
         let create = create.map(|c| unsigned("create", c)).transpose()?;
         let mut config = SecondaryConfig::new(listen);
+        config.meta = Some(meta.unwrap_or_else(|| mirror_core::meta::default_meta_path(&volume)));
         config.allow_insecure = allow_insecure;
         config.link_timeout = seconds("link_timeout", link_timeout)?;
         if let Some(path) = &secret_file {

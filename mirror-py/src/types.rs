@@ -230,6 +230,12 @@ pub struct SecondaryStatus {
     bytes_sent: u64,
     /// The last connection error, if any.
     last_error: Option<String>,
+    /// False while a resync that is not in write order is under way: not a usable image.
+    consistent: bool,
+    /// The volume's identity (a UUID).
+    identity: String,
+    /// The primary volume it mirrors, if bound.
+    bound_to: Option<String>,
 }
 
 impl From<&mirror_core::SecondaryStatus> for SecondaryStatus {
@@ -242,6 +248,9 @@ impl From<&mirror_core::SecondaryStatus> for SecondaryStatus {
             bytes_received: s.bytes_received,
             bytes_sent: s.bytes_sent,
             last_error: s.last_error.clone(),
+            consistent: s.consistent,
+            identity: s.identity.to_string(),
+            bound_to: (!s.bound_to.is_none()).then(|| s.bound_to.to_string()),
         }
     }
 }
@@ -250,8 +259,12 @@ impl From<&mirror_core::SecondaryStatus> for SecondaryStatus {
 impl SecondaryStatus {
     fn __repr__(&self) -> String {
         format!(
-            "SecondaryStatus(peer={:?}, connections={}, rejected={}, writes_applied={})",
-            self.peer, self.connections, self.rejected, self.writes_applied
+            "SecondaryStatus(peer={:?}, connections={}, rejected={}, writes_applied={}, consistent={})",
+            self.peer,
+            self.connections,
+            self.rejected,
+            self.writes_applied,
+            if self.consistent { "True" } else { "False" }
         )
     }
 }

@@ -80,7 +80,10 @@ impl Inner {
             // peer that breaks the protocol) fails the wait at once.
             if self.errors.load(Ordering::SeqCst) != errors_before {
                 if let Some(
-                    e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
+                    e @ (Error::Mismatch(_)
+                    | Error::Busy(_)
+                    | Error::Auth { .. }
+                    | Error::Protocol { .. }),
                 ) = lock(&self.last_error).clone()
                 {
                     return Err(e);
@@ -90,7 +93,10 @@ impl Inner {
             if now >= deadline {
                 return Err(match lock(&self.last_error).clone() {
                     Some(
-                        e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
+                        e @ (Error::Mismatch(_)
+                        | Error::Busy(_)
+                        | Error::Auth { .. }
+                        | Error::Protocol { .. }),
                     ) => e,
                     Some(Error::Link { msg, .. }) => Error::link(
                         &self.config.peer,
@@ -153,16 +159,27 @@ pub(super) fn manager(inner: Arc<Inner>) {
         let prev = inner.epoch.swap(epoch, Ordering::SeqCst);
         let map_usable = {
             let mut d = lock(&inner.dirty);
-            let usable = d.is_valid()
-                && last
-                    == Generation {
-                        session: inner.session,
-                        epoch: prev,
-                    };
-            if !usable {
+            let follows = last
+                == Generation {
+                    session: inner.session,
+                    epoch: prev,
+                };
+            let usable = d.is_valid() && follows;
+            // A full scan of this session cut off by the link resumes from its checkpoint:
+            // what was written behind it meanwhile is in the map, kept.
+            let resume = !usable && follows && inner.durable.checkpoint().is_some();
+            if usable || resume {
+                usable
+            } else if inner.durable.seed(&mut d, last, inner.session) {
+                true
+            } else {
                 d.invalidate();
+                inner.durable.invalidated(inner.session);
+                if inner.durable.checkpoint().is_some() {
+                    inner.durable.set_checkpoint(inner.session, None);
+                }
+                false
             }
-            usable
         };
         info!(peer = %conn.peer, generation = %Generation { session: inner.session, epoch }, secondary_last = %last, map_usable, "connected");
         let ping = (inner.config.link_timeout / 5).min(Duration::from_secs(1));
@@ -228,6 +245,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
                 next_periodic = inner.config.periodic.map(|p| Instant::now() + p.interval);
                 continue;
             }
+            inner.durable.tick(&inner, &conn);
             let has_dirty = {
                 let d = lock(&inner.dirty);
                 d.is_valid() && d.next_dirty(Region(0)).is_some()
@@ -249,6 +267,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
         }
         // Tear down: the threads exit once the link is failed.
         conn.fail(&inner.dirty, &Error::link(&conn.peer, "link closed"));
+        inner.durable.detached();
         let _ = w_thread.join();
         let _ = r_thread.join();
         *lock(&inner.conn) = None;

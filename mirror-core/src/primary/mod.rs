@@ -22,7 +22,8 @@
 //! Parts: [`conn`] (the link, its pending table and waiters), [`locks`] (region stripe locks),
 //! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`manager`]
 //! (connecting, the writer and reader threads, [`backoff`] of retries), [`replicate`] (the
-//! write path, flush and the on-disconnect policy). This file is the public face, [`Primary`].
+//! write path, flush and the on-disconnect policy), [`state`] (the metadata record, the
+//! write-intent map, the full-scan checkpoint). This file is the public face, [`Primary`].
 
 mod backoff;
 mod compare;
@@ -32,6 +33,7 @@ mod job;
 mod locks;
 mod manager;
 mod replicate;
+mod state;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -101,7 +103,7 @@ struct Inner {
     volume: Arc<dyn Volume>,
     config: PrimaryConfig,
     session: u128,
-    volume_id: u128,
+    durable: state::PrimaryState,
     dirty: Mutex<DirtyMap>,
     locks: RegionLocks,
     conn: Mutex<Option<Arc<Conn>>>,
@@ -132,6 +134,15 @@ impl Inner {
     }
 }
 
+/// Ends a write's hold on its write-intent chunks, however the write ends.
+struct IntentEnd<'a>(&'a Inner, u64, u64);
+
+impl Drop for IntentEnd<'_> {
+    fn drop(&mut self) {
+        self.0.durable.after_write(self.1, self.2);
+    }
+}
+
 /// The primary side of a mirrored pair. Thread-safe; every call blocks.
 #[derive(Debug)]
 pub struct Primary {
@@ -147,17 +158,13 @@ impl Primary {
         config.validate()?;
         let dirty = DirtyMap::new(volume.size(), volume.block_size(), config.region_size)?;
         let session = auth::random_id();
-        let volume_id = if config.volume_id == 0 {
-            auth::random_id()
-        } else {
-            config.volume_id
-        };
+        let durable = state::PrimaryState::open(&*volume, &config)?;
         let inner = Arc::new(Inner {
             locks: RegionLocks::new(config.region_size),
             volume,
             config,
             session,
-            volume_id,
+            durable,
             dirty: Mutex::new(dirty),
             conn: Mutex::new(None),
             state: Mutex::new(LinkState::Disconnected),
@@ -217,7 +224,13 @@ impl Primary {
                 self.inner.volume.name()
             )));
         }
+        // The secondary lacks the range: the write-intent bits keep it across a crash.
+        let connected = lock(&self.inner.conn)
+            .as_ref()
+            .is_some_and(|c| !c.is_dead());
+        self.inner.durable.before_write(offset, len, connected)?;
         lock(&self.inner.dirty).mark(offset, len);
+        self.inner.durable.after_write(offset, len);
         self.inner.poke();
         Ok(())
     }

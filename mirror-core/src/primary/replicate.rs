@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, PendingKind, Waiter};
-use super::{JobKind, JobOptions, Primary, WriteOutcome};
+use super::{IntentEnd, JobKind, JobOptions, Primary, WriteOutcome};
 use crate::config::ReplicationMode;
 use crate::durability::OnDisconnect;
 use crate::protocol::messages::{self as wire, Message};
@@ -54,8 +54,13 @@ impl Primary {
         let flags = inner.config.durability.write_flags();
         let mut waiting = Vec::new();
         let mut degraded = false;
+        let len = data.len() as u64;
+        let connected = lock(&inner.conn).as_ref().is_some_and(|c| !c.is_dead());
+        // Write-intent first: the chunk's bit is durable before the local write proceeds.
+        inner.durable.before_write(offset, len, connected)?;
+        let _intent = IntentEnd(inner, offset, len);
         {
-            let _guards = inner.locks.lock(offset, data.len() as u64);
+            let _guards = inner.locks.lock(offset, len);
             if local {
                 vol.write_at(offset, data)?;
             }
@@ -95,6 +100,10 @@ impl Primary {
             }
         }
         if degraded {
+            if connected {
+                // The link went down under this write: it is apart from the secondary.
+                inner.durable.meta.before_write_apart()?;
+            }
             inner.poke();
         }
         let mut cause = None;

@@ -9,9 +9,12 @@
 //! Hello{magic, version, nonce_p}      -->
 //!                                     <--   HelloReply{version, auth, nonce_s, proof_s}
 //! Auth{proof_p}        (secret set)   -->
-//! Open{volume, session, epoch, size, block_size}
-//!                                     <--   OpenReply{size, block_size, last session, epoch}
-//! Write / Flush / Barrier / Ping ...  -->   (applied in order)  <-- Ack{seq} / Pong
+//! Open{volume, session, epoch, size, block_size, generation, flags, history}
+//!                                     <--   OpenReply{size, block_size, last session, epoch,
+//!                                                     volume, bound to, generation,
+//!                                                     consistent, history}
+//!                                     (or Error{MISMATCH | BUSY}: refused, nothing written)
+//! Write / Flush / Barrier / ResyncDone / Ping ...  -->  (in order)  <-- Ack{seq} / Pong
 //! ScanRequest{req, range, level}      -->   <-- Digests{req, start, ...}* ScanEnd{req}
 //! CompareRequest{req, range}, Digests* , CompareEnd{req}
 //!                                     <--   BlockRequest{req, range}* CompareDone{req, n}
@@ -19,6 +22,17 @@
 //!
 //! Either side may send `Error{code, message}` and close. A version the secondary does not
 //! speak is answered with `Error{VERSION}` naming both versions.
+//!
+//! # Versions
+//!
+//! - 1: the first.
+//! - 2: `Open` and `OpenReply` carry each volume's identity, generation and history (the
+//!   newest [`MAX_WIRE_HISTORY`] generations, 16 bytes each, as the trailing bytes field) and
+//!   the primary's `--adopt`/`--discard-secondary` flags ([`open_flags`]); the secondary says
+//!   whether it is a consistent image. `ResyncDone` ends a resync. `Error{MISMATCH}` also
+//!   refuses another volume's primary or a split brain; `Error{BUSY}` a second primary
+//!   beside a live session. A version-1 peer
+//!   is refused at `Hello` with `Error{VERSION}` naming both versions.
 //!
 //! The `level` byte of scan and compare requests selects what a digest covers: 0 is one block.
 //! Higher levels (a digest over 2^level consecutive block digests, for a hierarchical
@@ -44,9 +58,12 @@ pub use super::frame::{
 };
 
 /// Protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest protocol version this build speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// Most generations of history an Open or OpenReply carries (16 bytes each), which keeps
+/// both within the handshake's frame limit.
+pub const MAX_WIRE_HISTORY: usize = 8;
 /// Magic of the Hello message.
 pub const MAGIC: [u8; 4] = *b"MIRR";
 /// Most bytes of data one Write frame carries.
@@ -69,6 +86,36 @@ pub mod code {
     pub const OUT_OF_RANGE: u16 = 6;
     pub const UNSUPPORTED: u16 = 7;
     pub const SHUTDOWN: u16 = 8;
+    /// The secondary is held by another live session.
+    pub const BUSY: u16 = 9;
+}
+
+/// Flags of an Open message: what the primary's operator allowed to be discarded.
+pub mod open_flags {
+    /// Rebind a secondary bound to another volume (`--adopt`).
+    pub const ADOPT: u8 = 1;
+    /// Resolve a split brain in favour of this primary (`--discard-secondary`).
+    pub const DISCARD_SECONDARY: u8 = 2;
+    /// The primary keeps no metadata record: its identity and generation last one process,
+    /// so the secondary cannot hold it to a binding and admits it without one.
+    pub const EPHEMERAL: u8 = 4;
+    /// Every flag this version knows.
+    pub const ALL: u8 = ADOPT | DISCARD_SECONDARY | EPHEMERAL;
+}
+
+/// Generation ids as the 16-byte little-endian records of a history field.
+pub fn history_bytes(h: &[u128]) -> Vec<u8> {
+    h.iter()
+        .take(MAX_WIRE_HISTORY)
+        .flat_map(|g| g.to_le_bytes())
+        .collect()
+}
+
+/// The generation ids of a history field (its length was checked on decode).
+pub fn history_ids(b: &[u8]) -> Vec<u128> {
+    b.chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+        .collect()
 }
 
 /// Flags of a Write message.
@@ -152,10 +199,12 @@ messages! {
     2 => HELLO_REPLY HelloReply { version: u16, auth_required: bool, nonce: [u8; 32], proof: [u8; 32] },
     /// Primary's proof of the shared secret.
     3 => AUTH Auth { proof: [u8; 32] },
-    /// Primary's volume and generation.
-    4 => OPEN Open { volume_id: u128, session: u128, epoch: u64, size: u64, block_size: u32 },
-    /// Secondary's volume and the generation it was last coherent with.
-    5 => OPEN_REPLY OpenReply { size: u64, block_size: u32, last_session: u128, last_epoch: u64 },
+    /// Primary's volume, session and connection, its generation and history, and what its
+    /// operator allowed to be discarded.
+    4 => OPEN Open { volume_id: u128, session: u128, epoch: u64, size: u64, block_size: u32, generation: u128, flags: u8, history: Vec<u8> },
+    /// Secondary's volume, the session and connection it last followed, its identity, the
+    /// volume it mirrors, its generation, whether it is a consistent image, and its history.
+    5 => OPEN_REPLY OpenReply { size: u64, block_size: u32, last_session: u128, last_epoch: u64, volume_id: u128, bound_to: u128, generation: u128, consistent: bool, history: Vec<u8> },
     /// Data to write at a byte offset.
     6 => WRITE Write { seq: u64, offset: u64, flags: u8, data: Vec<u8> },
     /// Acknowledges the Write, Flush or Barrier `seq`.
@@ -184,6 +233,9 @@ messages! {
     18 => PONG Pong { nonce: u64 },
     /// A fatal error; the sender closes the connection.
     19 => ERROR Error { code: u16, message: String },
+    /// A barrier that ends a whole resync: once everything before it is applied the
+    /// secondary is a consistent image again, durably, and then acknowledges.
+    20 => RESYNC_DONE ResyncDone { seq: u64 },
     /// The secondary's volume failed an I/O (`op` one of the [`io_op`] codes) with the OS
     /// error `errno`; the sender closes the connection. Sent instead of `Error{IO}` so the
     /// primary can tell the secondary's disk from the link.
@@ -253,6 +305,21 @@ impl Message {
     /// is bounded before anything acts on it.
     fn check(&self) -> Result<(), FrameError> {
         match self {
+            Message::Open { flags, history, .. }
+                if flags & !open_flags::ALL != 0 || !history_ok(history) =>
+            {
+                return Err(bad(format!(
+                    "Open with flags {flags:#x} and a history of {} bytes (known flags {:#x}; at most {MAX_WIRE_HISTORY} generations of 16 bytes)",
+                    history.len(),
+                    open_flags::ALL
+                )));
+            }
+            Message::OpenReply { history, .. } if !history_ok(history) => {
+                return Err(bad(format!(
+                    "OpenReply with a history of {} bytes (at most {MAX_WIRE_HISTORY} generations of 16 bytes)",
+                    history.len()
+                )));
+            }
             Message::Write { flags, data, .. } => {
                 if flags & !write_flags::ALL != 0 {
                     return Err(bad(format!("Write with unknown flags {flags:#x}")));
@@ -310,6 +377,10 @@ impl Message {
         }
         Ok(())
     }
+}
+
+fn history_ok(h: &[u8]) -> bool {
+    h.len() % 16 == 0 && h.len() <= 16 * MAX_WIRE_HISTORY
 }
 
 /// A scan, compare or block request covers 1 to [`MAX_REQUEST_BLOCKS`] blocks, all with an
@@ -449,13 +520,22 @@ mod tests {
                 epoch: 3,
                 size: 1 << 30,
                 block_size: 4096,
+                generation: 77,
+                flags: open_flags::ADOPT,
+                history: history_bytes(&[76, 75]),
             },
             OpenReply {
                 size: 1 << 30,
                 block_size: 4096,
                 last_session: 42,
                 last_epoch: 2,
+                volume_id: 1 << 90,
+                bound_to: 1 << 100,
+                generation: 76,
+                consistent: true,
+                history: history_bytes(&[75]),
             },
+            ResyncDone { seq: 12 },
             Write {
                 seq: 9,
                 offset: 8192,
@@ -532,21 +612,103 @@ mod tests {
 
     #[test]
     fn open_golden_bytes() {
+        // Version 2: identity, session, epoch, size, block size, generation, flags, history.
         let m = Message::Open {
             volume_id: 1,
             session: 2,
             epoch: 3,
             size: 4,
             block_size: 4096,
+            generation: 5,
+            flags: open_flags::DISCARD_SECONDARY,
+            history: history_bytes(&[6]),
         };
         let f = m.to_frame().unwrap();
-        let mut want = vec![52, 0, 0, 0, kind::OPEN, 0, 0, 0];
+        let mut want = vec![85, 0, 0, 0, kind::OPEN, 0, 0, 0];
         want.extend_from_slice(&1u128.to_le_bytes());
         want.extend_from_slice(&2u128.to_le_bytes());
         want.extend_from_slice(&3u64.to_le_bytes());
         want.extend_from_slice(&4u64.to_le_bytes());
         want.extend_from_slice(&4096u32.to_le_bytes());
+        want.extend_from_slice(&5u128.to_le_bytes());
+        want.push(2);
+        want.extend_from_slice(&6u128.to_le_bytes());
         assert_eq!(&f[..f.len() - 4], &want[..]);
+    }
+
+    #[test]
+    fn open_reply_golden_bytes() {
+        let m = Message::OpenReply {
+            size: 4,
+            block_size: 512,
+            last_session: 2,
+            last_epoch: 3,
+            volume_id: 7,
+            bound_to: 1,
+            generation: 5,
+            consistent: false,
+            history: Vec::new(),
+        };
+        let f = m.to_frame().unwrap();
+        let mut want = vec![85, 0, 0, 0, kind::OPEN_REPLY, 0, 0, 0];
+        want.extend_from_slice(&4u64.to_le_bytes());
+        want.extend_from_slice(&512u32.to_le_bytes());
+        want.extend_from_slice(&2u128.to_le_bytes());
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(&7u128.to_le_bytes());
+        want.extend_from_slice(&1u128.to_le_bytes());
+        want.extend_from_slice(&5u128.to_le_bytes());
+        want.push(0);
+        assert_eq!(&f[..f.len() - 4], &want[..]);
+    }
+
+    #[test]
+    fn the_largest_open_and_open_reply_fit_the_handshake_limit() {
+        let h = history_bytes(&[u128::MAX; 20]);
+        assert_eq!(h.len(), 16 * MAX_WIRE_HISTORY);
+        let open = Message::Open {
+            volume_id: 1,
+            session: 2,
+            epoch: 3,
+            size: 4,
+            block_size: 4096,
+            generation: 5,
+            flags: open_flags::ALL,
+            history: h.clone(),
+        };
+        let reply = Message::OpenReply {
+            size: 4,
+            block_size: 512,
+            last_session: 2,
+            last_epoch: 3,
+            volume_id: 7,
+            bound_to: 1,
+            generation: 5,
+            consistent: true,
+            history: h,
+        };
+        for m in [open, reply] {
+            let f = m.to_frame().unwrap();
+            assert!(
+                read_frame(&mut &f[..], MAX_HANDSHAKE_PAYLOAD).is_ok(),
+                "{}",
+                m.name()
+            );
+        }
+    }
+
+    #[test]
+    fn open_with_unknown_flags_or_a_ragged_history_is_refused() {
+        let open = |flags: u8, hist: usize| {
+            let mut p = vec![0u8; 16 + 16 + 8 + 8 + 4 + 16];
+            p.push(flags);
+            p.extend(std::iter::repeat_n(0u8, hist));
+            Message::decode(kind::OPEN, &p)
+        };
+        assert!(open(open_flags::ALL, 32).is_ok());
+        assert!(open(8, 0).is_err());
+        assert!(open(0, 15).is_err());
+        assert!(open(0, 16 * (MAX_WIRE_HISTORY + 1)).is_err());
     }
 
     #[test]

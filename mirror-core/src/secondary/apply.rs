@@ -83,6 +83,10 @@ impl Session<'_> {
                     flags,
                     data,
                 } => {
+                    if flags & write_flags::REPAIR != 0 {
+                        // Out of write order from here on: not a usable image, durably first.
+                        self.inner.meta.before_repair()?;
+                    }
                     if flags & write_flags::RECEIVED != 0 {
                         // Checked first: a write acknowledged on arrival must be one the
                         // volume can take.
@@ -110,6 +114,14 @@ impl Session<'_> {
                 }
                 Message::Flush { seq } => committer.durable(seq)?,
                 Message::Barrier { seq } => committer.ack(seq)?,
+                Message::ResyncDone { seq } => {
+                    // Everything before it is applied: this flush puts the resync's blocks on
+                    // the volume before the record says it is a usable image again; the ack
+                    // leaves after every earlier one, through the committer.
+                    vol.flush()?;
+                    self.inner.meta.resync_done()?;
+                    committer.ack(seq)?;
+                }
                 Message::Ping { nonce } => {
                     lock(self.writer).send(&Message::Pong { nonce })?;
                     unflushed_acks = true;

@@ -6,21 +6,27 @@
 //! - Nothing is written before the handshake (version, secret, volume size and block size)
 //!   has succeeded, and every offset and length is checked against the volume before any I/O;
 //!   a bad frame ends that connection with an `Error` message, never touches the volume.
-//! - One session at a time: a newly authenticated primary takes over (the old connection is
-//!   shut down and its handler finishes before the new one applies anything), so writes of two
-//!   connections never interleave.
-//! - The coherence record (which primary session and connection last attached) is reported
-//!   at every handshake, before it is replaced; the primary decides from it whether its dirty
-//!   map can drive the resync. It lives in memory: a restarted secondary reports none, which
-//!   forces a full checksum scan. After a write or flush of the volume failed it is forgotten
-//!   ([`failure`]), so the next session compares every block.
+//! - One session at a time, and a live one holds the volume: another primary session is
+//!   refused while the holder's link is alive; a connection of the same session takes over
+//!   (the old connection is shut down and its handler finishes before the new one applies
+//!   anything), so writes of two connections never interleave.
+//! - A secondary belongs to one volume: a primary is admitted only when the metadata record's
+//!   history allows it ([`crate::meta::SecondaryMeta`]); the record, with which primary session
+//!   and connection last attached, is on disk before the primary hears it was admitted, so a
+//!   restarted secondary lets the same session resync from its dirty map.
+//! - The record says inconsistent before the first out-of-order resync block is applied, and
+//!   consistent only at the `ResyncDone` that ends the resync. After a write or flush of the
+//!   volume failed, its coherence is forgotten and it is marked inconsistent ([`failure`]), so
+//!   the next session compares every block.
 //! - An acknowledgement promises what its write's durability asked: sent on arrival, after the
 //!   write, or after a flush that covers it ([`commit`]: one flush per batch).
 //!
-//! Parts: [`session`] (handshake), [`apply`] (the ordered apply loop), [`commit`] (group
-//! commit of acknowledgements), [`failure`] (telling errors), [`worker`] (scans and
-//! compares). This file is the public face, [`Secondary`], and the accept loop.
+//! Parts: [`session`] (handshake), [`admission`] (who may attach), [`apply`] (the ordered
+//! apply loop), [`commit`] (group commit of acknowledgements), [`failure`] (telling errors),
+//! [`worker`] (scans and compares). This file is the public face, [`Secondary`], and the
+//! accept loop.
 
+mod admission;
 mod apply;
 mod commit;
 mod failure;
@@ -38,6 +44,7 @@ use tracing::{info, warn};
 
 use self::session::handle_connection;
 use crate::config::SecondaryConfig;
+use crate::meta::{MetaStore, SecondaryMeta};
 use crate::protocol::link::Counters;
 use crate::storage::volume::Volume;
 use crate::sync::lock;
@@ -61,6 +68,12 @@ pub struct SecondaryStatus {
     pub bytes_sent: u64,
     /// The last connection error.
     pub last_error: Option<String>,
+    /// False while a resync that is not in write order is under way: not a usable image.
+    pub consistent: bool,
+    /// The volume's identity.
+    pub identity: crate::meta::VolumeId,
+    /// The primary volume it mirrors (none until bound).
+    pub bound_to: crate::meta::VolumeId,
 }
 
 /// The secondary side of a mirrored pair: applies what a primary sends.
@@ -92,7 +105,9 @@ struct Stats {
 struct Inner {
     volume: Arc<dyn Volume>,
     config: SecondaryConfig,
-    coherent: Mutex<Generation>,
+    meta: SecondaryMeta,
+    /// The session that holds the volume: its connection, session id and since when.
+    holder: Mutex<Option<admission::Holder>>,
     serving: Mutex<Option<Serving>>,
     /// Every open connection, so stop and takeover can shut them down.
     conns: Mutex<HashMap<u64, TcpStream>>,
@@ -113,11 +128,13 @@ impl Secondary {
                 return Err(Error::invalid("shared secret must be at least 8 bytes"));
             }
         }
+        let meta = SecondaryMeta::open(config.meta.clone().map(MetaStore::new))?;
         Ok(Secondary {
             inner: Arc::new(Inner {
                 volume,
                 config,
-                coherent: Mutex::new(Generation::default()),
+                meta,
+                holder: Mutex::new(None),
                 serving: Mutex::new(None),
                 conns: Mutex::new(HashMap::new()),
                 handlers: Mutex::new(Vec::new()),
@@ -191,12 +208,18 @@ impl Secondary {
 
     /// The generation the secondary was last attached to.
     pub fn generation(&self) -> Generation {
-        *lock(&self.inner.coherent)
+        self.inner.meta.record().last_coherent
+    }
+
+    /// A copy of the secondary's metadata record.
+    pub fn record(&self) -> crate::meta::MetaRecord {
+        self.inner.meta.record()
     }
 
     /// A snapshot.
     pub fn status(&self) -> SecondaryStatus {
         let s = &self.inner.stats;
+        let rec = self.inner.meta.record();
         let (mut sent, mut received) = (
             s.bytes_sent.load(Ordering::Relaxed),
             s.bytes_received.load(Ordering::Relaxed),
@@ -213,6 +236,9 @@ impl Secondary {
             bytes_received: received,
             bytes_sent: sent,
             last_error: lock(&s.last_error).clone(),
+            consistent: rec.consistent,
+            identity: rec.identity,
+            bound_to: rec.bound_to,
         }
     }
 }
