@@ -9,11 +9,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use tracing::{debug, info, warn};
 
 use super::conn::{Conn, PendingTable};
 use super::handshake::Handshaken;
+use super::lead::lead_server;
 use super::{Inner, JobKind, JobOptions};
 use crate::dirty::Region;
 use crate::protocol::link::{FrameReader, FrameWriter};
@@ -160,13 +161,22 @@ pub(super) fn manager(inner: Arc<Inner>) {
                 .name("mirror-link-tx".into())
                 .spawn(move || writer_loop(&inner, &conn, writer, rx, ping))
         };
+        // Scans the secondary leads are served on a thread of their own, so the reader never
+        // waits on the link queue while acks are to be read.
+        let (lead_tx, lead_rx) = unbounded::<Message>();
         let r_thread = {
             let (inner, conn) = (inner.clone(), conn.clone());
             std::thread::Builder::new()
                 .name("mirror-link-rx".into())
-                .spawn(move || reader_loop(&inner, &conn, reader))
+                .spawn(move || reader_loop(&inner, &conn, reader, &lead_tx))
         };
-        let (Ok(w_thread), Ok(r_thread)) = (w_thread, r_thread) else {
+        let l_thread = {
+            let (inner, conn) = (inner.clone(), conn.clone());
+            std::thread::Builder::new()
+                .name("mirror-lead".into())
+                .spawn(move || lead_server(&inner, &conn, lead_rx))
+        };
+        let (Ok(w_thread), Ok(r_thread), Ok(l_thread)) = (w_thread, r_thread, l_thread) else {
             conn.fail(
                 &inner.dirty,
                 &Error::link(&conn.peer, "could not start link threads"),
@@ -177,12 +187,28 @@ pub(super) fn manager(inner: Arc<Inner>) {
         inner.connections.fetch_add(1, Ordering::Relaxed);
         inner.set_state(LinkState::Connected);
 
-        if inner.config.auto_resync {
-            let _ = inner.run_job(JobKind::Auto, &JobOptions::default(), None);
-        }
+        // The scan owed for this connection: retried while the link is up until it
+        // succeeds, so a scan that failed or was cut is never simply forgotten.
+        let connect_job = if inner.config.full_scan_on_connect {
+            JobKind::Full
+        } else {
+            JobKind::Auto
+        };
+        let mut owed = inner.config.auto_resync.then(Instant::now);
         let mut next_periodic = inner.config.periodic.map(|p| Instant::now() + p.interval);
         while !conn.is_dead() && !inner.closed.load(Ordering::SeqCst) {
             let now = Instant::now();
+            if let Some(at) = owed.filter(|at| *at <= now) {
+                let _ = at;
+                owed = match inner.run_job(connect_job, &JobOptions::default(), None) {
+                    Ok(_) => None,
+                    Err(e) => {
+                        warn!(error = %e, "scan on connection failed; retrying while the link is up");
+                        Some(Instant::now() + Duration::from_secs(1))
+                    }
+                };
+                continue;
+            }
             if let Some(t) = next_periodic.filter(|t| *t <= now) {
                 let _ = t;
                 match inner.run_job(JobKind::Periodic, &JobOptions::default(), None) {
@@ -191,7 +217,11 @@ pub(super) fn manager(inner: Arc<Inner>) {
                         blocks = r.blocks,
                         "periodic scan done"
                     ),
-                    Err(e) => warn!(error = %e, "periodic scan failed"),
+                    Err(e) => {
+                        warn!(error = %e, "periodic scan failed; retrying while the link is up");
+                        next_periodic = Some(Instant::now() + Duration::from_secs(1));
+                        continue;
+                    }
                 }
                 next_periodic = inner.config.periodic.map(|p| Instant::now() + p.interval);
                 continue;
@@ -211,6 +241,9 @@ pub(super) fn manager(inner: Arc<Inner>) {
                 continue;
             }
             let wait = next_periodic
+                .into_iter()
+                .chain(owed)
+                .min()
                 .map(|t| t.saturating_duration_since(now))
                 .unwrap_or(Duration::from_millis(200))
                 .min(Duration::from_millis(200));
@@ -220,6 +253,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
         conn.fail(&inner.dirty, &Error::link(&conn.peer, "link closed"));
         let _ = w_thread.join();
         let _ = r_thread.join();
+        let _ = l_thread.join();
         *lock(&inner.conn) = None;
         inner.totals.sent.fetch_add(
             conn.counters.sent.load(Ordering::Relaxed),
@@ -273,7 +307,7 @@ fn writer_loop(
     }
 }
 
-fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
+fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader, lead: &Sender<Message>) {
     let result = (|| -> Result<()> {
         loop {
             if conn.is_dead() {
@@ -296,6 +330,16 @@ fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
                     // A late answer to a job that gave up is dropped.
                     if let Some(tx) = lock(&conn.routes).get(&req) {
                         let _ = tx.send(m);
+                    }
+                }
+                m @ (Message::LeadScan { .. }
+                | Message::LeadCompare { .. }
+                | Message::LeadDigests { .. }
+                | Message::RepairRequest { .. }
+                | Message::LeadEnd { .. }
+                | Message::LeadReport { .. }) => {
+                    if lead.send(m).is_err() {
+                        return Err(Error::link(&conn.peer, "secondary-led scan server stopped"));
                     }
                 }
                 other => {

@@ -17,6 +17,7 @@ impl Session<'_> {
         &self,
         reader: &mut FrameReader,
         work: &crossbeam_channel::Sender<Work>,
+        lead: Option<&crossbeam_channel::Sender<Message>>,
     ) -> Result<()> {
         let vol = &self.inner.volume;
         let blocks = vol.blocks();
@@ -130,6 +131,28 @@ impl Session<'_> {
                 }
                 Message::CompareEnd { req } => {
                     send_work(work, Work::CompareEnd { req }, self.peer)?
+                }
+                // Answers to the scan this secondary leads, handed over in stream order: a
+                // LeadDone reaches the leader after every repair write before it is applied.
+                m @ (Message::LeadDigests { .. } | Message::LeadDone { .. }) => {
+                    let Some(lead) = lead else {
+                        return Err(Error::protocol(
+                            self.peer,
+                            format!("unexpected {} to a secondary that leads no scan", m.name()),
+                        ));
+                    };
+                    if let Message::LeadDigests {
+                        algorithm,
+                        start,
+                        digests,
+                        ..
+                    } = &m
+                    {
+                        let n = (digests.len() / algorithm.digest_len()) as u64;
+                        check_range(BlockRange::new(*start, n), "digests")?;
+                    }
+                    // A leader that has finished its scans takes nothing more: dropped.
+                    let _ = lead.send(m);
                 }
                 other => {
                     return Err(Error::protocol(

@@ -14,10 +14,15 @@
 //!   map can drive the resync. It lives in memory: a restarted secondary reports none, which
 //!   forces a full checksum scan.
 //!
+//! - Scans it leads of its own accord ([`lead`]) change its volume only through repair writes
+//!   of the primary's ordered stream, never by anything it reads or computes itself.
+//!
 //! Parts: [`session`] (handshake), [`apply`] (the ordered apply loop), [`worker`] (scans and
-//! compares). This file is the public face, [`Secondary`], and the accept loop.
+//! compares the primary asks for), [`lead`] (scans the secondary leads). This file is the
+//! public face, [`Secondary`], and the accept loop.
 
 mod apply;
+mod lead;
 mod session;
 mod worker;
 
@@ -33,6 +38,7 @@ use tracing::{info, warn};
 use self::session::handle_connection;
 use crate::config::SecondaryConfig;
 use crate::protocol::link::Counters;
+use crate::report::Report;
 use crate::storage::volume::Volume;
 use crate::sync::lock;
 use crate::units::Generation;
@@ -55,6 +61,10 @@ pub struct SecondaryStatus {
     pub bytes_sent: u64,
     /// The last connection error.
     pub last_error: Option<String>,
+    /// Scans this secondary led to their end (on connection and periodic).
+    pub lead_scans: u64,
+    /// The report of the last of them, if any.
+    pub last_report: Option<Report>,
 }
 
 /// The secondary side of a mirrored pair: applies what a primary sends.
@@ -78,6 +88,8 @@ struct Stats {
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
     last_error: Mutex<Option<String>>,
+    lead_scans: AtomicU64,
+    last_report: Mutex<Option<Report>>,
     peer: Mutex<Option<String>>,
     current: Mutex<Option<Arc<Counters>>>,
 }
@@ -96,7 +108,16 @@ struct Inner {
     /// Held by the handler of the active session while it applies frames.
     session: Mutex<()>,
     next_conn: AtomicU64,
+    /// Request ids of the scans this secondary leads.
+    next_lead_req: AtomicU64,
     stats: Stats,
+}
+
+impl Inner {
+    fn record_lead_report(&self, report: Report) {
+        *lock(&self.stats.last_report) = Some(report);
+        self.stats.lead_scans.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Secondary {
@@ -106,6 +127,9 @@ impl Secondary {
             if s.len() < 8 {
                 return Err(Error::invalid("shared secret must be at least 8 bytes"));
             }
+        }
+        if let Some(p) = &config.periodic {
+            p.validate()?;
         }
         Ok(Secondary {
             inner: Arc::new(Inner {
@@ -118,6 +142,7 @@ impl Secondary {
                 active: Mutex::new(None),
                 session: Mutex::new(()),
                 next_conn: AtomicU64::new(1),
+                next_lead_req: AtomicU64::new(1),
                 stats: Stats::default(),
             }),
         })
@@ -207,6 +232,8 @@ impl Secondary {
             bytes_received: received,
             bytes_sent: sent,
             last_error: lock(&s.last_error).clone(),
+            lead_scans: s.lead_scans.load(Ordering::SeqCst),
+            last_report: lock(&s.last_report).clone(),
         }
     }
 }
