@@ -155,18 +155,7 @@ impl Primary {
         config.queue_depth = usize::try_from(unsigned("queue_depth", queue_depth)?)
             .map_err(|_| invalid("queue_depth is too large"))?;
         config.auto_resync = auto_resync;
-        config.periodic = match (interval, rate) {
-            (Some(i), r) => Some(PeriodicScan {
-                interval: seconds("interval", i)?,
-                rate_mib_s: r.unwrap_or(DEFAULT_RATE_MIB_S),
-            }),
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "rate limits the periodic scan: give an interval too",
-                ))
-            }
-            (None, None) => None,
-        };
+        config.periodic = periodic_scan(interval, rate)?;
         if let Some(path) = &secret_file {
             config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
         }
@@ -382,4 +371,23 @@ impl Primary {
             if self.closed() { " closed" } else { "" }
         )
     }
+}
+
+/// The periodic scan of `interval` seconds at `rate` MiB/s (default 64), or none.
+pub(crate) fn periodic_scan(
+    interval: Option<f64>,
+    rate: Option<f64>,
+) -> PyResult<Option<PeriodicScan>> {
+    Ok(match (interval, rate) {
+        (Some(i), r) => Some(PeriodicScan {
+            interval: seconds("interval", i)?,
+            rate_mib_s: r.unwrap_or(DEFAULT_RATE_MIB_S),
+        }),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "rate limits the periodic scan: give an interval too",
+            ))
+        }
+        (None, None) => None,
+    })
 }

@@ -69,6 +69,8 @@ class Status:
     @property
     def last_report(self) -> Optional[Report]: ...
     @property
+    def last_secondary_report(self) -> Optional[Report]: ...
+    @property
     def degraded(self) -> bool: ...
 
 @final
@@ -89,6 +91,10 @@ class SecondaryStatus:
     def bytes_sent(self) -> int: ...
     @property
     def last_error(self) -> Optional[str]: ...
+    @property
+    def lead_scans(self) -> int: ...
+    @property
+    def last_report(self) -> Optional[Report]: ...
 
 @final
 class ScanMap:
@@ -194,6 +200,11 @@ class Secondary:
         create: Optional[int] = None,
         allow_insecure: bool = False,
         link_timeout: float = 5.0,
+        scan_on_connect: bool = False,
+        interval: Optional[float] = None,
+        rate: Optional[float] = None,
+        compare: Literal["primary", "secondary"] = "secondary",
+        algorithm: Optional[_Algorithm] = None,
     ) -> Self: ...
     @property
     def address(self) -> str: ...
