@@ -108,8 +108,10 @@ fn primary_led(mib: u64, compare: CompareSide) -> Report {
     let p = Primary::open(f.p.clone(), c).unwrap();
     p.wait_connected(Duration::from_secs(30)).unwrap();
     scribble(&*f.s, 100);
-    let mut opts = mirror_core::JobOptions::default();
-    opts.full = true;
+    let opts = mirror_core::JobOptions {
+        full: true,
+        ..Default::default()
+    };
     p.resync_with(&opts).unwrap()
 }
 
