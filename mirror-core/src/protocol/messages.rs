@@ -86,8 +86,10 @@ pub mod write_flags {
     pub const FLUSH: u8 = 1;
     /// A resync or repair block, not a replicated write.
     pub const REPAIR: u8 = 2;
+    /// Acknowledge on arrival, before the write is applied (durability `received`).
+    pub const RECEIVED: u8 = 4;
     /// Every flag this version knows.
-    pub const ALL: u8 = FLUSH | REPAIR;
+    pub const ALL: u8 = FLUSH | REPAIR | RECEIVED;
 }
 
 /// Priority byte of scan and compare requests.
@@ -191,25 +193,58 @@ messages! {
     18 => PONG Pong { nonce: u64 },
     /// A fatal error; the sender closes the connection.
     19 => ERROR Error { code: u16, message: String },
+    /// The secondary's volume failed an I/O (`op` one of the [`io_op`] codes) with the OS
+    /// error `errno`; the sender closes the connection. Sent instead of `Error{IO}` so the
+    /// primary can tell the secondary's disk from the link.
+    24 => IO_ERROR IoError { errno: u32, offset: u64, op: u8, volume: String },
     /// Secondary leads, and compares: send your digests of a range (as `LeadDigests`).
-    20 => LEAD_SCAN LeadScan { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    40 => LEAD_SCAN LeadScan { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
     /// Secondary leads, the primary compares: the secondary's digests of a range follow (as
     /// `LeadDigests`, then `LeadEnd`); repair what differs.
-    21 => LEAD_COMPARE LeadCompare { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    41 => LEAD_COMPARE LeadCompare { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
     /// Digests of consecutive blocks from `start`, for the secondary-led request `req`.
-    22 => LEAD_DIGESTS LeadDigests { req: u64, algorithm: Algorithm, start: u64, digests: Vec<u8> },
+    42 => LEAD_DIGESTS LeadDigests { req: u64, algorithm: Algorithm, start: u64, digests: Vec<u8> },
     /// Send these blocks: the primary reads them under their region locks and sends them as
     /// repair writes on the ordered stream.
-    23 => REPAIR_REQUEST RepairRequest { req: u64, range: BlockRange },
+    43 => REPAIR_REQUEST RepairRequest { req: u64, range: BlockRange },
     /// The secondary sent everything of `req` (of its current `LeadCompare`, when comparing on
     /// the primary); answered with `LeadDone`.
-    24 => LEAD_END LeadEnd { req: u64 },
+    44 => LEAD_END LeadEnd { req: u64 },
     /// Every repair write caused by `req` up to its `LeadEnd` is before this on the stream;
     /// `repaired` blocks were sent since the previous `LeadDone` of `req`.
-    25 => LEAD_DONE LeadDone { req: u64, repaired: u64 },
+    45 => LEAD_DONE LeadDone { req: u64, repaired: u64 },
     /// The report of a secondary-led scan, for the primary's status. `mode` is 0 for a scan on
     /// connection, 1 for a periodic one; `compare` 0 for the primary, 1 for the secondary.
-    26 => LEAD_REPORT LeadReport { req: u64, mode: u8, compare: u8, algorithm: Algorithm, blocks: u64, mismatched: u64, blocks_sent: u64, bytes_sent: u64, bytes_received: u64, micros: u64 },
+    46 => LEAD_REPORT LeadReport { req: u64, mode: u8, compare: u8, algorithm: Algorithm, blocks: u64, mismatched: u64, blocks_sent: u64, bytes_sent: u64, bytes_received: u64, micros: u64 },
+}
+
+/// The operation of an `IoError` message (wire values; never reuse one).
+pub mod io_op {
+    #![allow(missing_docs)]
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const FLUSH: u8 = 3;
+    pub const OTHER: u8 = 0;
+
+    /// The engine's name of an operation code.
+    pub fn name(op: u8) -> &'static str {
+        match op {
+            READ => "read",
+            WRITE => "write",
+            FLUSH => "flush",
+            _ => "I/O",
+        }
+    }
+
+    /// The code of an engine operation name.
+    pub fn code(name: &str) -> u8 {
+        match name {
+            "read" => READ,
+            "write" => WRITE,
+            "flush" => FLUSH,
+            _ => OTHER,
+        }
+    }
 }
 
 impl Message {
@@ -439,6 +474,12 @@ mod tests {
     fn samples() -> Vec<Message> {
         use Message::*;
         vec![
+            IoError {
+                errno: 28,
+                offset: 4096,
+                op: io_op::WRITE,
+                volume: "/dev/sdb".into(),
+            },
             Hello {
                 magic: MAGIC,
                 version: 1,
