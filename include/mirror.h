@@ -597,6 +597,15 @@ typedef struct mirror_status {
      * The last resync or periodic scan; zeroed unless `has_last_report`.
      */
     struct mirror_report last_report;
+    /**
+     * True when `last_secondary_report` holds the last scan the secondary led.
+     */
+    bool has_last_secondary_report;
+    /**
+     * The last scan the secondary led (on connection or periodic), as the secondary reported
+     * it; zeroed unless `has_last_secondary_report`.
+     */
+    struct mirror_report last_secondary_report;
 } mirror_status;
 
 /**
@@ -668,6 +677,18 @@ typedef struct mirror_secondary_status {
      * secondary's volume is then not a usable image. Kept in its metadata record.
      */
     bool consistent;
+    /**
+     * Scans this secondary led to their end (on connection and periodic).
+     */
+    uint64_t lead_scans;
+    /**
+     * True when `last_report` holds the last of them.
+     */
+    bool has_last_report;
+    /**
+     * The last scan this secondary led; zeroed unless `has_last_report`.
+     */
+    struct mirror_report last_report;
 } mirror_secondary_status;
 
 #ifdef __cplusplus
@@ -1108,6 +1129,64 @@ mirror_result mirror_primary_config_set_discard_secondary(struct mirror_primary_
  */
 mirror_result mirror_primary_config_set_write_intent(struct mirror_primary_config *config,
                                                      bool write_intent);
+
+/**
+ * Makes the secondary lead a full checksum scan of its volume as soon as a primary's session
+ * is established (a new or a re-established link); default false. The blocks that differ
+ * are sent by the primary on the replication stream, and the scan's report is shown by
+ * `mirror_secondary_status` here and by `mirror_primary_status` on the primary.
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_scan_on_connect(struct mirror_secondary_config *config,
+                                                          bool scan_on_connect);
+
+/**
+ * Makes the secondary lead a periodic low-priority checksum scan while a primary's session
+ * is up: every `interval_ms` milliseconds after the previous one ends, reading at most
+ * `rate_mib_s` MiB/s. `interval_ms` 0 turns it off. `MIRROR_RESULT_INVALID_ARGUMENT` if the
+ * rate is not a positive finite number.
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_periodic_scan(struct mirror_secondary_config *config,
+                                                        uint64_t interval_ms,
+                                                        double rate_mib_s);
+
+/**
+ * Sets which side compares the digests of the scans the secondary leads (a
+ * `mirror_compare_side` value; default `MIRROR_COMPARE_SIDE_SECONDARY`: the secondary asks
+ * for the primary's digests and requests the blocks that differ).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_compare_side(struct mirror_secondary_config *config,
+                                                       uint32_t side);
+
+/**
+ * Sets the digest algorithm of the scans the secondary leads (a `mirror_algorithm` value;
+ * default SHA-1). `MIRROR_RESULT_INVALID_ARGUMENT` for an unknown value.
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_algorithm(struct mirror_secondary_config *config,
+                                                    uint32_t algorithm);
 
 /**
  * Describes the most recent failed `mirror_*` call made on the calling thread.

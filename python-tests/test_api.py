@@ -8,6 +8,7 @@ import array
 import inspect
 import mmap
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -317,6 +318,42 @@ def test_ctrl_c_interrupts_waiting_for_the_link(primary: mirror.Primary) -> None
     primary.close()  # the abandoned wait ends with the primary
 
 
+@pytest.mark.parametrize("compare", ["secondary", "primary"])
+def test_a_secondary_that_leads_repairs_itself_on_connection(tmp_path: Path, compare: str) -> None:
+    size = 1 << 20
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    data = os.urandom(size)
+    a.write_bytes(data)
+    b.write_bytes(data[:4096] + bytes(4096) + data[8192:])
+    with mirror.Secondary(
+        b, scan_on_connect=True, compare=compare, algorithm="crc32", io="sync"
+    ) as secondary:
+        assert secondary.status().lead_scans == 0
+        assert secondary.status().last_report is None
+        with mirror.Primary(a, peer=secondary.address, auto_resync=False, io="sync") as primary:
+            deadline = time.monotonic() + 30
+            while secondary.status().lead_scans == 0:
+                assert time.monotonic() < deadline, "no secondary-led scan"
+                time.sleep(0.05)
+            report = secondary.status().last_report
+            assert report is not None
+            assert report.mode == "full-scan" and report.compare == compare
+            assert report.algorithm == "crc32" and report.mismatched == 1
+            deadline = time.monotonic() + 10
+            while primary.status().last_secondary_report is None:
+                assert time.monotonic() < deadline, "the primary never saw the report"
+                time.sleep(0.05)
+    assert b.read_bytes() == data
+
+
+def test_secondary_lead_options_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "v.img"
+    with pytest.raises(mirror.ConfigError):
+        mirror.Secondary(path, create=1 << 20, compare="sideways")
+    with pytest.raises(mirror.ConfigError):
+        mirror.Secondary(path, create=1 << 20, rate=10)
+    with pytest.raises(mirror.ConfigError):
+        mirror.Secondary(path, create=1 << 20, interval=0)
 def test_flush_with_no_secondary_raises_link_error(primary: mirror.Primary) -> None:
     # A flush nobody performed is not a success.
     with pytest.raises(mirror.LinkError):

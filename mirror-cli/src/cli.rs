@@ -136,6 +136,34 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub link_timeout: Duration,
 
+    /// Lead a full checksum scan of the volume as soon as a primary's session is established
+    /// (a new or a re-established link), and have what differs repaired.
+    #[arg(long)]
+    pub scan_on_connect: bool,
+
+    /// Lead a low-priority checksum scan this long after the previous one ends, while a
+    /// primary is connected (e.g. 10m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
+    /// Read rate limit of the periodic scan, in MiB/s (suffixes as for `mirror primary`).
+    #[arg(long, value_name = "MIB_S", default_value = "64", value_parser = parse_rate, requires = "interval")]
+    pub rate: f64,
+
+    /// Which side compares the digests of the scans this secondary leads: secondary (it asks
+    /// for the primary's digests and requests the blocks that differ) or primary (it streams
+    /// its digests).
+    #[arg(long, value_name = "SIDE", default_value = "secondary", value_parser = parse_compare)]
+    pub compare: CompareSide,
+
+    /// Digest algorithm of the scans this secondary leads.
+    #[arg(long, value_name = "ALG", default_value = "sha1", value_parser = parse_algorithm)]
+    pub algorithm: Algorithm,
+
+    /// Print the events (one per scan this secondary leads) as JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
+
     #[command(flatten)]
     pub volume_opts: VolumeArgs,
 }

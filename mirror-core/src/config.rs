@@ -85,6 +85,21 @@ pub struct PeriodicScan {
     pub rate_mib_s: f64,
 }
 
+impl PeriodicScan {
+    /// Checks the interval and the rate.
+    pub fn validate(&self) -> Result<()> {
+        if self.interval.is_zero() {
+            return Err(Error::invalid("periodic scan interval must be positive"));
+        }
+        if !(self.rate_mib_s.is_finite() && self.rate_mib_s > 0.0) {
+            return Err(Error::invalid(
+                "periodic scan rate must be a positive number of MiB/s",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Configuration of a [`Primary`](crate::Primary).
 #[derive(Debug, Clone)]
 pub struct PrimaryConfig {
@@ -106,6 +121,9 @@ pub struct PrimaryConfig {
     pub link_timeout: Duration,
     /// Resync by itself on every (re)connection.
     pub auto_resync: bool,
+    /// Make that resync a full checksum scan whatever the dirty map says: for a primary that
+    /// is told of no writes (the `mirror primary` daemon), whose empty map proves nothing.
+    pub full_scan_on_connect: bool,
     /// Periodic scan, if any.
     pub periodic: Option<PeriodicScan>,
     /// Identity of the primary volume sent at handshake when no metadata record is kept
@@ -143,6 +161,7 @@ impl PrimaryConfig {
             secret: None,
             link_timeout: Duration::from_secs(5),
             auto_resync: true,
+            full_scan_on_connect: false,
             periodic: None,
             volume_id: 0,
             durability: Durability::Flushed,
@@ -168,14 +187,7 @@ impl PrimaryConfig {
         }
         self.on_disconnect.validate()?;
         if let Some(p) = &self.periodic {
-            if p.interval.is_zero() {
-                return Err(Error::invalid("periodic scan interval must be positive"));
-            }
-            if !(p.rate_mib_s.is_finite() && p.rate_mib_s > 0.0) {
-                return Err(Error::invalid(
-                    "periodic scan rate must be a positive number of MiB/s",
-                ));
-            }
+            p.validate()?;
         }
         if let Some(s) = &self.secret {
             check_secret(s)?;
@@ -209,6 +221,17 @@ pub struct SecondaryConfig {
     /// The volume's metadata record (identity, binding, generations, consistent flag);
     /// `None` keeps it in memory only.
     pub meta: Option<PathBuf>,
+    /// Lead a full checksum scan of the volume as soon as a primary's session is established
+    /// (a new or a re-established link).
+    pub scan_on_connect: bool,
+    /// Lead a periodic low-priority scan while a session is up, if any.
+    pub periodic: Option<PeriodicScan>,
+    /// Which side compares the digests of the scans the secondary leads: the secondary
+    /// (default: it asks for the primary's digests and requests the blocks that differ) or
+    /// the primary (the secondary streams its digests).
+    pub compare: CompareSide,
+    /// Digest algorithm of the scans the secondary leads.
+    pub algorithm: Algorithm,
 }
 
 impl SecondaryConfig {
@@ -220,7 +243,16 @@ impl SecondaryConfig {
             allow_insecure: false,
             link_timeout: Duration::from_secs(5),
             meta: None,
+            scan_on_connect: false,
+            periodic: None,
+            compare: CompareSide::Secondary,
+            algorithm: Algorithm::default(),
         }
+    }
+
+    /// True when the secondary leads scans of its own.
+    pub fn leads(&self) -> bool {
+        self.scan_on_connect || self.periodic.is_some()
     }
 
     /// Checks every value, and refuses a non-loopback listener without a secret unless
@@ -231,6 +263,9 @@ impl SecondaryConfig {
         }
         if self.link_timeout < Duration::from_millis(100) {
             return Err(Error::invalid("link timeout must be at least 100 ms"));
+        }
+        if let Some(p) = &self.periodic {
+            p.validate()?;
         }
         if !addr.ip().is_loopback() && self.secret.is_none() && !self.allow_insecure {
             return Err(Error::invalid(format!(

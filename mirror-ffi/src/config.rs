@@ -27,7 +27,7 @@ use std::time::Duration;
 use mirror_core::config::read_secret_file;
 use mirror_core::meta::default_meta_path;
 use mirror_core::{
-    Algorithm, BlockSize, OnDisconnect, PeriodicScan, PrimaryConfig, SecondaryConfig,
+    Algorithm, BlockSize, CompareSide, OnDisconnect, PeriodicScan, PrimaryConfig, SecondaryConfig,
 };
 use mirror_uring::VolumeOptions;
 
@@ -149,6 +149,8 @@ pub(crate) trait ConfigBuilder {
     fn volume_mut(&mut self) -> &mut VolumeSpec;
     /// The shared secret, `None` for none.
     fn secret_mut(&mut self) -> &mut Option<Vec<u8>>;
+    /// How the scans this side leads run: algorithm, comparing side, periodic scan.
+    fn scans_mut(&mut self) -> (&mut Algorithm, &mut CompareSide, &mut Option<PeriodicScan>);
     /// How long a silent link lives.
     fn link_timeout_mut(&mut self) -> &mut Duration;
     /// Where the metadata record is kept.
@@ -168,6 +170,10 @@ impl ConfigBuilder for mirror_primary_config {
     fn meta_mut(&mut self) -> &mut Option<PathBuf> {
         &mut self.core.meta
     }
+    fn scans_mut(&mut self) -> (&mut Algorithm, &mut CompareSide, &mut Option<PeriodicScan>) {
+        let c = &mut self.core;
+        (&mut c.algorithm, &mut c.compare, &mut c.periodic)
+    }
 }
 
 impl ConfigBuilder for mirror_secondary_config {
@@ -182,6 +188,10 @@ impl ConfigBuilder for mirror_secondary_config {
     }
     fn meta_mut(&mut self) -> &mut Option<PathBuf> {
         &mut self.core.meta
+    }
+    fn scans_mut(&mut self) -> (&mut Algorithm, &mut CompareSide, &mut Option<PeriodicScan>) {
+        let c = &mut self.core;
+        (&mut c.algorithm, &mut c.compare, &mut c.periodic)
     }
 }
 
@@ -209,6 +219,65 @@ unsafe fn free_config<C>(config: *mut C) {
             drop(unsafe { Box::from_raw(config) });
         }
     })
+}
+
+/// The digest algorithm of the scans this side leads, a `mirror_algorithm` value.
+///
+/// # Safety
+/// As [`with_config`].
+unsafe fn set_algorithm<C: ConfigBuilder>(config: *mut C, algorithm: u32) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            *c.scans_mut().0 = Algorithm::from(mirror_algorithm::from_c(algorithm)?);
+            Ok(())
+        })
+    }
+}
+
+/// Which side compares the digests of the scans this side leads, a `mirror_compare_side`.
+///
+/// # Safety
+/// As [`with_config`].
+unsafe fn set_compare_side<C: ConfigBuilder>(config: *mut C, side: u32) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            *c.scans_mut().1 = mirror_compare_side::from_c(side)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// The periodic scan this side leads; `interval_ms` 0 turns it off.
+///
+/// # Safety
+/// As [`with_config`].
+unsafe fn set_periodic_scan<C: ConfigBuilder>(
+    config: *mut C,
+    interval_ms: u64,
+    rate_mib_s: f64,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            let periodic = c.scans_mut().2;
+            if interval_ms == 0 {
+                *periodic = None;
+                return Ok(());
+            }
+            if !(rate_mib_s.is_finite() && rate_mib_s > 0.0) {
+                return Err(Failure::invalid(format!(
+                    "periodic scan rate {rate_mib_s} is not a positive number of MiB/s"
+                )));
+            }
+            *periodic = Some(PeriodicScan {
+                interval: Duration::from_millis(interval_ms),
+                rate_mib_s,
+            });
+            Ok(())
+        })
+    }
 }
 
 /// The block size of all I/O.
@@ -319,12 +388,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_algorithm(
     algorithm: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_config(config, |c| {
-            c.core.algorithm = Algorithm::from(mirror_algorithm::from_c(algorithm)?);
-            Ok(())
-        })
-    }
+    unsafe { set_algorithm(config, algorithm) }
 }
 
 /// Sets the block size of all I/O, in bytes: a power of two from 512 to 1048576 (default
@@ -494,12 +558,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_compare_side(
     side: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_config(config, |c| {
-            c.core.compare = mirror_compare_side::from_c(side)?.into();
-            Ok(())
-        })
-    }
+    unsafe { set_compare_side(config, side) }
 }
 
 /// Sets the shared secret both peers must prove (at least 8 bytes, checked when opening).
@@ -557,24 +616,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_periodic_scan(
     rate_mib_s: f64,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_config(config, |c| {
-            if interval_ms == 0 {
-                c.core.periodic = None;
-                return Ok(());
-            }
-            if !(rate_mib_s.is_finite() && rate_mib_s > 0.0) {
-                return Err(Failure::invalid(format!(
-                    "periodic scan rate {rate_mib_s} is not a positive number of MiB/s"
-                )));
-            }
-            c.core.periodic = Some(PeriodicScan {
-                interval: Duration::from_millis(interval_ms),
-                rate_mib_s,
-            });
-            Ok(())
-        })
-    }
+    unsafe { set_periodic_scan(config, interval_ms, rate_mib_s) }
 }
 
 /// Sets how many replicated writes may wait in the link's queue in async mode (default 1024).
@@ -944,4 +986,83 @@ pub unsafe extern "C" fn mirror_primary_config_set_write_intent(
             Ok(())
         })
     }
+}
+
+/// Makes the secondary lead a full checksum scan of its volume as soon as a primary's session
+/// is established (a new or a re-established link); default false. The blocks that differ
+/// are sent by the primary on the replication stream, and the scan's report is shown by
+/// `mirror_secondary_status` here and by `mirror_primary_status` on the primary.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_scan_on_connect(
+    config: *mut mirror_secondary_config,
+    scan_on_connect: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.scan_on_connect = scan_on_connect;
+            Ok(())
+        })
+    }
+}
+
+/// Makes the secondary lead a periodic low-priority checksum scan while a primary's session
+/// is up: every `interval_ms` milliseconds after the previous one ends, reading at most
+/// `rate_mib_s` MiB/s. `interval_ms` 0 turns it off. `MIRROR_RESULT_INVALID_ARGUMENT` if the
+/// rate is not a positive finite number.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_periodic_scan(
+    config: *mut mirror_secondary_config,
+    interval_ms: u64,
+    rate_mib_s: f64,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_periodic_scan(config, interval_ms, rate_mib_s) }
+}
+
+/// Sets which side compares the digests of the scans the secondary leads (a
+/// `mirror_compare_side` value; default `MIRROR_COMPARE_SIDE_SECONDARY`: the secondary asks
+/// for the primary's digests and requests the blocks that differ).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_compare_side(
+    config: *mut mirror_secondary_config,
+    side: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_compare_side(config, side) }
+}
+
+/// Sets the digest algorithm of the scans the secondary leads (a `mirror_algorithm` value;
+/// default SHA-1). `MIRROR_RESULT_INVALID_ARGUMENT` for an unknown value.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_algorithm(
+    config: *mut mirror_secondary_config,
+    algorithm: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_algorithm(config, algorithm) }
 }

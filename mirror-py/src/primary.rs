@@ -181,18 +181,7 @@ impl Primary {
         config.on_disconnect =
             OnDisconnect::parse(on_disconnect, seconds("suspend_timeout", suspend_timeout)?)
                 .py()?;
-        config.periodic = match (interval, rate) {
-            (Some(i), r) => Some(PeriodicScan {
-                interval: seconds("interval", i)?,
-                rate_mib_s: r.unwrap_or(DEFAULT_RATE_MIB_S),
-            }),
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "rate limits the periodic scan: give an interval too",
-                ))
-            }
-            (None, None) => None,
-        };
+        config.periodic = periodic_scan(interval, rate)?;
         if let Some(path) = &secret_file {
             config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
         }
@@ -408,4 +397,23 @@ impl Primary {
             if self.closed() { " closed" } else { "" }
         )
     }
+}
+
+/// The periodic scan of `interval` seconds at `rate` MiB/s (default 64), or none.
+pub(crate) fn periodic_scan(
+    interval: Option<f64>,
+    rate: Option<f64>,
+) -> PyResult<Option<PeriodicScan>> {
+    Ok(match (interval, rate) {
+        (Some(i), r) => Some(PeriodicScan {
+            interval: seconds("interval", i)?,
+            rate_mib_s: r.unwrap_or(DEFAULT_RATE_MIB_S),
+        }),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "rate limits the periodic scan: give an interval too",
+            ))
+        }
+        (None, None) => None,
+    })
 }

@@ -189,6 +189,53 @@ impl Inner {
     }
 }
 
+impl Inner {
+    /// Sends the current contents of `run` as repair writes on the ordered stream, each piece
+    /// read and queued under its regions' locks: whichever side found the mismatch, a repair
+    /// block never overtakes a newer write.
+    pub(super) fn ship(&self, conn: &Conn, run: BlockRange, priority: IoPriority) -> Result<()> {
+        let vol = &*self.volume;
+        let bs = vol.block_size();
+        let per_piece = (wire::MAX_WRITE_DATA as u64 / bs.bytes()).max(1);
+        let mut next = run.start.0;
+        let mut buf = scan::AlignedBuf::default();
+        while next < run.end() {
+            let piece = BlockRange::new(next, per_piece.min(run.end() - next));
+            let (offset, len) = scan::byte_span(vol, piece);
+            buf.resize(len);
+            {
+                let _guards = self.locks.lock(offset, len as u64);
+                vol.read_batch(
+                    &mut [ReadOp {
+                        offset,
+                        buf: buf.as_mut_slice(),
+                    }],
+                    priority,
+                )?;
+                let queued = conn.submit(
+                    |seq| Message::Write {
+                        seq,
+                        offset,
+                        flags: write_flags::REPAIR,
+                        data: buf.as_slice().to_vec(),
+                    },
+                    PendingKind::Write {
+                        offset,
+                        len: len as u64,
+                    },
+                    None,
+                    false,
+                )?;
+                if !queued {
+                    return Err(conn.lost("link lost"));
+                }
+            }
+            next = piece.end();
+        }
+        Ok(())
+    }
+}
+
 /// What a job's background parts need: liveness, cancellation and pacing. Copied into the
 /// scan pipeline's reader thread.
 #[derive(Clone, Copy)]
@@ -346,48 +393,10 @@ impl<'a> Job<'a> {
 }
 
 impl Job<'_> {
-    /// Sends the current contents of `run`, each piece read and queued under its regions'
-    /// locks.
+    /// Sends the current contents of `run` ([`Inner::ship`]).
     pub(super) fn ship(&mut self, run: BlockRange) -> Result<()> {
-        let vol = &*self.inner.volume;
-        let bs = vol.block_size();
-        let per_piece = (wire::MAX_WRITE_DATA as u64 / bs.bytes()).max(1);
-        let mut next = run.start.0;
-        let mut buf = scan::AlignedBuf::default();
-        while next < run.end() {
-            let piece = BlockRange::new(next, per_piece.min(run.end() - next));
-            let (offset, len) = scan::byte_span(vol, piece);
-            buf.resize(len);
-            {
-                let _guards = self.inner.locks.lock(offset, len as u64);
-                vol.read_batch(
-                    &mut [ReadOp {
-                        offset,
-                        buf: buf.as_mut_slice(),
-                    }],
-                    self.priority,
-                )?;
-                let queued = self.conn.submit(
-                    |seq| Message::Write {
-                        seq,
-                        offset,
-                        flags: write_flags::REPAIR,
-                        data: buf.as_slice().to_vec(),
-                    },
-                    PendingKind::Write {
-                        offset,
-                        len: len as u64,
-                    },
-                    None,
-                    false,
-                )?;
-                if !queued {
-                    return Err(self.conn.lost("link lost"));
-                }
-            }
-            self.report.blocks_sent += piece.count;
-            next = piece.end();
-        }
+        self.inner.ship(self.conn, run, self.priority)?;
+        self.report.blocks_sent += run.count;
         Ok(())
     }
 

@@ -20,7 +20,8 @@
 //!   their blocks is acknowledged; a failure puts them back.
 //!
 //! Parts: [`conn`] (the link, its pending table and waiters), [`locks`] (region stripe locks),
-//! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`manager`]
+//! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`lead`] (scans
+//! the secondary leads: digests, comparing, repairs by the same locked path), [`manager`]
 //! (connecting, the writer and reader threads, [`backoff`] of retries), [`replicate`] (the
 //! write path, flush and the on-disconnect policy), [`state`] (the metadata record, the
 //! write-intent map, the full-scan checkpoint). This file is the public face, [`Primary`].
@@ -30,6 +31,7 @@ mod compare;
 mod conn;
 mod handshake;
 mod job;
+mod lead;
 mod locks;
 mod manager;
 mod replicate;
@@ -120,6 +122,8 @@ struct Inner {
     /// Errors recorded since open (lets a waiter see a fresh one).
     errors: AtomicU64,
     last_report: Mutex<Option<Report>>,
+    /// The report of the last scan the secondary led.
+    last_secondary_report: Mutex<Option<Report>>,
     started: Instant,
     last_write_ms: AtomicU64,
     next_req: AtomicU64,
@@ -179,6 +183,7 @@ impl Primary {
             last_error: Mutex::new(None),
             errors: AtomicU64::new(0),
             last_report: Mutex::new(None),
+            last_secondary_report: Mutex::new(None),
             started: Instant::now(),
             last_write_ms: AtomicU64::new(0),
             next_req: AtomicU64::new(1),
@@ -320,6 +325,7 @@ impl Primary {
             connections: inner.connections.load(Ordering::Relaxed),
             last_error: lock(&inner.last_error).as_ref().map(|e| e.to_string()),
             last_report: lock(&inner.last_report).clone(),
+            last_secondary_report: lock(&inner.last_secondary_report).clone(),
         }
     }
 

@@ -18,6 +18,15 @@
 //! ScanRequest{req, range, level}      -->   <-- Digests{req, start, ...}* ScanEnd{req}
 //! CompareRequest{req, range}, Digests* , CompareEnd{req}
 //!                                     <--   BlockRequest{req, range}* CompareDone{req, n}
+//!
+//! The secondary may lead a scan of its own (request ids of its own numbering; the lead
+//! messages are apart from the primary-led ones, so neither side mistakes whose id it is):
+//!                                     <--   LeadScan{req, range, level}     (secondary compares)
+//! LeadDigests{req, start, ...}*       -->   <-- RepairRequest{req, range}*  ... LeadEnd{req}
+//!                                     <--   LeadCompare{req, range, level}, LeadDigests*,
+//!                                           LeadEnd{req}                    (primary compares)
+//! Write{REPAIR}* ... LeadDone{req, n} -->   (repairs ride the ordered stream, before LeadDone)
+//!                                     <--   LeadReport{req, ...}            (for its status)
 //! ```
 //!
 //! Either side may send `Error{code, message}` and close. A version the secondary does not
@@ -240,6 +249,25 @@ messages! {
     /// error `errno`; the sender closes the connection. Sent instead of `Error{IO}` so the
     /// primary can tell the secondary's disk from the link.
     24 => IO_ERROR IoError { errno: u32, offset: u64, op: u8, volume: String },
+    /// Secondary leads, and compares: send your digests of a range (as `LeadDigests`).
+    40 => LEAD_SCAN LeadScan { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    /// Secondary leads, the primary compares: the secondary's digests of a range follow (as
+    /// `LeadDigests`, then `LeadEnd`); repair what differs.
+    41 => LEAD_COMPARE LeadCompare { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    /// Digests of consecutive blocks from `start`, for the secondary-led request `req`.
+    42 => LEAD_DIGESTS LeadDigests { req: u64, algorithm: Algorithm, start: u64, digests: Vec<u8> },
+    /// Send these blocks: the primary reads them under their region locks and sends them as
+    /// repair writes on the ordered stream.
+    43 => REPAIR_REQUEST RepairRequest { req: u64, range: BlockRange },
+    /// The secondary sent everything of `req` (of its current `LeadCompare`, when comparing on
+    /// the primary); answered with `LeadDone`.
+    44 => LEAD_END LeadEnd { req: u64 },
+    /// Every repair write caused by `req` up to its `LeadEnd` is before this on the stream;
+    /// `repaired` blocks were sent since the previous `LeadDone` of `req`.
+    45 => LEAD_DONE LeadDone { req: u64, repaired: u64 },
+    /// The report of a secondary-led scan, for the primary's status. `mode` is 0 for a scan on
+    /// connection, 1 for a periodic one; `compare` 0 for the primary, 1 for the secondary.
+    46 => LEAD_REPORT LeadReport { req: u64, mode: u8, compare: u8, algorithm: Algorithm, blocks: u64, mismatched: u64, blocks_sent: u64, bytes_sent: u64, bytes_received: u64, micros: u64 },
 }
 
 /// The operation of an `IoError` message (wire values; never reuse one).
@@ -336,6 +364,12 @@ impl Message {
             }
             | Message::CompareRequest {
                 priority, range, ..
+            }
+            | Message::LeadScan {
+                priority, range, ..
+            }
+            | Message::LeadCompare {
+                priority, range, ..
             } => {
                 if !request_range_ok(range) {
                     return Err(bad(format!(
@@ -348,6 +382,12 @@ impl Message {
                 }
             }
             Message::Digests {
+                algorithm,
+                start,
+                digests,
+                ..
+            }
+            | Message::LeadDigests {
                 algorithm,
                 start,
                 digests,
@@ -367,10 +407,19 @@ impl Message {
                     return Err(bad("Digests reach past the largest block index"));
                 }
             }
-            Message::BlockRequest { range, .. } if !request_range_ok(range) => {
+            Message::BlockRequest { range, .. } | Message::RepairRequest { range, .. }
+                if !request_range_ok(range) =>
+            {
                 return Err(bad(format!(
-                    "BlockRequest for {} blocks at {}",
-                    range.count, range.start.0
+                    "{} for {} blocks at {}",
+                    self.name(),
+                    range.count,
+                    range.start.0
+                )));
+            }
+            Message::LeadReport { mode, compare, .. } if *mode > 1 || *compare > 1 => {
+                return Err(bad(format!(
+                    "LeadReport with mode {mode} and compare {compare} (0 or 1 each)"
                 )));
             }
             _ => {}
@@ -581,6 +630,47 @@ mod tests {
                 code: code::MISMATCH,
                 message: "size differs".into(),
             },
+            LeadScan {
+                req: 3,
+                algorithm: Algorithm::Crc32,
+                level: 0,
+                priority: priority::IDLE,
+                range: BlockRange::new(0, 1024),
+            },
+            LeadCompare {
+                req: 4,
+                algorithm: Algorithm::Sha1,
+                level: 0,
+                priority: priority::NORMAL,
+                range: BlockRange::new(1024, 1024),
+            },
+            LeadDigests {
+                req: 4,
+                algorithm: Algorithm::Sha1,
+                start: 1024,
+                digests: vec![2; 40],
+            },
+            RepairRequest {
+                req: 3,
+                range: BlockRange::new(7, 3),
+            },
+            LeadEnd { req: 3 },
+            LeadDone {
+                req: 3,
+                repaired: 3,
+            },
+            LeadReport {
+                req: 3,
+                mode: 1,
+                compare: 1,
+                algorithm: Algorithm::Crc32,
+                blocks: 4096,
+                mismatched: 3,
+                blocks_sent: 3,
+                bytes_sent: 100,
+                bytes_received: 200,
+                micros: 1_500_000,
+            },
         ]
     }
 
@@ -752,6 +842,47 @@ mod tests {
         assert!(
             matches!(read_frame(&mut &unknown[..], MAX_PAYLOAD), Err(FrameError::Malformed(m)) if m.contains("unknown message kind"))
         );
+    }
+
+    #[test]
+    fn lead_requests_keep_the_same_bounds_as_primary_led_ones() {
+        let too_many = Message::LeadScan {
+            req: 1,
+            algorithm: Algorithm::Crc32,
+            level: 0,
+            priority: 0,
+            range: BlockRange::new(0, MAX_REQUEST_BLOCKS + 1),
+        };
+        let f = too_many.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+        let repair = Message::RepairRequest {
+            req: 1,
+            range: BlockRange::new(u64::MAX, 2),
+        };
+        let f = repair.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+        let report = Message::LeadReport {
+            req: 1,
+            mode: 2,
+            compare: 0,
+            algorithm: Algorithm::Crc32,
+            blocks: 0,
+            mismatched: 0,
+            blocks_sent: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            micros: 0,
+        };
+        let f = report.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+        let digests = Message::LeadDigests {
+            req: 1,
+            algorithm: Algorithm::Md5,
+            start: 0,
+            digests: vec![0; 15],
+        };
+        let f = digests.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
     }
 
     #[test]

@@ -25,6 +25,7 @@ impl Session<'_> {
         &self,
         reader: &mut FrameReader,
         work: &crossbeam_channel::Sender<Work>,
+        lead: Option<&crossbeam_channel::Sender<Message>>,
     ) -> Result<()> {
         let inner = self.inner.clone();
         let id = self.id;
@@ -39,7 +40,7 @@ impl Session<'_> {
                 }
             },
         )?;
-        let result = self.apply_frames(reader, work, &committer);
+        let result = self.apply_frames(reader, work, lead, &committer);
         // A failed commit is the cause; the link error it caused is not.
         match (committer.finish(), result) {
             (Some(e @ Error::Io { .. }), _) => Err(e),
@@ -51,6 +52,7 @@ impl Session<'_> {
         &self,
         reader: &mut FrameReader,
         work: &crossbeam_channel::Sender<Work>,
+        lead: Option<&crossbeam_channel::Sender<Message>>,
         committer: &Committer,
     ) -> Result<()> {
         let vol = &self.inner.volume;
@@ -186,6 +188,28 @@ impl Session<'_> {
                 }
                 Message::CompareEnd { req } => {
                     send_work(work, Work::CompareEnd { req }, self.peer)?
+                }
+                // Answers to the scan this secondary leads, handed over in stream order: a
+                // LeadDone reaches the leader after every repair write before it is applied.
+                m @ (Message::LeadDigests { .. } | Message::LeadDone { .. }) => {
+                    let Some(lead) = lead else {
+                        return Err(Error::protocol(
+                            self.peer,
+                            format!("unexpected {} to a secondary that leads no scan", m.name()),
+                        ));
+                    };
+                    if let Message::LeadDigests {
+                        algorithm,
+                        start,
+                        digests,
+                        ..
+                    } = &m
+                    {
+                        let n = (digests.len() / algorithm.digest_len()) as u64;
+                        check_range(BlockRange::new(*start, n), "digests")?;
+                    }
+                    // A leader that has finished its scans takes nothing more: dropped.
+                    let _ = lead.send(m);
                 }
                 other => {
                     return Err(Error::protocol(

@@ -21,15 +21,19 @@
 //! - An acknowledgement promises what its write's durability asked: sent on arrival, after the
 //!   write, or after a flush that covers it ([`commit`]: one flush per batch).
 //!
+//! - Scans it leads of its own accord ([`lead`]) change its volume only through repair writes
+//!   of the primary's ordered stream, never by anything it reads or computes itself.
+//!
 //! Parts: [`session`] (handshake), [`admission`] (who may attach), [`apply`] (the ordered
 //! apply loop), [`commit`] (group commit of acknowledgements), [`failure`] (telling errors),
-//! [`worker`] (scans and compares). This file is the public face, [`Secondary`], and the
-//! accept loop.
+//! [`worker`] (scans and compares the primary asks for), [`lead`] (scans the secondary
+//! leads). This file is the public face, [`Secondary`], and the accept loop.
 
 mod admission;
 mod apply;
 mod commit;
 mod failure;
+mod lead;
 mod session;
 mod worker;
 
@@ -46,6 +50,7 @@ use self::session::handle_connection;
 use crate::config::SecondaryConfig;
 use crate::meta::{MetaStore, SecondaryMeta};
 use crate::protocol::link::Counters;
+use crate::report::Report;
 use crate::storage::volume::Volume;
 use crate::sync::lock;
 use crate::units::Generation;
@@ -74,6 +79,10 @@ pub struct SecondaryStatus {
     pub identity: crate::meta::VolumeId,
     /// The primary volume it mirrors (none until bound).
     pub bound_to: crate::meta::VolumeId,
+    /// Scans this secondary led to their end (on connection and periodic).
+    pub lead_scans: u64,
+    /// The report of the last of them, if any.
+    pub last_report: Option<Report>,
 }
 
 /// The secondary side of a mirrored pair: applies what a primary sends.
@@ -97,6 +106,8 @@ struct Stats {
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
     last_error: Mutex<Option<String>>,
+    lead_scans: AtomicU64,
+    last_report: Mutex<Option<Report>>,
     peer: Mutex<Option<String>>,
     current: Mutex<Option<Arc<Counters>>>,
 }
@@ -117,7 +128,16 @@ struct Inner {
     /// Held by the handler of the active session while it applies frames.
     session: Mutex<()>,
     next_conn: AtomicU64,
+    /// Request ids of the scans this secondary leads.
+    next_lead_req: AtomicU64,
     stats: Stats,
+}
+
+impl Inner {
+    fn record_lead_report(&self, report: Report) {
+        *lock(&self.stats.last_report) = Some(report);
+        self.stats.lead_scans.fetch_add(1, Ordering::SeqCst);
+    }
 }
 
 impl Secondary {
@@ -129,6 +149,9 @@ impl Secondary {
             }
         }
         let meta = SecondaryMeta::open(config.meta.clone().map(MetaStore::new))?;
+        if let Some(p) = &config.periodic {
+            p.validate()?;
+        }
         Ok(Secondary {
             inner: Arc::new(Inner {
                 volume,
@@ -141,6 +164,7 @@ impl Secondary {
                 active: Mutex::new(None),
                 session: Mutex::new(()),
                 next_conn: AtomicU64::new(1),
+                next_lead_req: AtomicU64::new(1),
                 stats: Stats::default(),
             }),
         })
@@ -239,6 +263,8 @@ impl Secondary {
             consistent: rec.consistent,
             identity: rec.identity,
             bound_to: rec.bound_to,
+            lead_scans: s.lead_scans.load(Ordering::SeqCst),
+            last_report: lock(&s.last_report).clone(),
         }
     }
 }

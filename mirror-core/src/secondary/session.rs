@@ -7,10 +7,11 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, unbounded};
 use tracing::{info, warn};
 
 use super::failure::{error_message, forget_coherence_after};
+use super::lead::Leader;
 use super::worker::{worker, Work};
 use super::Inner;
 use crate::meta::{GenId, Lineage, PrimaryClaim, Resolution, VolumeId};
@@ -158,10 +159,39 @@ impl Session<'_> {
                 })
                 .map_err(|e| Error::link(self.peer, format!("spawn: {e}")))?
         };
-        let result = self.apply_loop(reader, &tx);
+        let (lead_tx, lead_thread) = if self.inner.config.leads() {
+            let (lead_tx, lead_rx) = unbounded::<Message>();
+            let inner = self.inner.clone();
+            let writer = self.writer.clone();
+            let closing = closing.clone();
+            let peer = self.peer.to_owned();
+            let counters = self.counters.clone();
+            let h = std::thread::Builder::new()
+                .name("mirror-secondary-lead".into())
+                .spawn(move || {
+                    Leader {
+                        inner: &inner,
+                        writer: &writer,
+                        rx: lead_rx,
+                        closing: &closing,
+                        peer: &peer,
+                        counters,
+                    }
+                    .run();
+                })
+                .map_err(|e| Error::link(self.peer, format!("spawn: {e}")))?;
+            (Some(lead_tx), Some(h))
+        } else {
+            (None, None)
+        };
+        let result = self.apply_loop(reader, &tx, lead_tx.as_ref());
         closing.store(true, Ordering::SeqCst);
         drop(tx);
+        drop(lead_tx);
         let _ = worker.join();
+        if let Some(h) = lead_thread {
+            let _ = h.join();
+        }
         if let Err(e) = self.inner.volume.flush() {
             forget_coherence_after(self.inner, &e);
         }

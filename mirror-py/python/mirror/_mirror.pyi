@@ -69,6 +69,8 @@ class Status:
     @property
     def last_report(self) -> Optional[Report]: ...
     @property
+    def last_secondary_report(self) -> Optional[Report]: ...
+    @property
     def degraded(self) -> bool: ...
 
 @final
@@ -95,6 +97,9 @@ class SecondaryStatus:
     def identity(self) -> str: ...
     @property
     def bound_to(self) -> Optional[str]: ...
+    def lead_scans(self) -> int: ...
+    @property
+    def last_report(self) -> Optional[Report]: ...
 
 @final
 class ScanMap:
@@ -208,6 +213,11 @@ class Secondary:
         allow_insecure: bool = False,
         link_timeout: float = 5.0,
         meta: Optional[_Path] = None,
+        scan_on_connect: bool = False,
+        interval: Optional[float] = None,
+        rate: Optional[float] = None,
+        compare: Literal["primary", "secondary"] = "secondary",
+        algorithm: Optional[_Algorithm] = None,
     ) -> Self: ...
     @property
     def address(self) -> str: ...
