@@ -23,13 +23,13 @@
 # Everything printed is also written to docs/benchmarks.md, replacing the section between
 # the `make bench` markers there (the rest of that file is kept as it is).
 #
-#   ONLY=table bench/run.sh           one part: scans, latency, sync, table or replicate
+#   ONLY=table,replicate bench/run.sh some parts: scans, latency, sync, table, replicate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 only="${ONLY:-}"
 runs="${RUNS:-3}"
-want() { [ -z "$only" ] || [ "$only" = "$1" ]; }
+want() { [ -z "$only" ] || [[ ",$only," == *",$1,"* ]]; }
 
 size="${SIZE:-1G}"
 case "$size" in
