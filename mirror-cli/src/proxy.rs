@@ -317,7 +317,7 @@ mod tests {
                         }
                     }
                 }
-                if total >= 1 + (1 << 20) {
+                if total > (1 << 20) {
                     break;
                 }
             }
