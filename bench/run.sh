@@ -10,6 +10,8 @@
 #   with periodic scans running back to back (mirror-uring/examples/primary_latency.rs).
 # - sync: `mirror sync` of two SIZE files differing in 1% of their 4 KiB blocks, scattered,
 #   per algorithm and compare side: seconds, and bytes on the wire / bytes that differ.
+# - durability: random 4 KiB sync-mode writes/s at received, written and flushed, 1 and 16
+#   writers, beside the local volume's write+fdatasync rate (mirror-core/examples).
 # - link cut: 10,000 random 4 KiB writes land while the link is down; the bytes the
 #   dirty-map resync sends, / 40,960,000, per dirty-map region size and compare side.
 # - the performance table (`mirror bench-table`): pairs differing in 0%, 0.1%, 1% and 10% of
@@ -23,7 +25,8 @@
 # Everything printed is also written to docs/benchmarks.md, replacing the section between
 # the `make bench` markers there (the rest of that file is kept as it is).
 #
-#   ONLY=table,replicate bench/run.sh some parts: scans, latency, sync, table, replicate
+#   ONLY=table,replicate bench/run.sh some parts: scans, latency, durability, sync, table,
+#                                     replicate
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -65,6 +68,14 @@ if want latency; then
 echo "## Write latency through a Primary under a periodic scan"
 echo
 cargo run --release -p mirror-uring --example primary_latency -- --size-mib "$size_mib" "${dir_args[@]}"
+echo
+fi
+
+if want durability; then
+echo "## Sync-mode writes per second at each durability level"
+echo
+# Random 4 KiB writes through a Primary, 1 and 16 writers, beside local write+fdatasync.
+cargo run --release -p mirror-core --example durability_bench -- "${BENCH_DIR:-$(pwd)/target}" 3 256
 echo
 fi
 

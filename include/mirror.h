@@ -109,6 +109,12 @@ enum mirror_result
      */
     MIRROR_RESULT_CANCELLED = 8,
     /**
+     * An I/O error on the secondary's volume (a full disk, a failed write or flush), as the
+     * secondary reported it; `mirror_last_error_errno()` gives the secondary's OS error and
+     * the message names its volume. Not a link failure.
+     */
+    MIRROR_RESULT_REMOTE_IO = 9,
+    /**
      * A required pointer argument was NULL.
      */
     MIRROR_RESULT_NULL_PARAMETER = 100,
@@ -284,6 +290,65 @@ enum mirror_mode
 typedef enum mirror_mode mirror_mode;
 #else
 typedef uint32_t mirror_mode;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * When the secondary acknowledges a replicated write.
+ */
+enum mirror_durability
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Once on the secondary's stable storage (one flush per batch of writes). The default.
+     */
+    MIRROR_DURABILITY_FLUSHED = 1,
+    /**
+     * After the secondary's write (perhaps still in its page cache).
+     */
+    MIRROR_DURABILITY_WRITTEN = 2,
+    /**
+     * On arrival at the secondary, before its write.
+     */
+    MIRROR_DURABILITY_RECEIVED = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mirror_durability mirror_durability;
+#else
+typedef uint32_t mirror_durability;
+#endif // __STDC_VERSION__ >= 202311L
+#endif // __cplusplus
+
+/**
+ * What a sync-mode write does while the link to the secondary is down.
+ */
+enum mirror_on_disconnect
+#if defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+  : uint32_t
+#endif // defined(__cplusplus) || __STDC_VERSION__ >= 202311L
+ {
+    /**
+     * Succeed degraded (`MIRROR_WRITE_DEGRADED`); the range goes into the dirty map. The
+     * default.
+     */
+    MIRROR_ON_DISCONNECT_DEGRADE = 1,
+    /**
+     * Fail with `MIRROR_RESULT_LINK` (the range is in the dirty map all the same).
+     */
+    MIRROR_ON_DISCONNECT_FAIL = 2,
+    /**
+     * Wait for the link up to the given timeout, then fail with `MIRROR_RESULT_LINK`.
+     */
+    MIRROR_ON_DISCONNECT_SUSPEND = 3,
+};
+#ifndef __cplusplus
+#if __STDC_VERSION__ >= 202311L
+typedef enum mirror_on_disconnect mirror_on_disconnect;
+#else
+typedef uint32_t mirror_on_disconnect;
 #endif // __STDC_VERSION__ >= 202311L
 #endif // __cplusplus
 
@@ -691,6 +756,34 @@ mirror_result mirror_primary_config_set_region_size(struct mirror_primary_config
  */
 mirror_result mirror_primary_config_set_mode(struct mirror_primary_config *config,
                                              uint32_t mode);
+
+/**
+ * Sets when the secondary acknowledges a replicated write (a `mirror_durability` value;
+ * default `MIRROR_DURABILITY_FLUSHED`: on its stable storage).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_durability(struct mirror_primary_config *config,
+                                                   uint32_t durability);
+
+/**
+ * Sets what a sync-mode write does while the link is down (a `mirror_on_disconnect` value;
+ * default `MIRROR_ON_DISCONNECT_DEGRADE`). `timeout_ms` is how long `SUSPEND` waits for the
+ * link (at least 1); it is ignored by the other policies.
+ *
+ * Ownership: only the values are kept (copied). Thread safety: a config is used by one
+ * thread at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_on_disconnect(struct mirror_primary_config *config,
+                                                      uint32_t policy,
+                                                      uint32_t timeout_ms);
 
 /**
  * Sets the volume's I/O backend (a `mirror_io_backend` value).

@@ -38,8 +38,13 @@ def test_exception_hierarchy() -> None:
         mirror.AuthError,
         mirror.ClosedError,
         mirror.MirrorIOError,
+        mirror.RemoteIOError,
     ):
         assert issubclass(cls, mirror.MirrorError)
+    # The secondary's disk failing is an I/O error that says it is remote, not a link error.
+    assert issubclass(mirror.RemoteIOError, mirror.MirrorIOError)
+    assert not issubclass(mirror.RemoteIOError, mirror.LinkError)
+    assert mirror.RemoteIOError.remote and not mirror.MirrorIOError.remote
 
 
 def test_writes_take_any_contiguous_buffer(primary: mirror.Primary) -> None:
@@ -310,3 +315,28 @@ def test_ctrl_c_interrupts_waiting_for_the_link(primary: mirror.Primary) -> None
         signal.signal(signal.SIGINT, old)
     assert elapsed < 5.0
     primary.close()  # the abandoned wait ends with the primary
+
+
+def test_flush_with_no_secondary_raises_link_error(primary: mirror.Primary) -> None:
+    # A flush nobody performed is not a success.
+    with pytest.raises(mirror.LinkError):
+        primary.flush()
+
+
+def test_on_disconnect_fail_and_suspend_refuse_writes_without_a_replica(
+    tmp_path: Path, dead_peer: str
+) -> None:
+    path = make_volume(tmp_path / "p.img", SIZE)
+    with mirror.Primary(path, peer=dead_peer, on_disconnect="fail") as p:
+        with pytest.raises(mirror.LinkError):
+            p.write(0, b"\x01" * BLOCK)
+        # Refused, and tracked all the same.
+        assert p.status().dirty_regions == 1
+    with mirror.Primary(
+        path, peer=dead_peer, on_disconnect="suspend", suspend_timeout=0.3, durability="written"
+    ) as p:
+        with pytest.raises(mirror.LinkError, match="suspend"):
+            p.write(0, b"\x02" * BLOCK)
+    for bad in ({"durability": "fsync"}, {"on_disconnect": "block"}, {"suspend_timeout": 0.0}):
+        with pytest.raises(mirror.ConfigError):
+            mirror.Primary(path, peer=dead_peer, **bad)  # type: ignore[arg-type]

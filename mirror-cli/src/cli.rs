@@ -8,12 +8,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use mirror_core::{Algorithm, BlockSize, CompareSide};
+use mirror_core::{Algorithm, BlockSize, CompareSide, Durability};
 use mirror_uring::IoBackend;
 
 use crate::parse::{
-    parse_algorithm, parse_block_size, parse_compare, parse_duration, parse_io, parse_rate,
-    parse_size,
+    parse_algorithm, parse_block_size, parse_compare, parse_durability, parse_duration, parse_io,
+    parse_rate, parse_size,
 };
 
 /// Keep a secondary block volume coherent with a primary over TCP.
@@ -92,6 +92,11 @@ pub struct LinkArgs {
     /// How long to wait for the secondary to answer.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+
+    /// When the secondary acknowledges what it is sent: flushed (on its stable storage),
+    /// written (after its write) or received (on arrival).
+    #[arg(long, value_name = "LEVEL", default_value = "flushed", value_parser = parse_durability)]
+    pub durability: Durability,
 }
 
 /// `mirror serve`.

@@ -20,6 +20,7 @@ pub fn primary_config(peer: &str, link: &LinkArgs) -> Result<PrimaryConfig> {
     config.algorithm = link.algorithm;
     config.compare = link.compare;
     config.link_timeout = link.link_timeout;
+    config.durability = link.durability;
     if let Some(f) = &link.secret_file {
         config.secret = Some(mirror_core::config::read_secret_file(f)?);
     }
@@ -78,7 +79,12 @@ fn run_job(
         connect_timeout: Some(args.link.connect_timeout),
     };
     let report = match job {
-        Job::Sync => primary.resync_with(&opts)?,
+        Job::Sync => {
+            let r = primary.resync_with(&opts)?;
+            // Success means on stable storage on both sides, not in the secondary's cache.
+            primary.flush()?;
+            r
+        }
         Job::Verify => primary.verify_with(&opts)?,
     };
     bar.finish();

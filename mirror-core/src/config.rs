@@ -6,6 +6,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use crate::dirty::DEFAULT_REGION_SIZE;
+use crate::durability::{Durability, OnDisconnect};
 use crate::storage::digest::Algorithm;
 use crate::{Error, Result};
 
@@ -109,6 +110,10 @@ pub struct PrimaryConfig {
     pub periodic: Option<PeriodicScan>,
     /// Identity of the primary volume sent at handshake (zero: random per session).
     pub volume_id: u128,
+    /// When the secondary acknowledges a replicated write (default: once flushed).
+    pub durability: Durability,
+    /// What a sync-mode write does while the link is down (default: degrade).
+    pub on_disconnect: OnDisconnect,
 }
 
 impl PrimaryConfig {
@@ -126,6 +131,8 @@ impl PrimaryConfig {
             auto_resync: true,
             periodic: None,
             volume_id: 0,
+            durability: Durability::Flushed,
+            on_disconnect: OnDisconnect::Degrade,
         }
     }
 
@@ -140,6 +147,7 @@ impl PrimaryConfig {
         if self.link_timeout < Duration::from_millis(100) {
             return Err(Error::invalid("link timeout must be at least 100 ms"));
         }
+        self.on_disconnect.validate()?;
         if let Some(p) = &self.periodic {
             if p.interval.is_zero() {
                 return Err(Error::invalid("periodic scan interval must be positive"));

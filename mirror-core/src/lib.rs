@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod dirty;
+pub mod durability;
 mod error;
 pub mod primary;
 pub mod protocol;
@@ -24,7 +25,7 @@ pub mod sync;
 pub mod units;
 
 pub use protocol::{auth, link};
-pub use storage::{digest, scan, volume};
+pub use storage::{digest, fault, scan, volume};
 
 /// The wire protocol (messages, with the frame codec re-exported) under its earlier name.
 pub use protocol::messages as wire;
@@ -32,6 +33,7 @@ pub use protocol::messages as wire;
 pub use config::{CompareSide, PeriodicScan, PrimaryConfig, ReplicationMode, SecondaryConfig};
 pub use digest::Algorithm;
 pub use dirty::{DirtyMap, Region};
+pub use durability::{Durability, OnDisconnect};
 pub use error::{Error, ErrorKind, Result};
 pub use primary::{JobOptions, Primary, Progress, WriteOutcome};
 pub use report::{LinkState, Report, ResyncMode, Status};

@@ -104,9 +104,12 @@ impl Report {
         }
     }
 
-    /// True when no block differed.
+    /// True when the pair is coherent after the job: always after a resync or periodic scan
+    /// (which return only once every mismatched block was repaired and acknowledged), and
+    /// after a verify when no block differed. [`mismatched`](Self::mismatched) keeps what
+    /// was found.
     pub fn coherent(&self) -> bool {
-        self.mismatched == 0
+        self.mode != ResyncMode::Verify || self.mismatched == 0
     }
 }
 

@@ -25,13 +25,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mirror_core::config::read_secret_file;
-use mirror_core::{Algorithm, BlockSize, PeriodicScan, PrimaryConfig, SecondaryConfig};
+use mirror_core::{
+    Algorithm, BlockSize, OnDisconnect, PeriodicScan, PrimaryConfig, SecondaryConfig,
+};
 use mirror_uring::VolumeOptions;
 
 use crate::args::{arg_bytes, arg_mut, arg_str, out_ptr, write_out, CEnum};
 use crate::error::{guard, guard_or, mirror_result, Failure, FfiResult};
 use crate::types::{
-    mirror_algorithm, mirror_compare_side, mirror_direct_io, mirror_io_backend, mirror_mode,
+    mirror_algorithm, mirror_compare_side, mirror_direct_io, mirror_durability, mirror_io_backend,
+    mirror_mode, mirror_on_disconnect,
 };
 
 /// Where a controller's volume is and how to open it.
@@ -376,6 +379,60 @@ pub unsafe extern "C" fn mirror_primary_config_set_mode(
     unsafe {
         with_config(config, |c| {
             c.core.mode = mirror_mode::from_c(mode)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// Sets when the secondary acknowledges a replicated write (a `mirror_durability` value;
+/// default `MIRROR_DURABILITY_FLUSHED`: on its stable storage).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_durability(
+    config: *mut mirror_primary_config,
+    durability: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.durability = mirror_durability::from_c(durability)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// Sets what a sync-mode write does while the link is down (a `mirror_on_disconnect` value;
+/// default `MIRROR_ON_DISCONNECT_DEGRADE`). `timeout_ms` is how long `SUSPEND` waits for the
+/// link (at least 1); it is ignored by the other policies.
+///
+/// Ownership: only the values are kept (copied). Thread safety: a config is used by one
+/// thread at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_on_disconnect(
+    config: *mut mirror_primary_config,
+    policy: u32,
+    timeout_ms: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            let p = match mirror_on_disconnect::from_c(policy)? {
+                mirror_on_disconnect::Degrade => OnDisconnect::Degrade,
+                mirror_on_disconnect::Fail => OnDisconnect::Fail,
+                mirror_on_disconnect::Suspend => {
+                    OnDisconnect::Suspend(Duration::from_millis(timeout_ms as u64))
+                }
+            };
+            p.validate().map_err(Failure::from)?;
+            c.core.on_disconnect = p;
             Ok(())
         })
     }

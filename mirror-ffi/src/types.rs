@@ -5,8 +5,8 @@
 //! the library only; their layout changes only with the major version.
 
 use mirror_core::{
-    Algorithm, CompareSide, LinkState, ReplicationMode, Report, ResyncMode, SecondaryStatus,
-    Status, WriteOutcome,
+    Algorithm, CompareSide, Durability, LinkState, ReplicationMode, Report, ResyncMode,
+    SecondaryStatus, Status, WriteOutcome,
 };
 use mirror_uring::IoBackend;
 
@@ -76,6 +76,51 @@ impl From<mirror_mode> for ReplicationMode {
         }
     }
 }
+
+/// When the secondary acknowledges a replicated write.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_durability {
+    /// Once on the secondary's stable storage (one flush per batch of writes). The default.
+    Flushed = 1,
+    /// After the secondary's write (perhaps still in its page cache).
+    Written = 2,
+    /// On arrival at the secondary, before its write.
+    Received = 3,
+}
+c_enum!(
+    mirror_durability,
+    "mirror_durability",
+    [Flushed, Written, Received]
+);
+
+impl From<mirror_durability> for Durability {
+    fn from(d: mirror_durability) -> Self {
+        match d {
+            mirror_durability::Flushed => Durability::Flushed,
+            mirror_durability::Written => Durability::Written,
+            mirror_durability::Received => Durability::Received,
+        }
+    }
+}
+
+/// What a sync-mode write does while the link to the secondary is down.
+#[repr(u32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum mirror_on_disconnect {
+    /// Succeed degraded (`MIRROR_WRITE_DEGRADED`); the range goes into the dirty map. The
+    /// default.
+    Degrade = 1,
+    /// Fail with `MIRROR_RESULT_LINK` (the range is in the dirty map all the same).
+    Fail = 2,
+    /// Wait for the link up to the given timeout, then fail with `MIRROR_RESULT_LINK`.
+    Suspend = 3,
+}
+c_enum!(
+    mirror_on_disconnect,
+    "mirror_on_disconnect",
+    [Degrade, Fail, Suspend]
+);
 
 /// The I/O backend of a volume.
 #[repr(u32)]

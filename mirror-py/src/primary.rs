@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mirror_core::config::read_secret_file;
 use mirror_core::{
-    Algorithm, CompareSide, JobOptions, PeriodicScan, PrimaryConfig, Progress, ReplicationMode,
-    Volume, WriteOutcome,
+    Algorithm, CompareSide, JobOptions, OnDisconnect, PeriodicScan, PrimaryConfig, Progress,
+    ReplicationMode, Volume, WriteOutcome,
 };
 use mirror_uring::IoBackend;
 use pyo3::prelude::*;
@@ -37,7 +37,11 @@ pub(crate) const DEFAULT_RATE_MIB_S: f64 = 64.0;
 /// compares digests during a scan. ``interval`` (seconds) turns on the periodic low-priority
 /// scan, read at ``rate`` MiB/s (default 64). ``secret_file`` holds a shared secret both
 /// peers must prove. ``io`` picks the volume backend: ``"uring"`` (falling back to
-/// ``"sync"`` where io_uring is not available) or ``"sync"``.
+/// ``"sync"`` where io_uring is not available) or ``"sync"``. ``durability`` says when the
+/// secondary acknowledges: ``"flushed"`` (default: on its stable storage), ``"written"`` or
+/// ``"received"``. ``on_disconnect`` says what a sync-mode write does with the link down:
+/// ``"degrade"`` (default: return ``"degraded"``), ``"fail"`` (raise ``LinkError``) or
+/// ``"suspend"`` (wait up to ``suspend_timeout`` seconds for the link, then raise).
 ///
 /// Every method releases the GIL while it waits; long jobs (``scan``, ``resync``, ``verify``,
 /// ``wait_connected``) can be interrupted with Ctrl-C. Use it as a context manager, or call
@@ -121,6 +125,9 @@ impl Primary {
         link_timeout = 5.0,
         queue_depth = 1024,
         auto_resync = true,
+        durability = "flushed",
+        on_disconnect = "degrade",
+        suspend_timeout = 30.0,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -139,6 +146,9 @@ impl Primary {
         link_timeout: f64,
         queue_depth: i128,
         auto_resync: bool,
+        durability: &str,
+        on_disconnect: &str,
+        suspend_timeout: f64,
     ) -> PyResult<Self> {
         let mut config = PrimaryConfig::new(peer.clone());
         if let Some(a) = algorithm {
@@ -155,6 +165,10 @@ impl Primary {
         config.queue_depth = usize::try_from(unsigned("queue_depth", queue_depth)?)
             .map_err(|_| invalid("queue_depth is too large"))?;
         config.auto_resync = auto_resync;
+        config.durability = named(durability)?;
+        config.on_disconnect =
+            OnDisconnect::parse(on_disconnect, seconds("suspend_timeout", suspend_timeout)?)
+                .py()?;
         config.periodic = match (interval, rate) {
             (Some(i), r) => Some(PeriodicScan {
                 interval: seconds("interval", i)?,

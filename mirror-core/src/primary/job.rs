@@ -48,7 +48,7 @@ impl Inner {
         let conn = self.wait_connected(timeout)?;
         let _job = lock(&self.job);
         if conn.is_dead() {
-            return Err(Error::link(&conn.peer, "link lost"));
+            return Err(conn.lost("link lost"));
         }
         let start = Instant::now();
         let (s0, r0) = (
@@ -136,7 +136,7 @@ impl Inner {
             }
             Err(e) => {
                 warn!(mode = %mode, error = %e, "job failed");
-                if e.kind() == ErrorKind::Link {
+                if matches!(e.kind(), ErrorKind::Link | ErrorKind::RemoteIo) {
                     conn.fail(&self.dirty, &e);
                 }
                 self.record_error(&e);
@@ -162,7 +162,7 @@ pub(super) struct Ctl<'a> {
 impl Ctl<'_> {
     fn check_live(&self) -> Result<()> {
         if self.conn.is_dead() {
-            return Err(Error::link(&self.conn.peer, "link lost"));
+            return Err(self.conn.lost("link lost"));
         }
         if self.inner.closed.load(Ordering::SeqCst) {
             return Err(Error::Closed("primary"));
@@ -281,9 +281,7 @@ impl<'a> Job<'a> {
             match rx.recv_timeout(Duration::from_millis(200)) {
                 Ok(m) => return Ok(m),
                 Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
-                    return Err(Error::link(&self.conn.peer, "link lost"))
-                }
+                Err(RecvTimeoutError::Disconnected) => return Err(self.conn.lost("link lost")),
             }
         }
     }
@@ -341,7 +339,7 @@ impl Job<'_> {
                     false,
                 )?;
                 if !queued {
-                    return Err(Error::link(&self.conn.peer, "link lost"));
+                    return Err(self.conn.lost("link lost"));
                 }
             }
             self.report.blocks_sent += piece.count;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use tracing::{debug, info, warn};
 
+use super::backoff::Backoff;
 use super::conn::{Conn, PendingTable};
 use super::handshake::Handshaken;
 use super::{Inner, JobKind, JobOptions};
@@ -21,7 +22,7 @@ use crate::protocol::messages::Message;
 use crate::report::LinkState;
 use crate::sync::lock;
 use crate::units::Generation;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 impl Inner {
     pub(super) fn poke(&self) {
@@ -36,6 +37,16 @@ impl Inner {
             .wait_timeout_while(g, t, |woken| !*woken && !self.closed.load(Ordering::SeqCst))
             .unwrap_or_else(|e| e.into_inner());
         *g = false;
+    }
+
+    /// Sleeps `t` unless the primary closes meanwhile: the pause of a backoff, which writes
+    /// and dirty marks do not cut short.
+    pub(super) fn pause(&self, t: Duration) {
+        let g = lock(&self.wake);
+        let _ = self
+            .wake_cv
+            .wait_timeout_while(g, t, |_| !self.closed.load(Ordering::SeqCst))
+            .unwrap_or_else(|e| e.into_inner());
     }
 
     pub(super) fn set_state(&self, s: LinkState) {
@@ -107,7 +118,9 @@ impl Inner {
 /// The connection manager: connects with backoff, decides whether the dirty map can drive
 /// the resync, runs the resync and periodic scans, and tears the link down when it dies.
 pub(super) fn manager(inner: Arc<Inner>) {
-    let mut backoff = Duration::from_millis(50);
+    // Reconnects back off while connections keep failing — to connect, or to resync once
+    // connected (a secondary whose disk fails ends each session): no reconnect storm.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while !inner.closed.load(Ordering::SeqCst) {
         let Handshaken {
             stream,
@@ -121,12 +134,10 @@ pub(super) fn manager(inner: Arc<Inner>) {
             Err(e) => {
                 debug!(peer = %inner.config.peer, error = %e, "connect failed");
                 inner.record_error(&e);
-                inner.sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                inner.pause(backoff.fail());
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
         let (tx, rx) = bounded::<Vec<u8>>(inner.config.queue_depth);
         let conn = Arc::new(Conn {
             peer: inner.config.peer.clone(),
@@ -137,6 +148,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
             counters,
             stream,
             dead: AtomicBool::new(false),
+            cause: Mutex::new(None),
         });
         let prev = inner.epoch.swap(epoch, Ordering::SeqCst);
         let map_usable = {
@@ -177,12 +189,32 @@ pub(super) fn manager(inner: Arc<Inner>) {
         inner.connections.fetch_add(1, Ordering::Relaxed);
         inner.set_state(LinkState::Connected);
 
-        if inner.config.auto_resync {
-            let _ = inner.run_job(JobKind::Auto, &JobOptions::default(), None);
-        }
+        // The first resync of a connection, retried with backoff while the link stays up.
+        let mut resync_due = inner.config.auto_resync.then(Instant::now);
+        let mut resync_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut healthy = !inner.config.auto_resync;
         let mut next_periodic = inner.config.periodic.map(|p| Instant::now() + p.interval);
         while !conn.is_dead() && !inner.closed.load(Ordering::SeqCst) {
             let now = Instant::now();
+            if let Some(t) = resync_due.filter(|t| *t <= now) {
+                let _ = t;
+                match inner.run_job(JobKind::Auto, &JobOptions::default(), None) {
+                    Ok(_) => {
+                        resync_due = None;
+                        resync_backoff.succeed();
+                        healthy = true;
+                    }
+                    Err(_) => resync_due = Some(Instant::now() + resync_backoff.fail()),
+                }
+                continue;
+            }
+            if let Some(t) = resync_due {
+                inner.sleep(
+                    t.saturating_duration_since(now)
+                        .min(Duration::from_millis(200)),
+                );
+                continue;
+            }
             if let Some(t) = next_periodic.filter(|t| *t <= now) {
                 let _ = t;
                 match inner.run_job(JobKind::Periodic, &JobOptions::default(), None) {
@@ -201,13 +233,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
                 d.is_valid() && d.next_dirty(Region(0)).is_some()
             };
             if inner.config.auto_resync && has_dirty {
-                if inner
-                    .run_job(JobKind::Auto, &JobOptions::default(), None)
-                    .is_err()
-                {
-                    // A failing volume must not spin: retry after a pause.
-                    inner.sleep(Duration::from_secs(1));
-                }
+                resync_due = Some(now);
                 continue;
             }
             let wait = next_periodic
@@ -215,6 +241,11 @@ pub(super) fn manager(inner: Arc<Inner>) {
                 .unwrap_or(Duration::from_millis(200))
                 .min(Duration::from_millis(200));
             inner.sleep(wait);
+        }
+        // A connection that resynced (or had nothing to resync) resets the reconnect backoff;
+        // one that died before keeps it growing.
+        if healthy {
+            backoff.succeed();
         }
         // Tear down: the threads exit once the link is failed.
         conn.fail(&inner.dirty, &Error::link(&conn.peer, "link closed"));
@@ -230,6 +261,9 @@ pub(super) fn manager(inner: Arc<Inner>) {
             Ordering::Relaxed,
         );
         inner.set_state(LinkState::Disconnected);
+        if !healthy && !inner.closed.load(Ordering::SeqCst) {
+            inner.pause(backoff.fail());
+        }
     }
     inner.set_state(LinkState::Closed);
 }
@@ -268,7 +302,10 @@ fn writer_loop(
         }
     })();
     if let Err(e) = result {
-        inner.record_error(&e);
+        // After the link died for another reason, a failed send says nothing new.
+        if !conn.is_dead() {
+            inner.record_error(&e);
+        }
         conn.fail(&inner.dirty, &e);
     }
 }
@@ -308,8 +345,16 @@ fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
         }
     })();
     if let Err(e) = result {
-        if !conn.is_dead() {
+        if !conn.is_dead() || e.kind() == ErrorKind::RemoteIo {
             inner.record_error(&e);
+        }
+        if e.kind() == ErrorKind::RemoteIo {
+            // The secondary's own failure is the cause, even when a send noticed the closed
+            // socket first.
+            let mut cause = lock(&conn.cause);
+            if !matches!(*cause, Some(Error::Closed(_))) {
+                *cause = Some(e.clone());
+            }
         }
         conn.fail(&inner.dirty, &e);
     }

@@ -77,8 +77,10 @@ pub mod write_flags {
     pub const FLUSH: u8 = 1;
     /// A resync or repair block, not a replicated write.
     pub const REPAIR: u8 = 2;
+    /// Acknowledge on arrival, before the write is applied (durability `received`).
+    pub const RECEIVED: u8 = 4;
     /// Every flag this version knows.
-    pub const ALL: u8 = FLUSH | REPAIR;
+    pub const ALL: u8 = FLUSH | REPAIR | RECEIVED;
 }
 
 /// Priority byte of scan and compare requests.
@@ -182,6 +184,39 @@ messages! {
     18 => PONG Pong { nonce: u64 },
     /// A fatal error; the sender closes the connection.
     19 => ERROR Error { code: u16, message: String },
+    /// The secondary's volume failed an I/O (`op` one of the [`io_op`] codes) with the OS
+    /// error `errno`; the sender closes the connection. Sent instead of `Error{IO}` so the
+    /// primary can tell the secondary's disk from the link.
+    24 => IO_ERROR IoError { errno: u32, offset: u64, op: u8, volume: String },
+}
+
+/// The operation of an `IoError` message (wire values; never reuse one).
+pub mod io_op {
+    #![allow(missing_docs)]
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const FLUSH: u8 = 3;
+    pub const OTHER: u8 = 0;
+
+    /// The engine's name of an operation code.
+    pub fn name(op: u8) -> &'static str {
+        match op {
+            READ => "read",
+            WRITE => "write",
+            FLUSH => "flush",
+            _ => "I/O",
+        }
+    }
+
+    /// The code of an engine operation name.
+    pub fn code(name: &str) -> u8 {
+        match name {
+            "read" => READ,
+            "write" => WRITE,
+            "flush" => FLUSH,
+            _ => OTHER,
+        }
+    }
 }
 
 impl Message {
@@ -390,6 +425,12 @@ mod tests {
     fn samples() -> Vec<Message> {
         use Message::*;
         vec![
+            IoError {
+                errno: 28,
+                offset: 4096,
+                op: io_op::WRITE,
+                volume: "/dev/sdb".into(),
+            },
             Hello {
                 magic: MAGIC,
                 version: 1,

@@ -1,13 +1,21 @@
 //! The apply loop: frames of one session applied in stream order — writes, flushes and
-//! barriers acknowledged only once done, every offset and length checked against the volume
-//! before any I/O — with scans and compares handed to the worker in that same order.
+//! barriers acknowledged only once done (through the group commit, [`super::commit`]), every
+//! offset and length checked against the volume before any I/O — with scans and compares
+//! handed to the worker in that same order.
+//!
+//! Crash ordering of a write: applied → its acknowledgement queued for the commit thread →
+//! (for `flushed`) one flush covering the batch → acknowledged. A `received` write is
+//! acknowledged on arrival, before it is applied; if it then fails, the session ends with the
+//! volume's error and the coherence record is forgotten.
 
 use std::sync::atomic::Ordering;
 
+use super::commit::Committer;
 use super::session::Session;
 use super::worker::Work;
 use crate::protocol::link::FrameReader;
 use crate::protocol::messages::{write_flags, Message};
+use crate::storage::volume::check_io;
 use crate::sync::lock;
 use crate::units::BlockRange;
 use crate::{Error, Result};
@@ -17,6 +25,33 @@ impl Session<'_> {
         &self,
         reader: &mut FrameReader,
         work: &crossbeam_channel::Sender<Work>,
+    ) -> Result<()> {
+        let inner = self.inner.clone();
+        let id = self.id;
+        let mut committer = Committer::start(
+            self.inner.volume.clone(),
+            self.writer.clone(),
+            self.peer,
+            move || {
+                // Stop reading: the apply loop ends and reports the commit's failure.
+                if let Some(c) = lock(&inner.conns).get(&id) {
+                    let _ = c.shutdown(std::net::Shutdown::Read);
+                }
+            },
+        )?;
+        let result = self.apply_frames(reader, work, &committer);
+        // A failed commit is the cause; the link error it caused is not.
+        match (committer.finish(), result) {
+            (Some(e @ Error::Io { .. }), _) => Err(e),
+            (_, r) => r,
+        }
+    }
+
+    fn apply_frames(
+        &self,
+        reader: &mut FrameReader,
+        work: &crossbeam_channel::Sender<Work>,
+        committer: &Committer,
     ) -> Result<()> {
         let vol = &self.inner.volume;
         let blocks = vol.blocks();
@@ -37,7 +72,10 @@ impl Session<'_> {
                 lock(self.writer).flush()?;
                 unflushed_acks = false;
             }
-            let msg = reader.recv()?;
+            let msg = match reader.recv() {
+                Ok(m) => m,
+                Err(e) => return Err(committer.failure().unwrap_or(e)),
+            };
             match msg {
                 Message::Write {
                     seq,
@@ -45,27 +83,33 @@ impl Session<'_> {
                     flags,
                     data,
                 } => {
+                    if flags & write_flags::RECEIVED != 0 {
+                        // Checked first: a write acknowledged on arrival must be one the
+                        // volume can take.
+                        check_io(
+                            vol.name(),
+                            vol.size(),
+                            vol.block_size(),
+                            offset,
+                            data.len() as u64,
+                        )?;
+                        lock(self.writer).send(&Message::Ack { seq })?;
+                        unflushed_acks = true;
+                    }
                     // check_io inside write_at refuses a bad offset or length before any I/O.
                     vol.write_at(offset, &data)?;
-                    if flags & write_flags::FLUSH != 0 {
-                        vol.flush()?;
-                    }
                     self.inner
                         .stats
                         .writes_applied
                         .fetch_add(1, Ordering::Relaxed);
-                    lock(self.writer).send(&Message::Ack { seq })?;
-                    unflushed_acks = true;
+                    if flags & write_flags::FLUSH != 0 {
+                        committer.durable(seq)?;
+                    } else if flags & write_flags::RECEIVED == 0 {
+                        committer.ack(seq)?;
+                    }
                 }
-                Message::Flush { seq } => {
-                    vol.flush()?;
-                    lock(self.writer).send(&Message::Ack { seq })?;
-                    unflushed_acks = true;
-                }
-                Message::Barrier { seq } => {
-                    lock(self.writer).send(&Message::Ack { seq })?;
-                    unflushed_acks = true;
-                }
+                Message::Flush { seq } => committer.durable(seq)?,
+                Message::Barrier { seq } => committer.ack(seq)?,
                 Message::Ping { nonce } => {
                     lock(self.writer).send(&Message::Pong { nonce })?;
                     unflushed_acks = true;

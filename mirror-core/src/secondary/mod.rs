@@ -12,12 +12,18 @@
 //! - The coherence record (which primary session and connection last attached) is reported
 //!   at every handshake, before it is replaced; the primary decides from it whether its dirty
 //!   map can drive the resync. It lives in memory: a restarted secondary reports none, which
-//!   forces a full checksum scan.
+//!   forces a full checksum scan. After a write or flush of the volume failed it is forgotten
+//!   ([`failure`]), so the next session compares every block.
+//! - An acknowledgement promises what its write's durability asked: sent on arrival, after the
+//!   write, or after a flush that covers it ([`commit`]: one flush per batch).
 //!
-//! Parts: [`session`] (handshake), [`apply`] (the ordered apply loop), [`worker`] (scans and
+//! Parts: [`session`] (handshake), [`apply`] (the ordered apply loop), [`commit`] (group
+//! commit of acknowledgements), [`failure`] (telling errors), [`worker`] (scans and
 //! compares). This file is the public face, [`Secondary`], and the accept loop.
 
 mod apply;
+mod commit;
+mod failure;
 mod session;
 mod worker;
 

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use crossbeam_channel::bounded;
 use tracing::{info, warn};
 
+use super::failure::{error_message, forget_coherence_after};
 use super::worker::{worker, Work};
 use super::Inner;
 use crate::protocol::auth;
@@ -56,14 +57,20 @@ pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, 
         Ok(()) => info!(%peer, "primary disconnected"),
         Err(e) => {
             // Tell the peer why, when the fault is not the link itself.
+            forget_coherence_after(inner, &e);
             if !matches!(e.kind(), ErrorKind::Link)
                 && !matches!(e, Error::Protocol { ref msg, .. } if msg.starts_with("peer reported"))
             {
-                let msg = Message::Error {
-                    code: link::error_code(&e),
-                    message: e.to_string(),
-                };
-                let _ = lock(&writer).send_now(&msg);
+                let _ = lock(&writer).send_now(&error_message(&e));
+                if e.kind() == ErrorKind::Io {
+                    // Let the primary read the error before the connection goes: closing
+                    // with its frames unread would reset the connection and could discard it.
+                    if let Some(c) = lock(&inner.conns).get(&id) {
+                        let _ = c.shutdown(std::net::Shutdown::Write);
+                    }
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                    while std::time::Instant::now() < deadline && reader.recv().is_ok() {}
+                }
             }
             if e.kind() == ErrorKind::Link {
                 // The primary went away (closed, restarted, or the link broke): not a fault
@@ -83,7 +90,7 @@ pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, 
 
 pub(super) struct Session<'a> {
     pub(super) inner: &'a Arc<Inner>,
-    id: u64,
+    pub(super) id: u64,
     pub(super) peer: &'a str,
     pub(super) writer: &'a Arc<Mutex<FrameWriter>>,
     counters: Arc<Counters>,
@@ -141,11 +148,9 @@ impl Session<'_> {
                 .name("mirror-secondary-scan".into())
                 .spawn(move || {
                     if let Err(e) = worker(&inner, &writer, &rx, &closing, &peer) {
+                        forget_coherence_after(&inner, &e);
                         if !matches!(e.kind(), ErrorKind::Link | ErrorKind::Cancelled) {
-                            let _ = lock(&writer).send_now(&Message::Error {
-                                code: link::error_code(&e),
-                                message: e.to_string(),
-                            });
+                            let _ = lock(&writer).send_now(&error_message(&e));
                         }
                         warn!(%peer, error = %e, "scan worker stopped");
                         if let Some(c) = lock(&inner.conns).get(&id) {
@@ -159,7 +164,9 @@ impl Session<'_> {
         closing.store(true, Ordering::SeqCst);
         drop(tx);
         let _ = worker.join();
-        let _ = self.inner.volume.flush();
+        if let Err(e) = self.inner.volume.flush() {
+            forget_coherence_after(self.inner, &e);
+        }
         let mut active = lock(&self.inner.active);
         if *active == Some(self.id) {
             *active = None;

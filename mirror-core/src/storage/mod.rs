@@ -8,5 +8,6 @@
 
 pub(crate) mod background;
 pub mod digest;
+pub mod fault;
 pub mod scan;
 pub mod volume;

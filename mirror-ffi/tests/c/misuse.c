@@ -57,6 +57,15 @@ static void configs_refuse_bad_values(const char *volume, uint32_t backend) {
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_mode(pc, 3));
     EXPECT_OK(mirror_primary_config_set_mode(pc, MIRROR_MODE_ASYNC));
     EXPECT_OK(mirror_primary_config_set_mode(pc, MIRROR_MODE_SYNC));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_durability(pc, 0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_durability(pc, 4));
+    EXPECT_OK(mirror_primary_config_set_durability(pc, MIRROR_DURABILITY_RECEIVED));
+    EXPECT_OK(mirror_primary_config_set_durability(pc, MIRROR_DURABILITY_FLUSHED));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_on_disconnect(pc, 9, 0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
+              mirror_primary_config_set_on_disconnect(pc, MIRROR_ON_DISCONNECT_SUSPEND, 0));
+    EXPECT_OK(mirror_primary_config_set_on_disconnect(pc, MIRROR_ON_DISCONNECT_SUSPEND, 500));
+    EXPECT_OK(mirror_primary_config_set_on_disconnect(pc, MIRROR_ON_DISCONNECT_DEGRADE, 0));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_io_backend(pc, 7));
     EXPECT_OK(mirror_primary_config_set_io_backend(pc, backend));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_direct_io(pc, 0));

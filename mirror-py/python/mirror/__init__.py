@@ -17,6 +17,7 @@ from mirror._errors import (
     MirrorIOError,
     MismatchError,
     ProtocolError,
+    RemoteIOError,
 )
 from mirror._mirror import (
     Primary,
@@ -39,6 +40,7 @@ __all__ = [
     "MismatchError",
     "Primary",
     "ProtocolError",
+    "RemoteIOError",
     "Report",
     "ScanMap",
     "Secondary",

@@ -15,8 +15,10 @@ Hierarchy::
     ├── AuthError                         shared-secret authentication failed
     ├── ClosedError                       the object was closed
     └── MirrorIOError (also OSError)      local I/O failed; the instance is also the
-                                          built-in OSError subclass of its errno
-                                          (FileNotFoundError, PermissionError, ...)
+        │                                 built-in OSError subclass of its errno
+        │                                 (FileNotFoundError, PermissionError, ...)
+        └── RemoteIOError                 the secondary's volume failed (a full disk, a
+                                          failed write or flush): not a link failure
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ __all__ = [
     "AuthError",
     "ClosedError",
     "MirrorIOError",
+    "RemoteIOError",
 ]
 
 
@@ -74,9 +77,20 @@ class MirrorIOError(MirrorError, OSError):
     that errno maps to (``FileNotFoundError``, ``PermissionError``, ...), so
     ``except FileNotFoundError`` catches it."""
 
+    #: True when the failing volume is the secondary's (:class:`RemoteIOError`).
+    remote: bool = False
+
     def __str__(self) -> str:
         # The engine's message already names the path, the operation and the OS error.
         return str(self.args[0]) if self.args else OSError.__str__(self)
+
+
+class RemoteIOError(MirrorIOError):
+    """An I/O error on the secondary's volume, as the secondary reported it: ``errno`` and
+    ``strerror`` are the secondary's OS error, ``filename`` its volume. The link is fine; the
+    secondary's disk is not (full, read-only, failing)."""
+
+    remote = True
 
 
 _IO_CLASSES: Dict[Type[OSError], Type[MirrorIOError]] = {}
@@ -112,6 +126,13 @@ def _make(
     """Builds the exception called ``name`` (a class of this module) for an engine error."""
     if name == "MirrorIOError":
         exc = _io_class(errno)(message)
+        if errno is not None:
+            exc.errno = errno
+            exc.strerror = os.strerror(errno)
+        exc.filename = filename
+        return exc
+    if name == "RemoteIOError":
+        exc = RemoteIOError(message)
         if errno is not None:
             exc.errno = errno
             exc.strerror = os.strerror(errno)

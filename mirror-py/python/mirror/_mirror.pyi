@@ -140,6 +140,9 @@ class Primary:
         link_timeout: float = 5.0,
         queue_depth: int = 1024,
         auto_resync: bool = True,
+        durability: Literal["flushed", "written", "received"] = "flushed",
+        on_disconnect: Literal["degrade", "fail", "suspend"] = "degrade",
+        suspend_timeout: float = 30.0,
     ) -> Self: ...
     def write(self, offset: int, data: Buffer) -> _Outcome: ...
     def replicate(self, offset: int, data: Buffer) -> _Outcome: ...
