@@ -51,6 +51,12 @@ pub enum Command {
     /// Benchmark: bytes resent after a link cut during random writes.
     #[command(hide = true, name = "bench-link-cut")]
     BenchLinkCut(crate::bench::LinkCutBenchArgs),
+    /// Benchmark: sync and verify against rsync, on loopback and a slow link; peak RSS.
+    #[command(hide = true, name = "bench-table")]
+    BenchTable(crate::bench_table::TableBenchArgs),
+    /// Benchmark: replication throughput of 1 MiB writes, alone and during a resync.
+    #[command(hide = true, name = "bench-replicate")]
+    BenchReplicate(crate::bench_replicate::ReplicateBenchArgs),
 }
 
 /// How a volume is opened.

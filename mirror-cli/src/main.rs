@@ -5,6 +5,8 @@
 //! code from [`error`]; nothing panics on bad input.
 
 mod bench;
+mod bench_replicate;
+mod bench_table;
 mod cli;
 mod daemon;
 mod demo;
@@ -78,6 +80,8 @@ fn main() -> ExitCode {
         Command::Demo(a) => demo::run(a),
         Command::BenchSync(a) => bench::sync(a),
         Command::BenchLinkCut(a) => bench::link_cut(a),
+        Command::BenchTable(a) => bench_table::run(a),
+        Command::BenchReplicate(a) => bench_replicate::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
