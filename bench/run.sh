@@ -25,8 +25,10 @@
 # Everything printed is also written to docs/benchmarks.md, replacing the section between
 # the `make bench` markers there (the rest of that file is kept as it is).
 #
-#   ONLY=table,replicate bench/run.sh some parts: scans, latency, durability, sync, table,
-#                                     replicate
+#   ONLY=table,replicate bench/run.sh some parts: scans, latency, durability, sync, tls,
+#                                     table, replicate
+# - TLS: the same sync and sync-mode replication of 1 MiB writes, plaintext and mutual TLS
+#   alternately (median of 3); and the sync under a flood of 400 idle and slow connections.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -85,6 +87,13 @@ echo
 "$mirror" bench-sync --size "$size" --diff-percent 1 "${dir_args[@]}"
 echo
 "$mirror" bench-link-cut --size "$size" --writes 10000 "${dir_args[@]}"
+echo
+fi
+
+if want tls; then
+echo "## Mutual TLS and a connection flood"
+echo
+"$mirror" bench-tls --size "$size" "${dir_args[@]}"
 echo
 fi
 

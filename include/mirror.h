@@ -854,7 +854,7 @@ mirror_result mirror_primary_config_set_compare_side(struct mirror_primary_confi
                                                      uint32_t side);
 
 /**
- * Sets the shared secret both peers must prove (at least 8 bytes, checked when opening).
+ * Sets the shared secret both peers must prove (at least 16 bytes, checked when opening).
  * `secret_len` 0 (with any `secret`, even NULL) removes it.
  *
  * Ownership: the bytes are copied.
@@ -871,7 +871,7 @@ mirror_result mirror_primary_config_set_secret(struct mirror_primary_config *con
                                                size_t secret_len);
 
 /**
- * Reads the shared secret from a file now: its bytes less one trailing newline, at least 8.
+ * Reads the shared secret from a file now: its bytes less one trailing newline, at least 16.
  * `MIRROR_RESULT_IO` if the file cannot be read.
  *
  * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
@@ -883,6 +883,45 @@ mirror_result mirror_primary_config_set_secret(struct mirror_primary_config *con
  */
 mirror_result mirror_primary_config_set_secret_file(struct mirror_primary_config *config,
                                                     const char *path);
+
+/**
+ * Makes the link mutual TLS 1.3: our certificate (chain) and private key, and the
+ * certificates we trust (the secondary's own self-signed certificate, as `mirror keygen`
+ * writes, or a CA that signed it), each a PEM file read now. A secondary whose certificate
+ * is not trusted, expired or not yet valid is refused (`mirror_primary_wait_connected`
+ * answers `MIRROR_RESULT_AUTH`, naming the reason). A shared secret, when also set, is bound
+ * to the TLS session. All three NULL turns TLS off. `MIRROR_RESULT_IO` if a file cannot be
+ * read, `MIRROR_RESULT_INVALID_ARGUMENT` if its contents are not usable (the message names
+ * the file).
+ *
+ * Without TLS the primary connects only to a loopback peer unless
+ * `mirror_primary_config_set_allow_insecure` says otherwise.
+ *
+ * Ownership: the files' contents are loaded and kept; the paths are not. Thread safety: a
+ * config is used by one thread at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread; each path is NULL or a
+ * NUL-terminated string.
+ */
+mirror_result mirror_primary_config_set_tls(struct mirror_primary_config *config,
+                                            const char *cert_path,
+                                            const char *key_path,
+                                            const char *trust_path);
+
+/**
+ * Allows connecting to a non-loopback secondary without TLS (default false: such a peer is
+ * refused with `MIRROR_RESULT_INVALID_ARGUMENT`; a shared secret protects the handshake,
+ * not the data).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_allow_insecure(struct mirror_primary_config *config,
+                                                       bool allow_insecure);
 
 /**
  * Turns on the periodic low-priority checksum scan: every `interval_ms` milliseconds after the
@@ -1004,7 +1043,7 @@ mirror_result mirror_secondary_config_set_direct_io(struct mirror_secondary_conf
                                                     uint32_t direct_io);
 
 /**
- * Sets the shared secret a primary must prove (at least 8 bytes); length 0 removes it.
+ * Sets the shared secret a primary must prove (at least 16 bytes); length 0 removes it.
  *
  * Ownership: the bytes are copied.
  *
@@ -1033,8 +1072,9 @@ mirror_result mirror_secondary_config_set_secret_file(struct mirror_secondary_co
                                                       const char *path);
 
 /**
- * Allows listening on a non-loopback address without a shared secret (default false: such a
- * `mirror_secondary_serve` fails with `MIRROR_RESULT_INVALID_ARGUMENT`).
+ * Allows listening on a non-loopback address without TLS (default false: such a
+ * `mirror_secondary_serve` fails with `MIRROR_RESULT_INVALID_ARGUMENT`; a shared secret
+ * protects the handshake, not the data).
  *
  * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
  * at a time; distinct configs are independent.
@@ -1044,6 +1084,44 @@ mirror_result mirror_secondary_config_set_secret_file(struct mirror_secondary_co
  */
 mirror_result mirror_secondary_config_set_allow_insecure(struct mirror_secondary_config *config,
                                                          bool allow_insecure);
+
+/**
+ * Makes the link mutual TLS 1.3: our certificate (chain) and private key, and the
+ * certificates of the primaries we trust (their own self-signed certificates, or a CA that
+ * signed them), each a PEM file read now. A primary whose certificate is not trusted,
+ * expired or not yet valid is refused before anything else. All three NULL turns TLS off.
+ * `MIRROR_RESULT_IO` if a file cannot be read, `MIRROR_RESULT_INVALID_ARGUMENT` if its
+ * contents are not usable (the message names the file).
+ *
+ * Ownership: the files' contents are loaded and kept; the paths are not. Thread safety: a
+ * config is used by one thread at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread; each path is NULL or a
+ * NUL-terminated string.
+ */
+mirror_result mirror_secondary_config_set_tls(struct mirror_secondary_config *config,
+                                              const char *cert_path,
+                                              const char *key_path,
+                                              const char *trust_path);
+
+/**
+ * Bounds what connections cost before they authenticate: a connection still in its
+ * handshake `handshake_timeout_ms` after it was accepted is closed (at least 100; default
+ * 10000); at most `max_handshakes` connections are in handshake at once (default 64; past
+ * it the oldest is closed) and at most `max_sessions` are authenticated (default 4). 0 for a
+ * count is `MIRROR_RESULT_INVALID_ARGUMENT`.
+ *
+ * Ownership: only the values are kept (copied). Thread safety: a config is used by one
+ * thread at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_handshake_limits(struct mirror_secondary_config *config,
+                                                           uint32_t handshake_timeout_ms,
+                                                           uint32_t max_handshakes,
+                                                           uint32_t max_sessions);
 
 /**
  * Sets how long a silent link lives, in milliseconds (at least 100; default 5000).

@@ -178,6 +178,8 @@ parse_choice (const char *key, const char *value, const char *const *names,
 static uint64_t interval_ms;
 static double rate_mib_s = 64; /* as `mirror primary --rate` */
 static bool rate_set;
+/* tls-cert=, tls-key=, tls-trust=: applied together in config_complete. */
+static const char *tls_cert, *tls_key, *tls_trust;
 
 /* Settings are kept as key/value pairs until config_complete, when volume and peer (which
  * mirror_primary_config_new needs) are known. */
@@ -282,6 +284,16 @@ apply_setting (const char *key, const char *value)
   }
   if (strcmp (key, "secret-file") == 0)
     return check (key, mirror_primary_config_set_secret_file (config, value));
+  if (strcmp (key, "tls-cert") == 0 || strcmp (key, "tls-key") == 0 ||
+      strcmp (key, "tls-trust") == 0) {
+    const char **slot = key[4] == 'c' ? &tls_cert : key[4] == 'k' ? &tls_key : &tls_trust;
+    *slot = value;
+    return 0;
+  }
+  if (strcmp (key, "allow-insecure") == 0) {
+    int b = nbdkit_parse_bool (value);
+    return b == -1 ? -1 : check (key, mirror_primary_config_set_allow_insecure (config, b));
+  }
   if (strcmp (key, "link-timeout") == 0) {
     if ((n = parse_duration_ms (key, value)) == -1)
       return -1;
@@ -334,6 +346,15 @@ mirror_config_complete (void)
     nbdkit_error ("rate= limits the periodic scan: give interval= too");
     return -1;
   }
+  if (tls_cert || tls_key || tls_trust) {
+    if (!(tls_cert && tls_key && tls_trust)) {
+      nbdkit_error ("tls-cert=, tls-key= and tls-trust= go together");
+      return -1;
+    }
+    if (check ("tls", mirror_primary_config_set_tls (config, tls_cert, tls_key,
+                                                     tls_trust)) == -1)
+      return -1;
+  }
   if (interval_ms &&
       check ("interval", mirror_primary_config_set_periodic_scan (config, interval_ms,
                                                                   rate_mib_s)) == -1)
@@ -352,7 +373,12 @@ mirror_config_complete (void)
   "region-size=N             Dirty-map region, a power of two >= block-size (64K).\n" \
   "interval=DURATION         Run a periodic low-priority scan this often (e.g. 10m).\n" \
   "rate=MIB_S                Read rate limit of the periodic scan (default 64).\n" \
-  "secret-file=FILE          Shared secret both peers prove.\n" \
+  "secret-file=FILE          Shared secret both peers prove (16 bytes or more).\n" \
+  "tls-cert=FILE             Mutual TLS 1.3 (with tls-key= and tls-trust=): our\n" \
+  "                          certificate, as `mirror keygen` writes it.\n" \
+  "tls-key=FILE              Our private key (PEM).\n" \
+  "tls-trust=FILE            Certificates we trust: the secondary's, or its CA.\n" \
+  "allow-insecure=BOOL       Plaintext to a non-loopback peer (false).\n" \
   "io=uring|sync             I/O backend of the volume (default uring).\n" \
   "direct-io=auto|on|off     O_DIRECT (auto: on for block devices).\n" \
   "queue-depth=N             Async writes that may wait on the link (1024).\n" \

@@ -205,16 +205,21 @@ def test_short_secret_is_refused(tmp_path: Path, dead_peer: str) -> None:
     path = make_volume(tmp_path / "p.img", SIZE)
     secret = tmp_path / "secret"
     secret.write_text("short\n")
-    with pytest.raises(mirror.ConfigError, match="at least 8 bytes"):
+    secret.write_text("fifteen bytes!!\n")
+    with pytest.raises(mirror.ConfigError, match="at least 16 bytes"):
         mirror.Primary(path, peer=dead_peer, secret_file=secret)
-    with pytest.raises(mirror.ConfigError, match="at least 8 bytes"):
+    with pytest.raises(mirror.ConfigError, match="at least 16 bytes"):
         mirror.Secondary(path, secret_file=secret)
 
 
-def test_secondary_refuses_a_non_loopback_address_without_a_secret(tmp_path: Path) -> None:
+def test_non_loopback_addresses_are_refused_without_tls(tmp_path: Path) -> None:
     path = make_volume(tmp_path / "s.img", SIZE)
-    with pytest.raises(mirror.ConfigError, match="non-loopback"):
+    with pytest.raises(mirror.ConfigError, match="non-loopback address .* without TLS"):
         mirror.Secondary(path, "0.0.0.0:0")
+    with pytest.raises(mirror.ConfigError, match="without TLS"):
+        mirror.Primary(path, peer="192.0.2.1:7070")
+    with pytest.raises(mirror.ConfigError, match="go together"):
+        mirror.Primary(path, peer="127.0.0.1:1", tls_cert=tmp_path / "a.crt")
 
 
 def test_closed_primary_raises_closed_error(tmp_path: Path, dead_peer: str) -> None:

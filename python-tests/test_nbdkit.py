@@ -353,6 +353,7 @@ def test_plugin_needs_the_soname_loads_and_lists_its_options() -> None:
     for option in [
         "volume=", "peer=", "mode=", "algorithm=", "compare=", "block-size=", "region-size=",
         "interval=", "rate=", "secret-file=", "io=", "direct-io=", "queue-depth=",
-        "link-timeout=", "connect-timeout=", "auto-resync=",
+        "link-timeout=", "connect-timeout=", "auto-resync=", "tls-cert=", "tls-key=",
+        "tls-trust=", "allow-insecure=",
     ]:
         assert option in helptext, f"{option} missing from --help:\n{helptext}"

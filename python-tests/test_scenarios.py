@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import subprocess
 from pathlib import Path
 from typing import Callable, Iterator, Tuple
 
@@ -266,7 +267,7 @@ def test_shared_secret_authenticates_and_a_wrong_one_is_refused(
     good = tmp_path / "good.secret"
     good.write_text("correct horse battery staple\n")
     wrong = tmp_path / "wrong.secret"
-    wrong.write_text("incorrect horse\n")
+    wrong.write_text("incorrect horse battery\n")
     secondary = start_secondary(SIZE, secret_file=good)
     path = make_volume(tmp_path / "p.img", SIZE)
     with mirror.Primary(path, peer=secondary.address, secret_file=wrong, link_timeout=1.0) as p:
@@ -278,6 +279,37 @@ def test_shared_secret_authenticates_and_a_wrong_one_is_refused(
         p.resync()
         assert p.write(BLOCK, rng.randbytes(BLOCK)) == "replicated"
     assert_equal(path, secondary.volume)
+
+
+def test_mutual_tls_with_keygen_identities_and_a_refused_stranger(
+    tmp_path: Path, rng: random.Random
+) -> None:
+    from conftest import MIRROR_BIN
+
+    if MIRROR_BIN is None:
+        if os.environ.get("CI"):
+            pytest.fail("the mirror binary is required in CI (mirror keygen)")
+        pytest.skip("no mirror binary for mirror keygen")
+    for name in ("p", "s", "stranger"):
+        subprocess.run([MIRROR_BIN, "keygen", str(tmp_path), "--name", name], check=True,
+                       stdout=subprocess.DEVNULL)
+    key = lambda n: tmp_path / f"{n}.key"  # noqa: E731
+    crt = lambda n: tmp_path / f"{n}.crt"  # noqa: E731
+    spath = make_volume(tmp_path / "s.img", SIZE)
+    path = make_volume(tmp_path / "p.img", SIZE, rng.randbytes(SIZE))
+    with mirror.Secondary(spath, tls_cert=crt("s"), tls_key=key("s"), tls_trust=crt("p")) as s:
+        with mirror.Primary(path, peer=s.address, tls_cert=crt("p"), tls_key=key("p"),
+                            tls_trust=crt("s")) as p:
+            p.wait_connected(20)
+            p.resync()
+            assert p.write(0, rng.randbytes(BLOCK)) == "replicated"
+            assert p.verify().coherent
+        assert_equal(path, spath)
+        # A primary that trusts someone else refuses the secondary, naming why.
+        with mirror.Primary(path, peer=s.address, tls_cert=crt("p"), tls_key=key("p"),
+                            tls_trust=crt("stranger")) as p:
+            with pytest.raises(mirror.AuthError, match="not in the trust file"):
+                p.wait_connected(20)
 
 
 def test_another_thread_runs_while_a_resync_waits_on_the_network(

@@ -45,6 +45,8 @@ pub enum Command {
     Info(crate::info::InfoArgs),
     /// Show the whole job on temporary files over loopback: replicate, cut the link, resync.
     Demo(DemoArgs),
+    /// Write a TLS identity (DIR/NAME.key, DIR/NAME.crt) or, with --secret, a shared secret.
+    Keygen(crate::keygen::KeygenArgs),
     /// Benchmark: `mirror sync` of two files that differ in scattered blocks.
     #[command(hide = true, name = "bench-sync")]
     BenchSync(crate::bench::SyncBenchArgs),
@@ -57,6 +59,9 @@ pub enum Command {
     /// Benchmark: replication throughput of 1 MiB writes, alone and during a resync.
     #[command(hide = true, name = "bench-replicate")]
     BenchReplicate(crate::bench_replicate::ReplicateBenchArgs),
+    /// Benchmark: mutual TLS against plaintext, and a sync under a connection flood.
+    #[command(hide = true, name = "bench-tls")]
+    BenchTls(crate::bench_tls::TlsBenchArgs),
 }
 
 /// How a volume is opened.
@@ -88,9 +93,16 @@ pub struct LinkArgs {
     #[arg(long, value_name = "SIDE", default_value = "primary", value_parser = parse_compare)]
     pub compare: CompareSide,
 
-    /// File holding the shared secret (at least 8 bytes; one trailing newline is ignored).
+    /// File holding the shared secret (at least 16 bytes; one trailing newline is ignored).
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+
+    /// Connect to a non-loopback secondary without TLS.
+    #[arg(long)]
+    pub allow_insecure: bool,
 
     /// A link silent this long is declared dead (e.g. 5s, 500ms).
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
@@ -121,7 +133,7 @@ pub struct ServeArgs {
     pub volume: PathBuf,
 
     /// Address to listen on, host:port (port 0 picks a free port). Non-loopback addresses
-    /// need --secret-file or --allow-insecure.
+    /// need TLS (--tls-cert, --tls-key, --tls-trust) or --allow-insecure.
     #[arg(long, value_name = "ADDR")]
     pub listen: String,
 
@@ -130,11 +142,14 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     pub create: Option<u64>,
 
-    /// File holding the shared secret a primary must prove.
+    /// File holding the shared secret a primary must prove (at least 16 bytes).
     #[arg(long, value_name = "FILE")]
     pub secret_file: Option<PathBuf>,
 
-    /// Listen on a non-loopback address without a shared secret.
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+
+    /// Listen on a non-loopback address without TLS.
     #[arg(long)]
     pub allow_insecure: bool,
 
@@ -169,6 +184,14 @@ pub struct ServeArgs {
     /// Print the events (one per scan this secondary leads) as JSON lines instead of text.
     #[arg(long)]
     pub json: bool,
+    /// A connection that has not completed its handshake (TLS, secret, volume check) this
+    /// long after it was accepted is closed.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Most connections in handshake at once; past it the oldest is closed.
+    #[arg(long, value_name = "N", default_value = "64", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_handshakes: u32,
 
     #[command(flatten)]
     pub volume_opts: VolumeArgs,

@@ -7,11 +7,13 @@
 mod bench;
 mod bench_replicate;
 mod bench_table;
+mod bench_tls;
 mod cli;
 mod daemon;
 mod demo;
 mod error;
 mod info;
+mod keygen;
 mod parse;
 mod progress;
 mod proxy;
@@ -20,6 +22,7 @@ mod scan;
 mod serve;
 mod signals;
 mod sync;
+mod tls;
 mod volumes;
 
 use std::io::IsTerminal;
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
                 ClapErrorKind::MissingSubcommand
                 | ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     eprintln!(
-                        "mirror: a command is needed: serve, sync, verify, scan, primary, info or demo (see 'mirror --help')"
+                        "mirror: a command is needed: serve, sync, verify, scan, primary, info, keygen or demo (see 'mirror --help')"
                     );
                     ExitCode::from(EXIT_USAGE)
                 }
@@ -82,6 +85,8 @@ fn main() -> ExitCode {
         Command::BenchLinkCut(a) => bench::link_cut(a),
         Command::BenchTable(a) => bench_table::run(a),
         Command::BenchReplicate(a) => bench_replicate::run(a),
+        Command::BenchTls(a) => bench_tls::run(a),
+        Command::Keygen(a) => keygen::run(a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
@@ -98,7 +103,7 @@ fn main() -> ExitCode {
 fn init_logging(cli: &Cli) {
     let quiet = matches!(
         cli.command,
-        Command::Demo(_) | Command::BenchSync(_) | Command::BenchLinkCut(_)
+        Command::Demo(_) | Command::BenchSync(_) | Command::BenchLinkCut(_) | Command::BenchTls(_)
     );
     let level = match (cli.verbose, quiet) {
         (0, true) => "error",

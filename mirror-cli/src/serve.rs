@@ -15,7 +15,7 @@ use mirror_core::{PeriodicScan, Secondary, SecondaryConfig};
 use crate::cli::ServeArgs;
 use crate::error::{stdout_err, CliError, Result, EXIT_OK};
 use crate::report::{summary, JsonReport};
-use crate::{signals, volumes};
+use crate::{signals, tls, volumes};
 
 pub fn run(args: ServeArgs) -> Result<u8> {
     let listen = resolve(&args.listen)?;
@@ -33,14 +33,21 @@ pub fn run(args: ServeArgs) -> Result<u8> {
     });
     config.compare = args.compare;
     config.algorithm = args.algorithm;
+    config.limits.handshake_timeout = args.handshake_timeout;
+    config.limits.max_handshakes = args.max_handshakes as usize;
+    // Refuse a non-loopback listener without TLS before touching anything.
+    tls::check_plaintext(
+        &listen,
+        args.tls.tls_cert.is_some(),
+        args.allow_insecure,
+        "listen on",
+    )?;
     if let Some(f) = &args.secret_file {
         config.secret = Some(mirror_core::config::read_secret_file(f)?);
     }
-    // Refuse a non-loopback listener without a secret before touching the volume.
-    if !listen.ip().is_loopback() && config.secret.is_none() && !config.allow_insecure {
-        return Err(CliError::Usage(format!(
-            "refusing to listen on non-loopback address {listen} without a shared secret: give --secret-file, or --allow-insecure if you mean it"
-        )));
+    config.tls = args.tls.load()?;
+    if let Some(t) = &config.tls {
+        tracing::info!(certificate = t.fingerprint(), trusted = ?t.trusted(), "TLS");
     }
     config.validate(&listen)?;
 
@@ -49,7 +56,8 @@ pub fn run(args: ServeArgs) -> Result<u8> {
             tracing::info!("created {} ({} bytes, sparse)", args.volume.display(), size);
         }
     }
-    let volume = volumes::open(&args.volume, &args.volume_opts, false)?;
+    // The only writer of its volume: a second serve of it is refused.
+    let volume = volumes::open_exclusive(&args.volume, &args.volume_opts)?;
     let stop = signals::stop_flag()?;
     let secondary = Secondary::new(volume, config)?;
     let addr = secondary.serve()?;

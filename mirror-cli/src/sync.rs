@@ -26,6 +26,20 @@ pub fn primary_config(peer: &str, link: &LinkArgs) -> Result<PrimaryConfig> {
     if let Some(f) = &link.secret_file {
         config.secret = Some(mirror_core::config::read_secret_file(f)?);
     }
+    config.tls = link.tls.load()?;
+    config.allow_insecure = link.allow_insecure;
+    // Plaintext to a non-loopback peer is refused before anything is opened.
+    if let Some(addr) = std::net::ToSocketAddrs::to_socket_addrs(peer)
+        .ok()
+        .and_then(|mut a| a.next())
+    {
+        crate::tls::check_plaintext(
+            &addr,
+            config.tls.is_some(),
+            link.allow_insecure,
+            "connect to",
+        )?;
+    }
     Ok(config)
 }
 

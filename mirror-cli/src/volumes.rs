@@ -21,6 +21,18 @@ pub fn open(path: &Path, args: &VolumeArgs, read_only: bool) -> Result<Arc<dyn V
     Ok(open_volume(path, &opts)?)
 }
 
+/// Opens the file or block device at `path` for reading and writing as its only user
+/// (`flock` on a file, `O_EXCL` on a device): what a secondary does.
+pub fn open_exclusive(path: &Path, args: &VolumeArgs) -> Result<Arc<dyn Volume>> {
+    let opts = VolumeOptions {
+        block_size: args.block_size,
+        io: args.io,
+        exclusive: true,
+        ..VolumeOptions::default()
+    };
+    Ok(open_volume(path, &opts)?)
+}
+
 /// Creates `path` as a sparse file of `size` bytes when it does not exist. Says whether it
 /// did; an existing file of another size is left alone (the handshake refuses a size
 /// mismatch) with a warning.

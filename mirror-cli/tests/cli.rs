@@ -284,7 +284,7 @@ fn a_missing_secret_file_is_an_io_error_exit_3() {
 }
 
 #[test]
-fn serve_refuses_a_non_loopback_address_without_a_secret() {
+fn serve_refuses_a_non_loopback_address_without_tls() {
     let dir = tempfile::tempdir().unwrap();
     let vol = dir.path().join("s.img");
     let o = run(&[
@@ -297,7 +297,10 @@ fn serve_refuses_a_non_loopback_address_without_a_secret() {
         "1M",
     ]);
     let line = assert_one_line_error(&o, 2);
-    assert!(line.contains("--secret-file"), "{line}");
+    assert!(
+        line.contains("without TLS") && line.contains("--allow-insecure"),
+        "{line}"
+    );
     assert!(
         !vol.exists(),
         "nothing is created when the listener is refused"

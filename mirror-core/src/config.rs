@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use crate::dirty::DEFAULT_REGION_SIZE;
 use crate::durability::{Durability, OnDisconnect};
+use crate::protocol::auth::MIN_SECRET_LEN;
+use crate::protocol::tls::TlsConfig;
+pub use crate::secondary::gate::Limits;
 use crate::storage::digest::Algorithm;
 use crate::{Error, Result};
 
@@ -115,8 +118,13 @@ pub struct PrimaryConfig {
     pub queue_depth: usize,
     /// Which side compares digests.
     pub compare: CompareSide,
-    /// Shared secret; when set both peers must prove it.
+    /// Shared secret; when set both peers must prove it (bound to the TLS session under TLS).
     pub secret: Option<Vec<u8>>,
+    /// Mutual TLS: our identity and whom we trust. Required for a non-loopback peer unless
+    /// `allow_insecure`.
+    pub tls: Option<TlsConfig>,
+    /// Connect to a non-loopback peer without TLS.
+    pub allow_insecure: bool,
     /// A link silent this long is declared dead.
     pub link_timeout: Duration,
     /// Resync by itself on every (re)connection.
@@ -159,6 +167,8 @@ impl PrimaryConfig {
             queue_depth: 1024,
             compare: CompareSide::Primary,
             secret: None,
+            tls: None,
+            allow_insecure: false,
             link_timeout: Duration::from_secs(5),
             auto_resync: true,
             full_scan_on_connect: false,
@@ -214,8 +224,13 @@ pub struct SecondaryConfig {
     pub listen: String,
     /// Shared secret; when set a primary must prove it before anything is accepted.
     pub secret: Option<Vec<u8>>,
-    /// Listen on a non-loopback address without a secret.
+    /// Mutual TLS: our identity and the primaries we trust. Required on a non-loopback
+    /// address unless `allow_insecure`.
+    pub tls: Option<TlsConfig>,
+    /// Listen on a non-loopback address without TLS.
     pub allow_insecure: bool,
+    /// What connections cost before they authenticate: handshake deadline, caps.
+    pub limits: Limits,
     /// A link silent this long is declared dead.
     pub link_timeout: Duration,
     /// The volume's metadata record (identity, binding, generations, consistent flag);
@@ -240,7 +255,9 @@ impl SecondaryConfig {
         SecondaryConfig {
             listen: listen.into(),
             secret: None,
+            tls: None,
             allow_insecure: false,
+            limits: Limits::default(),
             link_timeout: Duration::from_secs(5),
             meta: None,
             scan_on_connect: false,
@@ -255,8 +272,9 @@ impl SecondaryConfig {
         self.scan_on_connect || self.periodic.is_some()
     }
 
-    /// Checks every value, and refuses a non-loopback listener without a secret unless
-    /// `allow_insecure` says the operator means it.
+    /// Checks every value, and refuses a non-loopback listener without TLS unless
+    /// `allow_insecure` says the operator means it (a secret protects the handshake, not the
+    /// frames).
     pub fn validate(&self, addr: &SocketAddr) -> Result<()> {
         if let Some(s) = &self.secret {
             check_secret(s)?;
@@ -267,18 +285,41 @@ impl SecondaryConfig {
         if let Some(p) = &self.periodic {
             p.validate()?;
         }
-        if !addr.ip().is_loopback() && self.secret.is_none() && !self.allow_insecure {
-            return Err(Error::invalid(format!(
-                "refusing to listen on non-loopback address {addr} without a shared secret (give a secret file, or allow insecure listening explicitly)"
-            )));
+        check_plaintext(addr, self.tls.is_some(), self.allow_insecure, "listen on")?;
+        let l = &self.limits;
+        if l.handshake_timeout < Duration::from_millis(100) {
+            return Err(Error::invalid("handshake timeout must be at least 100 ms"));
+        }
+        if l.max_handshakes == 0 || l.max_sessions == 0 {
+            return Err(Error::invalid(
+                "the caps on handshakes and sessions must be at least 1",
+            ));
         }
         Ok(())
     }
 }
 
-fn check_secret(s: &[u8]) -> Result<()> {
-    if s.len() < 8 {
-        return Err(Error::invalid("shared secret must be at least 8 bytes"));
+/// Refuses plaintext to or from a non-loopback address unless `allow_insecure`.
+pub fn check_plaintext(
+    addr: &SocketAddr,
+    tls: bool,
+    allow_insecure: bool,
+    what: &str,
+) -> Result<()> {
+    if tls || allow_insecure || addr.ip().is_loopback() {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "refusing to {what} non-loopback address {addr} without TLS (configure a certificate, key and trust file, or allow insecure links explicitly; a shared secret protects the handshake, not the data)"
+    )))
+}
+
+/// Refuses a secret shorter than [`MIN_SECRET_LEN`] bytes.
+pub fn check_secret(s: &[u8]) -> Result<()> {
+    if s.len() < MIN_SECRET_LEN {
+        return Err(Error::invalid(format!(
+            "shared secret must be at least {MIN_SECRET_LEN} bytes"
+        )));
     }
     Ok(())
 }
@@ -296,7 +337,7 @@ pub fn read_secret_file(path: impl AsRef<Path>) -> Result<Vec<u8>> {
     }
     check_secret(&s).map_err(|_| {
         Error::invalid(format!(
-            "{}: shared secret must be at least 8 bytes",
+            "{}: shared secret must be at least {MIN_SECRET_LEN} bytes",
             path.display()
         ))
     })?;

@@ -7,8 +7,9 @@
 //! - [`Primary`], [`Secondary`]: the controllers, blocking and thread-safe.
 //!
 //! The source is folders by part — [`storage`] (volumes, digests, scans), [`protocol`]
-//! (frames, messages, link, authentication), [`primary`], [`secondary`] — plus the [`dirty`]
-//! map, the [`meta`]data record, configuration, errors, units and reports. The earlier flat paths (`wire`, `scan`,
+//! (frames, messages, link, authentication, TLS), [`primary`], [`secondary`] — plus the
+//! [`dirty`] map, the [`meta`]data record, configuration, errors, units and reports. The
+//! earlier flat paths (`wire`, `scan`,
 //! `volume`, `link`, `auth`, `digest`) stay as re-exports.
 #![forbid(unsafe_code)]
 
@@ -25,7 +26,7 @@ pub mod storage;
 pub mod sync;
 pub mod units;
 
-pub use protocol::{auth, link};
+pub use protocol::{auth, link, tls};
 pub use storage::{digest, fault, scan, volume};
 
 /// The wire protocol (messages, with the frame codec re-exported) under its earlier name.

@@ -324,8 +324,11 @@ fn shared_secret_is_required_and_checked_both_ways() {
     hello(&mut s, wire::PROTOCOL_VERSION);
     let _ = wire::read_frame(&mut s, wire::MAX_PAYLOAD).unwrap();
     send(&mut s, &Message::Auth { proof: [0; 32] });
-    let (c, _) = read_error(&mut s).expect("an Error frame");
+    // Refused in general terms, and no proof of the secondary's comes back: nothing to
+    // guess the secret against.
+    let (c, m) = read_error(&mut s).expect("an Error frame, not an AuthReply");
     assert_eq!(c, code::AUTH);
+    assert_eq!(m, "authentication failed");
     assert_eq!(read(&pair.secondary_path), before);
 
     // The right secret works.
@@ -345,7 +348,7 @@ fn shared_secret_is_required_and_checked_both_ways() {
 }
 
 #[test]
-fn non_loopback_listener_needs_a_secret_or_an_explicit_override() {
+fn non_loopback_listener_needs_tls_or_an_explicit_override() {
     let vol = std::sync::Arc::new(mirror_core::MemVolume::new(
         SIZE,
         mirror_core::BlockSize::DEFAULT,
@@ -353,7 +356,17 @@ fn non_loopback_listener_needs_a_secret_or_an_explicit_override() {
     let s = mirror_core::Secondary::new(vol.clone(), SecondaryConfig::new("0.0.0.0:0")).unwrap();
     let e = s.serve().unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
-    assert!(e.to_string().contains("without a shared secret"), "{e}");
+    assert!(e.to_string().contains("without TLS"), "{e}");
+    // A secret alone protects the handshake, not the frames: still refused.
+    let mut cfg = SecondaryConfig::new("0.0.0.0:0");
+    cfg.secret = Some(b"0123456789abcdef".to_vec());
+    let s = mirror_core::Secondary::new(vol.clone(), cfg).unwrap();
+    assert!(s.serve().unwrap_err().to_string().contains("without TLS"));
+    // A secret shorter than 16 bytes is refused.
+    let mut cfg = SecondaryConfig::new("127.0.0.1:0");
+    cfg.secret = Some(b"0123456789abcde".to_vec());
+    let e = mirror_core::Secondary::new(vol.clone(), cfg).unwrap_err();
+    assert!(e.to_string().contains("at least 16 bytes"), "{e}");
     let mut cfg = SecondaryConfig::new("0.0.0.0:0");
     cfg.allow_insecure = true;
     let s = mirror_core::Secondary::new(vol, cfg).unwrap();

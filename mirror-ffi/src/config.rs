@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use mirror_core::config::read_secret_file;
 use mirror_core::meta::default_meta_path;
+use mirror_core::tls::TlsConfig;
 use mirror_core::{
     Algorithm, BlockSize, CompareSide, OnDisconnect, PeriodicScan, PrimaryConfig, SecondaryConfig,
 };
@@ -155,6 +156,10 @@ pub(crate) trait ConfigBuilder {
     fn link_timeout_mut(&mut self) -> &mut Duration;
     /// Where the metadata record is kept.
     fn meta_mut(&mut self) -> &mut Option<PathBuf>;
+    /// Mutual TLS, `None` for plaintext.
+    fn tls_mut(&mut self) -> &mut Option<TlsConfig>;
+    /// Plaintext off loopback allowed.
+    fn allow_insecure_mut(&mut self) -> &mut bool;
 }
 
 impl ConfigBuilder for mirror_primary_config {
@@ -174,6 +179,12 @@ impl ConfigBuilder for mirror_primary_config {
         let c = &mut self.core;
         (&mut c.algorithm, &mut c.compare, &mut c.periodic)
     }
+    fn tls_mut(&mut self) -> &mut Option<TlsConfig> {
+        &mut self.core.tls
+    }
+    fn allow_insecure_mut(&mut self) -> &mut bool {
+        &mut self.core.allow_insecure
+    }
 }
 
 impl ConfigBuilder for mirror_secondary_config {
@@ -192,6 +203,12 @@ impl ConfigBuilder for mirror_secondary_config {
     fn scans_mut(&mut self) -> (&mut Algorithm, &mut CompareSide, &mut Option<PeriodicScan>) {
         let c = &mut self.core;
         (&mut c.algorithm, &mut c.compare, &mut c.periodic)
+    }
+    fn tls_mut(&mut self) -> &mut Option<TlsConfig> {
+        &mut self.core.tls
+    }
+    fn allow_insecure_mut(&mut self) -> &mut bool {
+        &mut self.core.allow_insecure
     }
 }
 
@@ -351,6 +368,46 @@ unsafe fn set_secret_file<C: ConfigBuilder>(config: *mut C, path: *const c_char)
         with_config(config, |c| {
             let path = arg_str(path, "path")?;
             *c.secret_mut() = Some(read_secret_file(path)?);
+            Ok(())
+        })
+    }
+}
+
+/// Mutual TLS from three PEM files, loaded now; all three NULL turns TLS off.
+///
+/// # Safety
+/// As [`with_config`]; each path is NULL or a NUL-terminated string.
+unsafe fn set_tls<C: ConfigBuilder>(
+    config: *mut C,
+    cert_path: *const c_char,
+    key_path: *const c_char,
+    trust_path: *const c_char,
+) -> mirror_result {
+    // SAFETY: forwarded contract; each path is NULL or a NUL-terminated string.
+    unsafe {
+        with_config(config, |c| {
+            if cert_path.is_null() && key_path.is_null() && trust_path.is_null() {
+                *c.tls_mut() = None;
+                return Ok(());
+            }
+            let cert = arg_str(cert_path, "cert_path")?;
+            let key = arg_str(key_path, "key_path")?;
+            let trust = arg_str(trust_path, "trust_path")?;
+            *c.tls_mut() = Some(TlsConfig::from_files(cert, key, trust)?);
+            Ok(())
+        })
+    }
+}
+
+/// Whether plaintext to or from a non-loopback address is allowed.
+///
+/// # Safety
+/// As [`with_config`].
+unsafe fn set_allow_insecure<C: ConfigBuilder>(config: *mut C, allow: bool) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            *c.allow_insecure_mut() = allow;
             Ok(())
         })
     }
@@ -561,7 +618,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_compare_side(
     unsafe { set_compare_side(config, side) }
 }
 
-/// Sets the shared secret both peers must prove (at least 8 bytes, checked when opening).
+/// Sets the shared secret both peers must prove (at least 16 bytes, checked when opening).
 /// `secret_len` 0 (with any `secret`, even NULL) removes it.
 ///
 /// Ownership: the bytes are copied.
@@ -582,7 +639,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_secret(
     unsafe { set_secret(config, secret, secret_len) }
 }
 
-/// Reads the shared secret from a file now: its bytes less one trailing newline, at least 8.
+/// Reads the shared secret from a file now: its bytes less one trailing newline, at least 16.
 /// `MIRROR_RESULT_IO` if the file cannot be read.
 ///
 /// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
@@ -598,6 +655,53 @@ pub unsafe extern "C" fn mirror_primary_config_set_secret_file(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe { set_secret_file(config, path) }
+}
+
+/// Makes the link mutual TLS 1.3: our certificate (chain) and private key, and the
+/// certificates we trust (the secondary's own self-signed certificate, as `mirror keygen`
+/// writes, or a CA that signed it), each a PEM file read now. A secondary whose certificate
+/// is not trusted, expired or not yet valid is refused (`mirror_primary_wait_connected`
+/// answers `MIRROR_RESULT_AUTH`, naming the reason). A shared secret, when also set, is bound
+/// to the TLS session. All three NULL turns TLS off. `MIRROR_RESULT_IO` if a file cannot be
+/// read, `MIRROR_RESULT_INVALID_ARGUMENT` if its contents are not usable (the message names
+/// the file).
+///
+/// Without TLS the primary connects only to a loopback peer unless
+/// `mirror_primary_config_set_allow_insecure` says otherwise.
+///
+/// Ownership: the files' contents are loaded and kept; the paths are not. Thread safety: a
+/// config is used by one thread at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; each path is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_tls(
+    config: *mut mirror_primary_config,
+    cert_path: *const c_char,
+    key_path: *const c_char,
+    trust_path: *const c_char,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_tls(config, cert_path, key_path, trust_path) }
+}
+
+/// Allows connecting to a non-loopback secondary without TLS (default false: such a peer is
+/// refused with `MIRROR_RESULT_INVALID_ARGUMENT`; a shared secret protects the handshake,
+/// not the data).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_allow_insecure(
+    config: *mut mirror_primary_config,
+    allow_insecure: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_allow_insecure(config, allow_insecure) }
 }
 
 /// Turns on the periodic low-priority checksum scan: every `interval_ms` milliseconds after the
@@ -786,7 +890,7 @@ pub unsafe extern "C" fn mirror_secondary_config_set_direct_io(
     unsafe { set_direct_io(config, direct_io) }
 }
 
-/// Sets the shared secret a primary must prove (at least 8 bytes); length 0 removes it.
+/// Sets the shared secret a primary must prove (at least 16 bytes); length 0 removes it.
 ///
 /// Ownership: the bytes are copied.
 ///
@@ -823,8 +927,9 @@ pub unsafe extern "C" fn mirror_secondary_config_set_secret_file(
     unsafe { set_secret_file(config, path) }
 }
 
-/// Allows listening on a non-loopback address without a shared secret (default false: such a
-/// `mirror_secondary_serve` fails with `MIRROR_RESULT_INVALID_ARGUMENT`).
+/// Allows listening on a non-loopback address without TLS (default false: such a
+/// `mirror_secondary_serve` fails with `MIRROR_RESULT_INVALID_ARGUMENT`; a shared secret
+/// protects the handshake, not the data).
 ///
 /// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
 /// at a time; distinct configs are independent.
@@ -837,9 +942,69 @@ pub unsafe extern "C" fn mirror_secondary_config_set_allow_insecure(
     allow_insecure: bool,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
+    unsafe { set_allow_insecure(config, allow_insecure) }
+}
+
+/// Makes the link mutual TLS 1.3: our certificate (chain) and private key, and the
+/// certificates of the primaries we trust (their own self-signed certificates, or a CA that
+/// signed them), each a PEM file read now. A primary whose certificate is not trusted,
+/// expired or not yet valid is refused before anything else. All three NULL turns TLS off.
+/// `MIRROR_RESULT_IO` if a file cannot be read, `MIRROR_RESULT_INVALID_ARGUMENT` if its
+/// contents are not usable (the message names the file).
+///
+/// Ownership: the files' contents are loaded and kept; the paths are not. Thread safety: a
+/// config is used by one thread at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; each path is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_tls(
+    config: *mut mirror_secondary_config,
+    cert_path: *const c_char,
+    key_path: *const c_char,
+    trust_path: *const c_char,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_tls(config, cert_path, key_path, trust_path) }
+}
+
+/// Bounds what connections cost before they authenticate: a connection still in its
+/// handshake `handshake_timeout_ms` after it was accepted is closed (at least 100; default
+/// 10000); at most `max_handshakes` connections are in handshake at once (default 64; past
+/// it the oldest is closed) and at most `max_sessions` are authenticated (default 4). 0 for a
+/// count is `MIRROR_RESULT_INVALID_ARGUMENT`.
+///
+/// Ownership: only the values are kept (copied). Thread safety: a config is used by one
+/// thread at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_handshake_limits(
+    config: *mut mirror_secondary_config,
+    handshake_timeout_ms: u32,
+    max_handshakes: u32,
+    max_sessions: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
     unsafe {
         with_config(config, |c| {
-            c.core.allow_insecure = allow_insecure;
+            if handshake_timeout_ms < 100 {
+                return Err(Failure::invalid(format!(
+                    "handshake timeout {handshake_timeout_ms} ms is below the minimum of 100 ms"
+                )));
+            }
+            if max_handshakes == 0 || max_sessions == 0 {
+                return Err(Failure::invalid(
+                    "the caps on handshakes and sessions must be at least 1",
+                ));
+            }
+            c.core.limits = mirror_core::config::Limits {
+                handshake_timeout: Duration::from_millis(handshake_timeout_ms.into()),
+                max_handshakes: max_handshakes as usize,
+                max_sessions: max_sessions as usize,
+            };
             Ok(())
         })
     }

@@ -47,3 +47,21 @@ pub(crate) fn seconds(name: &str, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value)
         .map_err(|_| invalid(format!("{name} of {value} seconds is too long")))
 }
+
+/// Mutual TLS from `tls_cert`, `tls_key` and `tls_trust` (PEM files, read now): all three or
+/// none.
+pub fn tls(
+    py: Python<'_>,
+    cert: Option<std::path::PathBuf>,
+    key: Option<std::path::PathBuf>,
+    trust: Option<std::path::PathBuf>,
+) -> PyResult<Option<mirror_core::tls::TlsConfig>> {
+    match (cert, key, trust) {
+        (None, None, None) => Ok(None),
+        (Some(c), Some(k), Some(t)) => py
+            .detach(|| mirror_core::tls::TlsConfig::from_files(c, k, t))
+            .py()
+            .map(Some),
+        _ => Err(invalid("tls_cert, tls_key and tls_trust go together")),
+    }
+}

@@ -132,6 +132,10 @@ impl Primary {
         adopt = false,
         discard_secondary = false,
         write_intent = false,
+        tls_cert = None,
+        tls_key = None,
+        tls_trust = None,
+        allow_insecure = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -157,6 +161,10 @@ impl Primary {
         adopt: bool,
         discard_secondary: bool,
         write_intent: bool,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_trust: Option<PathBuf>,
+        allow_insecure: bool,
     ) -> PyResult<Self> {
         let mut config = PrimaryConfig::new(peer.clone());
         config.meta = Some(meta.unwrap_or_else(|| mirror_core::meta::default_meta_path(&volume)));
@@ -185,6 +193,8 @@ impl Primary {
         if let Some(path) = &secret_file {
             config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
         }
+        config.tls = crate::args::tls(py, tls_cert, tls_key, tls_trust)?;
+        config.allow_insecure = allow_insecure;
         config.validate().py()?;
         let (algorithm, mode, compare) = (config.algorithm, config.mode, config.compare);
         let (inner, vol) = detached(py, move || {

@@ -20,8 +20,9 @@ use crate::volume;
 /// block device ``volume``, in order, in background threads.
 ///
 /// ``create`` (bytes) makes a sparse file of that size when ``volume`` does not exist.
-/// ``secret_file`` holds a shared secret the primary must prove. A non-loopback ``listen``
-/// address without a secret is refused unless ``allow_insecure`` is true. Use it as a
+/// ``secret_file`` holds a shared secret the primary must prove. ``tls_cert``, ``tls_key`` and
+/// ``tls_trust`` (PEM files) make the link mutual TLS 1.3. A non-loopback ``listen`` address
+/// without TLS is refused unless ``allow_insecure`` is true. Use it as a
 /// context manager, or call :meth:`close`.
 ///
 /// The secondary can lead checksum scans of its own: ``scan_on_connect`` scans as soon as a
@@ -56,6 +57,9 @@ impl Secondary {
         rate = None,
         compare = "secondary",
         algorithm = None,
+        tls_cert = None,
+        tls_key = None,
+        tls_trust = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -74,6 +78,9 @@ impl Secondary {
         rate: Option<f64>,
         compare: &str,
         algorithm: Option<&str>,
+        tls_cert: Option<PathBuf>,
+        tls_key: Option<PathBuf>,
+        tls_trust: Option<PathBuf>,
     ) -> PyResult<Self> {
         let bs = crate::args::block_size(block_size)?;
         let io: IoBackend = named(io)?;
@@ -91,6 +98,7 @@ impl Secondary {
         if let Some(path) = &secret_file {
             config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
         }
+        config.tls = crate::args::tls(py, tls_cert, tls_key, tls_trust)?;
         let (inner, addr) = detached(py, move || {
             if let Some(size) = create {
                 volume::create_if_missing(&volume, size)?;

@@ -74,6 +74,9 @@ pub struct VolumeOptions {
     pub idle_queue_depth: u32,
     /// Open read-only.
     pub read_only: bool,
+    /// Open as the volume's only user (a secondary): `flock` on a regular file, `O_EXCL` on a
+    /// block device; a volume already held is refused.
+    pub exclusive: bool,
 }
 
 impl Default for VolumeOptions {
@@ -85,6 +88,7 @@ impl Default for VolumeOptions {
             queue_depth: 32,
             idle_queue_depth: 2,
             read_only: false,
+            exclusive: false,
         }
     }
 }
@@ -157,6 +161,8 @@ pub fn open_volume_with_info(
     };
     let vol = if opts.read_only {
         FileVolume::open_read_only(path, opts.block_size)?
+    } else if opts.exclusive {
+        FileVolume::open_exclusive(path, opts.block_size)?
     } else {
         FileVolume::open(path, opts.block_size)?
     };

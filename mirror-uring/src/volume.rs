@@ -96,19 +96,32 @@ impl UringVolume {
 
         let mut oo = OpenOptions::new();
         oo.read(true).write(!opts.read_only);
+        let mut flags = 0;
         if direct {
-            oo.custom_flags(libc::O_DIRECT);
+            flags |= libc::O_DIRECT;
         }
-        let mut file = oo.open(path).map_err(|e| {
-            if direct && e.raw_os_error() == Some(libc::EINVAL) {
-                invalid(format!(
+        if opts.exclusive {
+            flags |= mirror_core::storage::exclusive::open_flags(path);
+        }
+        oo.custom_flags(flags);
+        let mut file =
+            mirror_core::storage::exclusive::retry_busy(|| oo.open(path)).map_err(|e| {
+                if opts.exclusive && e.raw_os_error() == Some(libc::EBUSY) {
+                    // O_EXCL on a block device someone else holds (mounted, or opened so).
+                    return mirror_core::storage::exclusive::in_use(&name, e);
+                }
+                if direct && e.raw_os_error() == Some(libc::EINVAL) {
+                    invalid(format!(
                     "{name}: the filesystem refuses O_DIRECT (EINVAL on open); open it without \
                      direct I/O (direct = false)"
                 ))
-            } else {
-                io_err(&name, "open", 0, e)
-            }
-        })?;
+                } else {
+                    io_err(&name, "open", 0, e)
+                }
+            })?;
+        if opts.exclusive {
+            mirror_core::storage::exclusive::lock(&file, &name)?;
+        }
         let (size, _) = volume_size(&mut file).map_err(|e| io_err(&name, "stat", 0, e))?;
 
         let align = if direct {

@@ -19,8 +19,11 @@ pub(crate) struct Backoff {
 impl Backoff {
     /// Starts at `base`, doubles per failure, never past `cap`.
     pub(crate) fn new(base: Duration, cap: Duration) -> Self {
+        // Jitter only: without OS randomness a fixed seed does no harm here.
         let seed = u64::from_le_bytes(
-            crate::auth::random_id().to_le_bytes()[..8]
+            crate::auth::random_id()
+                .unwrap_or(0x9e37_79b9_7f4a_7c15)
+                .to_le_bytes()[..8]
                 .try_into()
                 .unwrap_or([1; 8]),
         );

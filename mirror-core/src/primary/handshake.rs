@@ -1,24 +1,28 @@
-//! The primary's half of the handshake: protocol version, mutual proof of the shared secret,
-//! then volume identity, generation history, size and block size against what the secondary
-//! was last coherent with (the secondary admits or refuses; the primary checks the answer
-//! too, so a refusal holds on both sides). Nothing is replicated on a connection that has not passed it.
+//! The primary's half of the handshake: mutual TLS when configured (plaintext only to
+//! loopback unless allowed), protocol version, the shared secret (we prove first, bound to
+//! the TLS session), then volume identity, generation history, size and block size against
+//! what the secondary was last coherent with (the secondary admits or refuses; the primary
+//! checks the answer too, so a refusal holds on both sides). Nothing is replicated on a
+//! connection that has not passed it.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tracing::info;
+use tracing::{debug, info};
 
 use super::Inner;
+use crate::config::check_plaintext;
 use crate::meta::{GenId, Lineage, VolumeId};
 use crate::protocol::auth;
-use crate::protocol::link::{self, Counters, FrameReader, FrameWriter};
+use crate::protocol::link::{self, Counters, FrameReader, FrameWriter, Transport};
 use crate::protocol::messages::{self as wire, Message};
 use crate::units::Generation;
 use crate::{Error, Result};
 
 /// A connection past its handshake.
 pub(super) struct Handshaken {
+    /// The socket, to shut the connection down from another thread.
     pub(super) stream: TcpStream,
     pub(super) reader: FrameReader,
     pub(super) writer: FrameWriter,
@@ -38,34 +42,56 @@ impl Inner {
             .map_err(|e| Error::link(peer, format!("resolve: {e}")))?
             .next()
             .ok_or_else(|| Error::link(peer, "address resolves to nothing"))?;
+        check_plaintext(
+            &addr,
+            self.config.tls.is_some(),
+            self.config.allow_insecure,
+            "connect to",
+        )?;
         let stream = TcpStream::connect_timeout(&addr, timeout)
             .map_err(|e| Error::link(peer, e.to_string()))?;
-        let (mut reader, mut writer, counters) = link::split(
-            stream
-                .try_clone()
-                .map_err(|e| Error::link(peer, e.to_string()))?,
-            peer,
-            timeout,
-        )?;
-        let nonce_p = auth::nonce();
+        let shutdown = stream
+            .try_clone()
+            .map_err(|e| Error::link(peer, e.to_string()))?;
+        link::set_timeouts(&stream, peer, timeout)?;
+        let (transport, binding) = match &self.config.tls {
+            Some(tls) => {
+                let t = tls.connect(stream, peer)?;
+                let binding = t.binding();
+                debug!(%peer, certificate = t.peer_fingerprint(), "TLS established");
+                (Transport::Tls(t), binding)
+            }
+            None => (Transport::Plain(stream), auth::NO_BINDING),
+        };
+        let (mut reader, mut writer, counters) =
+            link::split(transport, peer, "secondary", timeout)?;
+        let nonce_p = auth::nonce()?;
         writer.send_now(&Message::Hello {
             magic: wire::MAGIC,
             version: wire::PROTOCOL_VERSION,
             nonce: nonce_p,
         })?;
-        let (version, auth_required, nonce_s, proof) = match reader.recv()? {
-            Message::HelloReply {
+        let (version, auth_required, nonce_s) = match reader.recv() {
+            Ok(Message::HelloReply {
                 version,
                 auth_required,
                 nonce,
-                proof,
-            } => (version, auth_required, nonce, proof),
-            other => {
+            }) => (version, auth_required, nonce),
+            Ok(other) => {
                 return Err(Error::protocol(
                     peer,
                     format!("expected HelloReply, got {}", other.name()),
                 ))
             }
+            // A TLS secondary answers a plaintext Hello with a TLS alert record, which reads
+            // as a malformed frame.
+            Err(Error::Protocol { msg, .. }) if self.config.tls.is_none() => {
+                return Err(Error::auth(
+                    peer,
+                    format!("the secondary did not answer in clear ({msg}); it may require TLS: configure a certificate, key and trust file"),
+                ))
+            }
+            Err(e) => return Err(e),
         };
         if version != wire::PROTOCOL_VERSION {
             return Err(Error::Mismatch(format!(
@@ -74,22 +100,40 @@ impl Inner {
             )));
         }
         match (&self.config.secret, auth_required) {
-            (Some(s), _) => {
-                if !auth_required {
-                    return Err(Error::auth(
-                        peer,
-                        "secondary has no shared secret configured but the primary requires one",
-                    ));
-                }
-                if !auth::verify(s, auth::SECONDARY_LABEL, &nonce_p, &nonce_s, &proof) {
-                    return Err(Error::auth(
-                        peer,
-                        "secondary did not prove the shared secret (wrong secret?)",
-                    ));
-                }
+            (Some(s), true) => {
+                // We prove first; the secondary proves only to a primary that did.
                 writer.send_now(&Message::Auth {
-                    proof: auth::proof(s, auth::PRIMARY_LABEL, &nonce_s, &nonce_p),
+                    proof: auth::proof(s, auth::PRIMARY_LABEL, &nonce_s, &nonce_p, &binding),
                 })?;
+                match reader.recv()? {
+                    Message::AuthReply { proof }
+                        if auth::verify(
+                            s,
+                            auth::SECONDARY_LABEL,
+                            &nonce_p,
+                            &nonce_s,
+                            &binding,
+                            &proof,
+                        ) => {}
+                    Message::AuthReply { .. } => {
+                        return Err(Error::auth(
+                            peer,
+                            "secondary did not prove the shared secret (wrong secret?)",
+                        ))
+                    }
+                    other => {
+                        return Err(Error::protocol(
+                            peer,
+                            format!("expected AuthReply, got {}", other.name()),
+                        ))
+                    }
+                }
+            }
+            (Some(_), false) => {
+                return Err(Error::auth(
+                    peer,
+                    "secondary has no shared secret configured but the primary requires one",
+                ))
             }
             (None, true) => return Err(Error::auth(
                 peer,
@@ -149,7 +193,7 @@ impl Inner {
         };
         reader.handshake_done();
         Ok(Handshaken {
-            stream,
+            stream: shutdown,
             reader,
             writer,
             counters,

@@ -84,7 +84,8 @@ impl Inner {
                     e @ (Error::Mismatch(_)
                     | Error::Busy(_)
                     | Error::Auth { .. }
-                    | Error::Protocol { .. }),
+                    | Error::Protocol { .. }
+                    | Error::InvalidArgument(_)),
                 ) = lock(&self.last_error).clone()
                 {
                     return Err(e);
@@ -97,7 +98,8 @@ impl Inner {
                         e @ (Error::Mismatch(_)
                         | Error::Busy(_)
                         | Error::Auth { .. }
-                        | Error::Protocol { .. }),
+                        | Error::Protocol { .. }
+                        | Error::InvalidArgument(_)),
                     ) => e,
                     Some(Error::Link { msg, .. }) => Error::link(
                         &self.config.peer,

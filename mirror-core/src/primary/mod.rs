@@ -160,8 +160,21 @@ impl Primary {
     /// resyncs by a full checksum scan (when `auto_resync`).
     pub fn open(volume: Arc<dyn Volume>, config: PrimaryConfig) -> Result<Primary> {
         config.validate()?;
+        // Plaintext to a non-loopback peer is refused now when the address resolves now (and
+        // at every connection attempt otherwise).
+        if let Some(addr) = std::net::ToSocketAddrs::to_socket_addrs(&config.peer)
+            .ok()
+            .and_then(|mut a| a.next())
+        {
+            crate::config::check_plaintext(
+                &addr,
+                config.tls.is_some(),
+                config.allow_insecure,
+                "connect to",
+            )?;
+        }
         let dirty = DirtyMap::new(volume.size(), volume.block_size(), config.region_size)?;
-        let session = auth::random_id();
+        let session = auth::random_id()?;
         let durable = state::PrimaryState::open(&*volume, &config)?;
         let inner = Arc::new(Inner {
             locks: RegionLocks::new(config.region_size),

@@ -1,14 +1,80 @@
-//! Frame I/O on a TCP connection, shared by both controllers: byte accounting, timeouts and the
-//! mapping of socket and frame failures to engine errors.
+//! Frame I/O on a TCP connection, in clear or inside TLS, shared by both controllers: byte
+//! accounting, timeouts and the mapping of socket, TLS and frame failures to engine errors.
+//!
+//! The frame codec is the same either way: under TLS the frames ride inside the records, and
+//! TLS adds what the CRC cannot give (integrity against a party on the path, secrecy,
+//! ordering and replay protection of the records).
 
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::protocol::messages::{self as wire, code, FrameError, Message};
+use crate::protocol::tls::{self, TlsReader, TlsStream, TlsWriter};
 use crate::{Error, Result};
+
+/// What carries a connection's frames.
+#[derive(Debug)]
+pub enum Transport {
+    /// The TCP socket itself (loopback, or an operator's explicit choice).
+    Plain(TcpStream),
+    /// Mutual TLS 1.3 over the socket, past its handshake.
+    Tls(TlsStream),
+}
+
+/// The reading side of a transport.
+#[derive(Debug)]
+pub enum ReadHalf {
+    /// In clear.
+    Plain(TcpStream),
+    /// Inside TLS.
+    Tls(TlsReader),
+}
+
+impl Read for ReadHalf {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ReadHalf::Plain(s) => s.read(buf),
+            ReadHalf::Tls(t) => t.read(buf),
+        }
+    }
+}
+
+/// The writing side of a transport.
+#[derive(Debug)]
+pub enum WriteHalf {
+    /// In clear.
+    Plain(TcpStream),
+    /// Inside TLS.
+    Tls(TlsWriter),
+}
+
+impl Write for WriteHalf {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Plain(s) => s.write(buf),
+            WriteHalf::Tls(t) => t.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            WriteHalf::Plain(s) => s.flush(),
+            WriteHalf::Tls(t) => t.flush(),
+        }
+    }
+}
+
+/// The engine error for an I/O error on a connection with `peer` (whose role is `role`): a
+/// TLS failure is named as one (certificate refusals are authentication errors), the rest are
+/// link errors.
+fn transport_error(peer: &str, role: &str, e: &io::Error, during: &str) -> Option<Error> {
+    e.get_ref()
+        .and_then(|i| i.downcast_ref::<rustls::Error>())
+        .map(|t| tls::tls_error(peer, role, t, during))
+}
 
 /// Bytes moved on one connection.
 #[derive(Debug, Default)]
@@ -22,27 +88,27 @@ pub struct Counters {
 /// The reading half of a connection.
 #[derive(Debug)]
 pub struct FrameReader {
-    inner: BufReader<TcpStream>,
+    inner: BufReader<ReadHalf>,
     peer: String,
+    role: &'static str,
     counters: Arc<Counters>,
     max_payload: usize,
     timeout: Duration,
 }
 
 impl FrameReader {
-    /// Reads from `stream`, declaring the link dead after `timeout` of silence.
-    pub fn new(
-        stream: TcpStream,
+    /// Reads from `half`, whose socket declares the link dead after `timeout` of silence.
+    fn new(
+        half: ReadHalf,
         peer: String,
+        role: &'static str,
         counters: Arc<Counters>,
         timeout: Duration,
     ) -> Result<Self> {
-        stream
-            .set_read_timeout(Some(timeout))
-            .map_err(|e| Error::link(&peer, format!("set timeout: {e}")))?;
         Ok(FrameReader {
-            inner: BufReader::with_capacity(256 << 10, stream),
+            inner: BufReader::with_capacity(256 << 10, half),
             peer,
+            role,
             counters,
             max_payload: wire::MAX_HANDSHAKE_PAYLOAD,
             timeout,
@@ -95,6 +161,9 @@ impl FrameReader {
     }
 
     fn io_error(&self, e: io::Error) -> Error {
+        if let Some(t) = transport_error(&self.peer, self.role, &e, "receive") {
+            return t;
+        }
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::link(
                 &self.peer,
@@ -122,29 +191,23 @@ impl FrameReader {
 /// The writing half of a connection.
 #[derive(Debug)]
 pub struct FrameWriter {
-    inner: BufWriter<TcpStream>,
+    inner: BufWriter<WriteHalf>,
     peer: String,
+    role: &'static str,
     counters: Arc<Counters>,
     scratch: Vec<u8>,
 }
 
 impl FrameWriter {
-    /// Writes to `stream`; a write blocked longer than `timeout` fails.
-    pub fn new(
-        stream: TcpStream,
-        peer: String,
-        counters: Arc<Counters>,
-        timeout: Duration,
-    ) -> Result<Self> {
-        stream
-            .set_write_timeout(Some(timeout))
-            .map_err(|e| Error::link(&peer, format!("set timeout: {e}")))?;
-        Ok(FrameWriter {
-            inner: BufWriter::with_capacity(256 << 10, stream),
+    /// Writes to `half`, whose socket fails a write blocked longer than the link timeout.
+    fn new(half: WriteHalf, peer: String, role: &'static str, counters: Arc<Counters>) -> Self {
+        FrameWriter {
+            inner: BufWriter::with_capacity(256 << 10, half),
             peer,
+            role,
             counters,
             scratch: Vec::new(),
-        })
+        }
     }
 
     /// Buffers one message.
@@ -183,6 +246,9 @@ impl FrameWriter {
     }
 
     fn io_error(&self, e: io::Error) -> Error {
+        if let Some(t) = transport_error(&self.peer, self.role, &e, "send") {
+            return t;
+        }
         match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::link(
                 &self.peer,
@@ -219,18 +285,38 @@ pub fn error_code(e: &Error) -> u16 {
     }
 }
 
-/// Splits a connected stream into its two halves with shared counters.
+/// Sets a socket's timeouts: a read or a write blocked longer than `timeout` fails.
+pub fn set_timeouts(stream: &TcpStream, peer: &str, timeout: Duration) -> Result<()> {
+    let _ = stream.set_nodelay(true);
+    stream
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| stream.set_write_timeout(Some(timeout)))
+        .map_err(|e| Error::link(peer, format!("set timeout: {e}")))
+}
+
+/// Splits a connection into its two halves with shared counters. `role` names the peer
+/// ("primary", "secondary") in errors; the socket's timeouts are set to `timeout`.
 pub fn split(
-    stream: TcpStream,
+    transport: Transport,
     peer: &str,
+    role: &'static str,
     timeout: Duration,
 ) -> Result<(FrameReader, FrameWriter, Arc<Counters>)> {
-    let _ = stream.set_nodelay(true);
     let counters = Arc::new(Counters::default());
-    let w = stream
-        .try_clone()
-        .map_err(|e| Error::link(peer, format!("clone socket: {e}")))?;
-    let reader = FrameReader::new(stream, peer.to_owned(), counters.clone(), timeout)?;
-    let writer = FrameWriter::new(w, peer.to_owned(), counters.clone(), timeout)?;
+    let clone_err = |e: io::Error| Error::link(peer, format!("clone socket: {e}"));
+    let (r, w) = match transport {
+        Transport::Plain(stream) => {
+            set_timeouts(&stream, peer, timeout)?;
+            let w = stream.try_clone().map_err(clone_err)?;
+            (ReadHalf::Plain(stream), WriteHalf::Plain(w))
+        }
+        Transport::Tls(t) => {
+            let (r, w) = t.split().map_err(clone_err)?;
+            set_timeouts(r.socket(), peer, timeout)?;
+            (ReadHalf::Tls(r), WriteHalf::Tls(w))
+        }
+    };
+    let reader = FrameReader::new(r, peer.to_owned(), role, counters.clone(), timeout)?;
+    let writer = FrameWriter::new(w, peer.to_owned(), role, counters.clone());
     Ok((reader, writer, counters))
 }

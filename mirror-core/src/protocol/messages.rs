@@ -6,9 +6,11 @@
 //!
 //! ```text
 //! primary                                   secondary
+//!              (TLS 1.3 handshake first, when configured: see `tls`)
 //! Hello{magic, version, nonce_p}      -->
-//!                                     <--   HelloReply{version, auth, nonce_s, proof_s}
+//!                                     <--   HelloReply{version, auth, nonce_s}
 //! Auth{proof_p}        (secret set)   -->
+//!                                     <--   AuthReply{proof_s}  (only once proof_p verified)
 //! Open{volume, session, epoch, size, block_size, generation, flags, history}
 //!                                     <--   OpenReply{size, block_size, last session, epoch,
 //!                                                     volume, bound to, generation,
@@ -29,7 +31,13 @@
 //!                                     <--   LeadReport{req, ...}            (for its status)
 //! ```
 //!
-//! Either side may send `Error{code, message}` and close. A version the secondary does not
+//! The primary proves the shared secret first; the secondary proves it only to a primary that
+//! did, so a peer without the secret learns nothing it could guess the secret against. Each
+//! proof is an HMAC over both nonces and the TLS exporter of the session (zeros without TLS),
+//! so it is worthless on any other connection (see `auth`).
+//!
+//! Either side may send `Error{code, message}` and close. Before authentication its message is
+//! generic (what was wrong, never a path or other local detail). A version the secondary does not
 //! speak is answered with `Error{VERSION}` naming both versions.
 //!
 //! # Versions
@@ -40,8 +48,9 @@
 //!   the primary's `--adopt`/`--discard-secondary` flags ([`open_flags`]); the secondary says
 //!   whether it is a consistent image. `ResyncDone` ends a resync. `Error{MISMATCH}` also
 //!   refuses another volume's primary or a split brain; `Error{BUSY}` a second primary
-//!   beside a live session. A version-1 peer
-//!   is refused at `Hello` with `Error{VERSION}` naming both versions.
+//!   beside a live session. The primary proves the shared secret first (`Auth`), the
+//!   secondary answers with `AuthReply` (`HelloReply` carries no proof), and proofs cover the
+//!   TLS exporter. A version-1 peer is refused at `Hello` with `Error{VERSION}` naming both versions.
 //!
 //! The `level` byte of scan and compare requests selects what a digest covers: 0 is one block.
 //! Higher levels (a digest over 2^level consecutive block digests, for a hierarchical
@@ -67,6 +76,11 @@ pub use super::frame::{
 };
 
 /// Protocol version this build speaks.
+///
+/// Changes: 2 — the primary proves the shared secret first (`Auth`), the secondary answers
+/// with `AuthReply`; `HelloReply` carries no proof; proofs cover the TLS exporter; `Open` and
+/// `OpenReply` carry identities and generation histories (see Versions above). Version 1
+/// (the secondary proved first, to anyone) is no longer spoken.
 pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
@@ -204,8 +218,8 @@ macro_rules! messages {
 messages! {
     /// Primary's greeting.
     1 => HELLO Hello { magic: [u8; 4], version: u16, nonce: [u8; 32] },
-    /// Secondary's answer; `proof` is all zeros when it holds no secret.
-    2 => HELLO_REPLY HelloReply { version: u16, auth_required: bool, nonce: [u8; 32], proof: [u8; 32] },
+    /// Secondary's answer: the version it will speak, whether it requires the shared secret.
+    2 => HELLO_REPLY HelloReply { version: u16, auth_required: bool, nonce: [u8; 32] },
     /// Primary's proof of the shared secret.
     3 => AUTH Auth { proof: [u8; 32] },
     /// Primary's volume, session and connection, its generation and history, and what its
@@ -268,6 +282,8 @@ messages! {
     /// The report of a secondary-led scan, for the primary's status. `mode` is 0 for a scan on
     /// connection, 1 for a periodic one; `compare` 0 for the primary, 1 for the secondary.
     46 => LEAD_REPORT LeadReport { req: u64, mode: u8, compare: u8, algorithm: Algorithm, blocks: u64, mismatched: u64, blocks_sent: u64, bytes_sent: u64, bytes_received: u64, micros: u64 },
+    /// Secondary's proof of the shared secret, sent once the primary's has verified.
+    47 => AUTH_REPLY AuthReply { proof: [u8; 32] },
 }
 
 /// The operation of an `IoError` message (wire values; never reuse one).
@@ -557,12 +573,12 @@ mod tests {
                 nonce: [7; 32],
             },
             HelloReply {
-                version: 1,
+                version: 2,
                 auth_required: true,
                 nonce: [8; 32],
-                proof: [9; 32],
             },
             Auth { proof: [3; 32] },
+            AuthReply { proof: [9; 32] },
             Open {
                 volume_id: 1 << 100,
                 session: 42,
@@ -688,12 +704,12 @@ mod tests {
     fn hello_golden_bytes() {
         let m = Message::Hello {
             magic: MAGIC,
-            version: 1,
+            version: PROTOCOL_VERSION,
             nonce: [0xAB; 32],
         };
         let f = m.to_frame().unwrap();
         assert_eq!(&f[..8], &[38, 0, 0, 0, kind::HELLO, 0, 0, 0]);
-        assert_eq!(&f[8..14], b"MIRR\x01\x00");
+        assert_eq!(&f[8..14], b"MIRR\x02\x00");
         assert_eq!(&f[14..46], &[0xAB; 32]);
         let crc = crc32fast::hash(&f[..46]);
         assert_eq!(&f[46..], &crc.to_le_bytes());

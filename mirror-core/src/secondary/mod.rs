@@ -23,8 +23,13 @@
 //!
 //! - Scans it leads of its own accord ([`lead`]) change its volume only through repair writes
 //!   of the primary's ordered stream, never by anything it reads or computes itself.
+//! - Before authentication a connection costs a bounded, small amount ([`gate`]): a
+//!   whole-handshake deadline, caps on connections in handshake and on sessions, an accept
+//!   loop that backs off when descriptors run out, a connection whose thread cannot start is
+//!   closed and logged, refusals are logged at warn with the peer's address, rate-limited.
 //!
-//! Parts: [`session`] (handshake), [`admission`] (who may attach), [`apply`] (the ordered
+//! Parts: [`gate`] (what a connection may cost before it authenticates), [`session`] (TLS
+//! and the handshake), [`admission`] (which primary may attach), [`apply`] (the ordered
 //! apply loop), [`commit`] (group commit of acknowledgements), [`failure`] (telling errors),
 //! [`worker`] (scans and compares the primary asks for), [`lead`] (scans the secondary
 //! leads). This file is the public face, [`Secondary`], and the accept loop.
@@ -33,6 +38,7 @@ mod admission;
 mod apply;
 mod commit;
 mod failure;
+pub mod gate;
 mod lead;
 mod session;
 mod worker;
@@ -42,10 +48,11 @@ use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use self::gate::{is_resource_exhaustion, Admission, Admitted, Backoff, RateLimit};
 use self::session::handle_connection;
 use crate::config::SecondaryConfig;
 use crate::meta::{MetaStore, SecondaryMeta};
@@ -131,6 +138,26 @@ struct Inner {
     /// Request ids of the scans this secondary leads.
     next_lead_req: AtomicU64,
     stats: Stats,
+    /// Connections in handshake and sessions, under their caps.
+    admission: Arc<Admission>,
+    /// Warnings about refused or failed handshakes and about the accept loop.
+    warnings: RateLimit,
+}
+
+impl Inner {
+    /// Shuts connection `id` down (its handler then ends and lets go of it).
+    fn shut_down(&self, id: u64) {
+        if let Some(c) = lock(&self.conns).get(&id) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Logs at warn unless too many warnings were logged lately.
+    fn warn_limited(&self, f: impl FnOnce(u64)) {
+        if let Some(suppressed) = self.warnings.check(Instant::now()) {
+            f(suppressed);
+        }
+    }
 }
 
 impl Inner {
@@ -144,14 +171,13 @@ impl Secondary {
     /// A secondary over `volume`; it listens once [`serve`](Self::serve) is called.
     pub fn new(volume: Arc<dyn Volume>, config: SecondaryConfig) -> Result<Secondary> {
         if let Some(s) = &config.secret {
-            if s.len() < 8 {
-                return Err(Error::invalid("shared secret must be at least 8 bytes"));
-            }
+            crate::config::check_secret(s)?;
         }
         let meta = SecondaryMeta::open(config.meta.clone().map(MetaStore::new))?;
         if let Some(p) = &config.periodic {
             p.validate()?;
         }
+        let admission = Arc::new(Admission::new(config.limits));
         Ok(Secondary {
             inner: Arc::new(Inner {
                 volume,
@@ -166,6 +192,8 @@ impl Secondary {
                 next_conn: AtomicU64::new(1),
                 next_lead_req: AtomicU64::new(1),
                 stats: Stats::default(),
+                admission,
+                warnings: RateLimit::new(10, Duration::from_secs(10)),
             }),
         })
     }
@@ -276,34 +304,93 @@ impl Drop for Secondary {
 }
 
 fn accept_loop(inner: Arc<Inner>, listener: TcpListener, stop: Arc<AtomicBool>) {
+    let mut backoff = Backoff::default();
     while !stop.load(Ordering::SeqCst) {
+        for id in inner.admission.overdue(Instant::now()) {
+            inner.shut_down(id);
+        }
         match listener.accept() {
             Ok((stream, peer)) => {
-                let _ = stream.set_nonblocking(false);
-                let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
-                if let Ok(c) = stream.try_clone() {
-                    lock(&inner.conns).insert(id, c);
-                }
-                let inner2 = inner.clone();
-                let h = std::thread::Builder::new()
-                    .name(format!("mirror-secondary-{id}"))
-                    .spawn(move || {
-                        handle_connection(&inner2, id, stream, peer.to_string());
-                        lock(&inner2.conns).remove(&id);
-                    });
-                let mut handlers = lock(&inner.handlers);
-                handlers.retain(|h| !h.is_finished());
-                if let Ok(h) = h {
-                    handlers.push(h);
-                }
+                backoff.reset();
+                accept(&inner, stream, peer);
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            Err(e) if is_resource_exhaustion(&e) => {
+                // Out of descriptors (or memory): shed the connection that has waited longest
+                // in handshake, and give the system time instead of spinning on accept.
+                if let Some(id) = inner.admission.shed_oldest() {
+                    inner.shut_down(id);
+                }
+                let pause = backoff.failed();
+                inner.warn_limited(|suppressed| {
+                    warn!(error = %e, pause_ms = pause.as_millis() as u64, suppressed, "accept failed: out of resources; backing off")
+                });
+                std::thread::sleep(pause);
+            }
             Err(e) => {
-                warn!(error = %e, "accept failed");
+                inner.warn_limited(|suppressed| warn!(error = %e, suppressed, "accept failed"));
                 std::thread::sleep(Duration::from_millis(100));
             }
+        }
+    }
+}
+
+/// Admits an accepted connection and starts its handler, or closes it.
+fn accept(inner: &Arc<Inner>, stream: TcpStream, peer: SocketAddr) {
+    let id = inner.next_conn.fetch_add(1, Ordering::Relaxed);
+    match inner.admission.admit(id, Instant::now()) {
+        Admitted::Refused => {
+            inner.warn_limited(|suppressed| {
+                warn!(%peer, suppressed, "connection refused: too many connections in handshake")
+            });
+            return;
+        }
+        Admitted::Yes { evicted } => {
+            if let Some(old) = evicted {
+                inner.shut_down(old);
+                inner.warn_limited(|suppressed| {
+                    warn!(%peer, suppressed, "too many connections in handshake: the oldest was closed")
+                });
+            }
+        }
+    }
+    let _ = stream.set_nonblocking(false);
+    match stream.try_clone() {
+        Ok(c) => {
+            lock(&inner.conns).insert(id, c);
+        }
+        Err(e) => {
+            inner.admission.finished(id);
+            inner.warn_limited(|suppressed| {
+                warn!(%peer, error = %e, suppressed, "connection closed: cannot clone its socket")
+            });
+            return;
+        }
+    }
+    let inner2 = inner.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("mirror-secondary-{id}"))
+        .spawn(move || {
+            handle_connection(&inner2, id, stream, peer.to_string());
+            lock(&inner2.conns).remove(&id);
+            inner2.admission.finished(id);
+        });
+    let mut handlers = lock(&inner.handlers);
+    handlers.retain(|h| !h.is_finished());
+    match spawned {
+        Ok(h) => handlers.push(h),
+        Err(e) => {
+            // The closure, and the stream in it, are dropped: close the clone too.
+            drop(handlers);
+            if let Some(c) = lock(&inner.conns).remove(&id) {
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            }
+            inner.admission.finished(id);
+            inner.warn_limited(|suppressed| {
+                warn!(%peer, error = %e, suppressed, "connection closed: cannot start its thread")
+            });
         }
     }
 }

@@ -1,46 +1,109 @@
-//! One primary's session: the handshake (version, shared secret, volume size and block size,
-//! the coherence record reported before it is replaced), then the apply loop. Nothing is
-//! written before the handshake succeeds; a session that ends badly answers with an `Error`
-//! message and leaves the volume untouched by its bad frame.
+//! One primary's session: TLS when configured, the handshake (version, shared secret — the
+//! primary proves it first — volume size and block size, the coherence record reported before
+//! it is replaced), then the apply loop. Nothing is written before the handshake succeeds; a
+//! session that ends badly answers with an `Error` message and leaves the volume untouched by
+//! its bad frame. Before authentication that message is generic: it never names the volume
+//! or anything else local.
 
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crossbeam_channel::{bounded, unbounded};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::failure::{error_message, forget_coherence_after};
+use super::gate::SessionSlot;
 use super::lead::Leader;
 use super::worker::{worker, Work};
 use super::Inner;
 use crate::meta::{GenId, Lineage, PrimaryClaim, Resolution, VolumeId};
-use crate::protocol::auth;
-use crate::protocol::link::{self, Counters, FrameReader, FrameWriter};
+use crate::protocol::auth::{self, Binding};
+use crate::protocol::link::{self, Counters, FrameReader, FrameWriter, Transport};
 use crate::protocol::messages::{self as wire, code, Message};
 use crate::sync::lock;
 use crate::units::Generation;
 use crate::{Error, ErrorKind, Result};
 
+/// True when the connection starts with a mirror `Hello` frame in clear.
+fn plaintext_hello(stream: &TcpStream) -> bool {
+    let mut b = [0u8; 12];
+    match stream.peek(&mut b) {
+        Ok(12) => b[4] == wire::kind::HELLO && b[5..8] == [0, 0, 0] && b[8..12] == wire::MAGIC,
+        _ => false,
+    }
+}
+
+/// The generic text of an error sent before the peer authenticated.
+fn pre_auth_message(e: &Error) -> &'static str {
+    match e.kind() {
+        ErrorKind::Auth => "authentication failed",
+        ErrorKind::Mismatch => "refused: the peers do not match",
+        ErrorKind::Closed | ErrorKind::Cancelled => "the secondary is shutting down",
+        _ => "protocol error before authentication",
+    }
+}
+
+/// Logs a refused or failed handshake: at warn with the peer's address, rate-limited.
+fn refused(inner: &Inner, peer: &str, e: &Error) {
+    if e.kind() != ErrorKind::Link {
+        inner.stats.rejected.fetch_add(1, Ordering::Relaxed);
+    }
+    *lock(&inner.stats.last_error) = Some(e.to_string());
+    inner.warn_limited(
+        |suppressed| warn!(%peer, error = %e, suppressed, "handshake refused or failed"),
+    );
+}
+
 pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, peer: String) {
-    info!(%peer, "primary connected");
+    debug!(%peer, "connection accepted");
     let timeout = inner.config.link_timeout;
-    let (mut reader, writer, counters) = match link::split(stream, &peer, timeout) {
+    let split = link::set_timeouts(&stream, &peer, timeout).and_then(|()| {
+        let (transport, binding) = match &inner.config.tls {
+            Some(_) if plaintext_hello(&stream) => {
+                // A primary without TLS: tell it so in its own terms, not with a TLS alert
+                // it cannot read.
+                let mut w = &stream;
+                let _ = wire::write_frame(
+                    &mut w,
+                    &Message::Error {
+                        code: code::AUTH,
+                        message: "this secondary requires TLS: configure a certificate, key and trust file".into(),
+                    },
+                );
+                return Err(Error::auth(&peer, "the primary does not speak TLS"));
+            }
+            Some(tls) => {
+                let t = tls.accept(stream, &peer)?;
+                let binding = t.binding();
+                debug!(%peer, certificate = t.peer_fingerprint(), "TLS established");
+                (Transport::Tls(t), binding)
+            }
+            None => (Transport::Plain(stream), auth::NO_BINDING),
+        };
+        link::split(transport, &peer, "primary", timeout).map(|x| (x, binding))
+    });
+    let ((mut reader, writer, counters), binding) = match split {
         Ok(x) => x,
         Err(e) => {
-            warn!(%peer, error = %e, "connection setup failed");
+            refused(inner, &peer, &e);
+            inner.shut_down(id);
             return;
         }
     };
     let writer = Arc::new(Mutex::new(writer));
+    let authenticated = AtomicBool::new(false);
     let result = Session {
         inner,
         id,
         peer: &peer,
         writer: &writer,
         counters: counters.clone(),
+        binding,
+        authenticated: &authenticated,
     }
     .run(&mut reader);
+    let authenticated = authenticated.load(Ordering::SeqCst);
     let stats = &inner.stats;
     stats
         .bytes_sent
@@ -63,8 +126,16 @@ pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, 
             if !matches!(e.kind(), ErrorKind::Link)
                 && !matches!(e, Error::Protocol { ref msg, .. } if msg.starts_with("peer reported"))
             {
-                let _ = lock(&writer).send_now(&error_message(&e));
-                if e.kind() == ErrorKind::Io {
+                let msg = if authenticated {
+                    error_message(&e)
+                } else {
+                    Message::Error {
+                        code: link::error_code(&e),
+                        message: pre_auth_message(&e).to_owned(),
+                    }
+                };
+                let _ = lock(&writer).send_now(&msg);
+                if authenticated && e.kind() == ErrorKind::Io {
                     // Let the primary read the error before the connection goes: closing
                     // with its frames unread would reset the connection and could discard it.
                     if let Some(c) = lock(&inner.conns).get(&id) {
@@ -74,7 +145,9 @@ pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, 
                     while std::time::Instant::now() < deadline && reader.recv().is_ok() {}
                 }
             }
-            if e.kind() == ErrorKind::Link {
+            if !authenticated {
+                refused(inner, &peer, &e);
+            } else if e.kind() == ErrorKind::Link {
                 // The primary went away (closed, restarted, or the link broke): not a fault
                 // of the connection's contents.
                 info!(%peer, reason = %e, "primary disconnected");
@@ -96,11 +169,15 @@ pub(super) struct Session<'a> {
     pub(super) peer: &'a str,
     pub(super) writer: &'a Arc<Mutex<FrameWriter>>,
     counters: Arc<Counters>,
+    /// The TLS exporter of this connection (zeros in clear): what the proofs are bound to.
+    binding: Binding,
+    /// Set once the primary has authenticated (TLS, and the secret when one is configured).
+    authenticated: &'a AtomicBool,
 }
 
 impl Session<'_> {
     pub(super) fn run(&self, reader: &mut FrameReader) -> Result<()> {
-        let (open, claim) = self.handshake(reader)?;
+        let (open, claim, _slot) = self.handshake(reader)?;
         reader.handshake_done();
 
         // A live session of another primary holds the volume (refused); a stale connection of
@@ -203,7 +280,10 @@ impl Session<'_> {
         lock(self.writer).send_now(m)
     }
 
-    pub(super) fn handshake(&self, reader: &mut FrameReader) -> Result<(Generation, PrimaryClaim)> {
+    pub(super) fn handshake(
+        &self,
+        reader: &mut FrameReader,
+    ) -> Result<(Generation, PrimaryClaim, SessionSlot)> {
         let vol = &self.inner.volume;
         let (version, nonce_p) = match reader.recv()? {
             Message::Hello {
@@ -239,20 +319,23 @@ impl Session<'_> {
             return Err(Error::protocol(self.peer, format!("peer reported: {msg}")));
         }
         let secret = self.inner.config.secret.as_deref();
-        let nonce_s = auth::nonce();
-        let proof = secret.map_or([0; 32], |s| {
-            auth::proof(s, auth::SECONDARY_LABEL, &nonce_p, &nonce_s)
-        });
+        let nonce_s = auth::nonce()?;
         self.send_now(&Message::HelloReply {
             version,
             auth_required: secret.is_some(),
             nonce: nonce_s,
-            proof,
         })?;
         if let Some(s) = secret {
+            // The primary proves first; only a proof that verifies is answered with ours.
+            let b = &self.binding;
             match reader.recv()? {
                 Message::Auth { proof }
-                    if auth::verify(s, auth::PRIMARY_LABEL, &nonce_s, &nonce_p, &proof) => {}
+                    if auth::verify(s, auth::PRIMARY_LABEL, &nonce_s, &nonce_p, b, &proof) =>
+                {
+                    self.send_now(&Message::AuthReply {
+                        proof: auth::proof(s, auth::SECONDARY_LABEL, &nonce_p, &nonce_s, b),
+                    })?;
+                }
                 Message::Auth { .. } => {
                     return Err(Error::auth(
                         self.peer,
@@ -270,7 +353,18 @@ impl Session<'_> {
                 }
             }
         }
-        match reader.recv()? {
+        let Some(slot) = self.inner.admission.authenticated(self.id) else {
+            let _ = self.send_now(&Message::Error {
+                code: code::SHUTDOWN,
+                message: "too many sessions; try again later".into(),
+            });
+            return Err(Error::link(
+                self.peer,
+                "refused: too many sessions (or the handshake deadline passed)",
+            ));
+        };
+        self.authenticated.store(true, Ordering::SeqCst);
+        let open = match reader.recv()? {
             Message::Open {
                 volume_id,
                 session,
@@ -314,12 +408,15 @@ impl Session<'_> {
                     },
                     ephemeral: flags & wire::open_flags::EPHEMERAL != 0,
                 };
-                Ok((Generation { session, epoch }, claim))
+                (Generation { session, epoch }, claim)
             }
-            other => Err(Error::protocol(
-                self.peer,
-                format!("expected Open, got {}", other.name()),
-            )),
-        }
+            other => {
+                return Err(Error::protocol(
+                    self.peer,
+                    format!("expected Open, got {}", other.name()),
+                ))
+            }
+        };
+        Ok((open.0, open.1, slot))
     }
 }

@@ -110,22 +110,52 @@ pub struct FileVolume {
 impl FileVolume {
     /// Opens `path` for reading and writing.
     pub fn open(path: impl AsRef<Path>, block_size: BlockSize) -> Result<Self> {
-        Self::open_with(path, block_size, true)
+        Self::open_with(path, block_size, true, false)
+    }
+
+    /// Opens `path` for reading and writing, as its only user: a regular file is locked
+    /// (`flock`), a block device opened `O_EXCL` (see [`exclusive`](super::exclusive)). What a
+    /// secondary does: a second writer is refused instead of writing behind the first.
+    pub fn open_exclusive(path: impl AsRef<Path>, block_size: BlockSize) -> Result<Self> {
+        Self::open_with(path, block_size, true, true)
     }
 
     /// Opens `path` read-only (scans).
     pub fn open_read_only(path: impl AsRef<Path>, block_size: BlockSize) -> Result<Self> {
-        Self::open_with(path, block_size, false)
+        Self::open_with(path, block_size, false, false)
     }
 
-    fn open_with(path: impl AsRef<Path>, block_size: BlockSize, write: bool) -> Result<Self> {
+    fn open_with(
+        path: impl AsRef<Path>,
+        block_size: BlockSize,
+        write: bool,
+        exclusive: bool,
+    ) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
         let path = path.as_ref();
         let name = path.display().to_string();
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(write)
-            .open(path)
-            .map_err(|e| Error::io(&name, "open", 0, e))?;
+        let flags = if exclusive {
+            super::exclusive::open_flags(path)
+        } else {
+            0
+        };
+        let mut file = super::exclusive::retry_busy(|| {
+            OpenOptions::new()
+                .read(true)
+                .write(write)
+                .custom_flags(flags)
+                .open(path)
+        })
+        .map_err(|e| {
+            if exclusive {
+                super::exclusive::in_use(&name, e)
+            } else {
+                Error::io(&name, "open", 0, e)
+            }
+        })?;
+        if exclusive {
+            super::exclusive::lock(&file, &name)?;
+        }
         let (size, block_device) =
             volume_size(&mut file).map_err(|e| Error::io(&name, "stat", 0, e))?;
         Ok(FileVolume {

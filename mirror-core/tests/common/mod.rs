@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod frame_proxy;
+pub mod mitm;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};

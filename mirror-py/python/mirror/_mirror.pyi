@@ -158,6 +158,10 @@ class Primary:
         adopt: bool = False,
         discard_secondary: bool = False,
         write_intent: bool = False,
+        tls_cert: Optional[_Path] = None,
+        tls_key: Optional[_Path] = None,
+        tls_trust: Optional[_Path] = None,
+        allow_insecure: bool = False,
     ) -> Self: ...
     def write(self, offset: int, data: Buffer) -> _Outcome: ...
     def replicate(self, offset: int, data: Buffer) -> _Outcome: ...
@@ -218,6 +222,9 @@ class Secondary:
         rate: Optional[float] = None,
         compare: Literal["primary", "secondary"] = "secondary",
         algorithm: Optional[_Algorithm] = None,
+        tls_cert: Optional[_Path] = None,
+        tls_key: Optional[_Path] = None,
+        tls_trust: Optional[_Path] = None,
     ) -> Self: ...
     @property
     def address(self) -> str: ...
