@@ -59,7 +59,7 @@ impl Inner {
                 let t = tls.connect(stream, peer)?;
                 let binding = t.binding();
                 debug!(%peer, certificate = t.peer_fingerprint(), "TLS established");
-                (Transport::Tls(t), binding)
+                (Transport::Tls(Box::new(t)), binding)
             }
             None => (Transport::Plain(stream), auth::NO_BINDING),
         };

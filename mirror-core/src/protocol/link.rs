@@ -21,7 +21,7 @@ pub enum Transport {
     /// The TCP socket itself (loopback, or an operator's explicit choice).
     Plain(TcpStream),
     /// Mutual TLS 1.3 over the socket, past its handshake.
-    Tls(TlsStream),
+    Tls(Box<TlsStream>),
 }
 
 /// The reading side of a transport.

@@ -141,9 +141,7 @@ impl Admission {
     /// unless that would pass the cap on sessions (`None`), or the deadline already took it.
     pub fn authenticated(self: &Arc<Self>, id: u64) -> Option<SessionSlot> {
         let mut s = lock(&self.state);
-        if s.handshaking.remove(&id).is_none() {
-            return None;
-        }
+        s.handshaking.remove(&id)?;
         if s.sessions >= self.limits.max_sessions.max(1) {
             return None;
         }

@@ -77,7 +77,7 @@ pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, 
                 let t = tls.accept(stream, &peer)?;
                 let binding = t.binding();
                 debug!(%peer, certificate = t.peer_fingerprint(), "TLS established");
-                (Transport::Tls(t), binding)
+                (Transport::Tls(Box::new(t)), binding)
             }
             None => (Transport::Plain(stream), auth::NO_BINDING),
         };
