@@ -3,7 +3,7 @@
 //! it is valid, by a full checksum scan when it is not — and runs the periodic scan.
 //!
 //! Invariants, and where they are kept:
-//! - **One ordered stream.** Replicated writes, repair blocks, barriers and scan requests all go
+//! - **One ordered stream.** Replicated writes and zeroings, repair blocks, barriers and scan requests all go
 //!   through one queue to one writer thread ([`Conn::tx`]); the secondary applies them in that
 //!   order.
 //! - **No stale block over a newer one.** A write takes the stripe locks of its regions
@@ -19,7 +19,8 @@
 //!
 //! Parts: [`conn`] (the link, its pending table and waiters), [`locks`] (region stripe locks),
 //! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`manager`]
-//! (connecting, the writer and reader threads). This file is the public face, [`Primary`].
+//! (connecting, the writer and reader threads), [`zero`] (write-zeroes and trim, replicated
+//! like writes). This file is the public face, [`Primary`].
 
 mod compare;
 mod conn;
@@ -27,6 +28,7 @@ mod handshake;
 mod job;
 mod locks;
 mod manager;
+mod zero;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

@@ -11,7 +11,8 @@
 //! Auth{proof_p}        (secret set)   -->
 //! Open{volume, session, epoch, size, block_size}
 //!                                     <--   OpenReply{size, block_size, last session, epoch}
-//! Write / Flush / Barrier / Ping ...  -->   (applied in order)  <-- Ack{seq} / Pong
+//! Write / WriteZeroes / Trim / Flush / Barrier / Ping ...
+//!                                     -->   (applied in order)  <-- Ack{seq} / Pong
 //! ScanRequest{req, range, level}      -->   <-- Digests{req, start, ...}* ScanEnd{req}
 //! CompareRequest{req, range}, Digests* , CompareEnd{req}
 //!                                     <--   BlockRequest{req, range}* CompareDone{req, n}
@@ -44,7 +45,13 @@ pub use super::frame::{
 };
 
 /// Protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+///
+/// Changes by version:
+/// - 1: the first.
+/// - 2: `WriteZeroes` and `Trim`. A secondary speaking 2 still serves a primary speaking 1
+///   (which never sends them); a primary speaking 2 is refused by a secondary that speaks
+///   only 1, at the handshake rather than at its first zeroing.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Magic of the Hello message.
@@ -79,6 +86,14 @@ pub mod write_flags {
     pub const REPAIR: u8 = 2;
     /// Every flag this version knows.
     pub const ALL: u8 = FLUSH | REPAIR;
+}
+
+/// Flags of the WriteZeroes and Trim messages.
+pub mod zero_flags {
+    /// Flush the secondary's volume before acknowledging.
+    pub const FLUSH: u8 = super::write_flags::FLUSH;
+    /// Every flag this version knows.
+    pub const ALL: u8 = FLUSH;
 }
 
 /// Priority byte of scan and compare requests.
@@ -182,6 +197,12 @@ messages! {
     18 => PONG Pong { nonce: u64 },
     /// A fatal error; the sender closes the connection.
     19 => ERROR Error { code: u16, message: String },
+    /// Zeros over `len` bytes at a byte offset, storage kept allocated where the volume can.
+    /// Bounded by the volume, not by the frame: nothing of `len` is allocated.
+    20 => WRITE_ZEROES WriteZeroes { seq: u64, offset: u64, len: u64, flags: u8 },
+    /// Trim `len` bytes at a byte offset: storage released where the volume can, and the
+    /// range reads as zeros on every volume (trim is not advisory in mirror).
+    21 => TRIM Trim { seq: u64, offset: u64, len: u64, flags: u8 },
 }
 
 impl Message {
@@ -226,6 +247,27 @@ impl Message {
                     return Err(bad(format!(
                         "Write of {} bytes (1 to {MAX_WRITE_DATA})",
                         data.len()
+                    )));
+                }
+            }
+            Message::WriteZeroes {
+                offset, len, flags, ..
+            }
+            | Message::Trim {
+                offset, len, flags, ..
+            } => {
+                if flags & !zero_flags::ALL != 0 {
+                    return Err(bad(format!(
+                        "{} with unknown flags {flags:#x}",
+                        self.name()
+                    )));
+                }
+                // The volume bounds the range (checked before any I/O by the receiver); here
+                // only what no volume could hold.
+                if *len == 0 || offset.checked_add(*len).is_none() {
+                    return Err(bad(format!(
+                        "{} of {len} bytes at {offset} (1 byte or more, within u64)",
+                        self.name()
                     )));
                 }
             }
@@ -460,6 +502,18 @@ mod tests {
                 code: code::MISMATCH,
                 message: "size differs".into(),
             },
+            WriteZeroes {
+                seq: 12,
+                offset: 1 << 40,
+                len: 1 << 35,
+                flags: zero_flags::FLUSH,
+            },
+            Trim {
+                seq: 13,
+                offset: 4096,
+                len: u64::MAX - 4096,
+                flags: 0,
+            },
         ]
     }
 
@@ -506,6 +560,67 @@ mod tests {
         want.extend_from_slice(&4u64.to_le_bytes());
         want.extend_from_slice(&4096u32.to_le_bytes());
         assert_eq!(&f[..f.len() - 4], &want[..]);
+    }
+
+    #[test]
+    fn write_zeroes_and_trim_golden_bytes() {
+        for (m, k) in [
+            (
+                Message::WriteZeroes {
+                    seq: 1,
+                    offset: 8192,
+                    len: 1 << 32,
+                    flags: zero_flags::FLUSH,
+                },
+                kind::WRITE_ZEROES,
+            ),
+            (
+                Message::Trim {
+                    seq: 1,
+                    offset: 8192,
+                    len: 1 << 32,
+                    flags: zero_flags::FLUSH,
+                },
+                kind::TRIM,
+            ),
+        ] {
+            let f = m.to_frame().unwrap();
+            let mut want = vec![25, 0, 0, 0, k, 0, 0, 0];
+            want.extend_from_slice(&1u64.to_le_bytes());
+            want.extend_from_slice(&8192u64.to_le_bytes());
+            want.extend_from_slice(&(1u64 << 32).to_le_bytes());
+            want.push(1);
+            assert_eq!(&f[..f.len() - 4], &want[..]);
+            assert_eq!(f.len(), 8 + 25 + 4, "a zero range costs no payload");
+        }
+        assert_eq!((kind::WRITE_ZEROES, kind::TRIM), (20, 21));
+    }
+
+    #[test]
+    fn zero_ranges_that_no_volume_holds_are_refused() {
+        let zero = |k: u8, offset: u64, len: u64, flags: u8| {
+            let mut p = 7u64.to_le_bytes().to_vec();
+            p.extend_from_slice(&offset.to_le_bytes());
+            p.extend_from_slice(&len.to_le_bytes());
+            p.push(flags);
+            Message::decode(k, &p)
+        };
+        for k in [kind::WRITE_ZEROES, kind::TRIM] {
+            assert!(zero(k, 0, 4096, 0).is_ok());
+            assert!(
+                zero(k, 0, u64::MAX, 1).is_ok(),
+                "the volume bounds it, not the frame"
+            );
+            assert!(zero(k, 0, 0, 0).is_err(), "empty range");
+            assert!(zero(k, 4096, u64::MAX, 0).is_err(), "overflow");
+            assert!(
+                zero(k, 0, 4096, write_flags::REPAIR).is_err(),
+                "unknown flag"
+            );
+            assert!(zero(k, 0, 4096, 0x80).is_err(), "unknown flag");
+            // Truncated payload.
+            assert!(Message::decode(k, &[0; 24]).is_err());
+        }
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The apply loop: frames of one session applied in stream order — writes, flushes and
-//! barriers acknowledged only once done, every offset and length checked against the volume
+//! The apply loop: frames of one session applied in stream order — writes, zeroings, flushes
+//! and barriers acknowledged only once done, every offset and length checked against the volume
 //! before any I/O — with scans and compares handed to the worker in that same order.
 
 use std::sync::atomic::Ordering;
@@ -7,7 +7,8 @@ use std::sync::atomic::Ordering;
 use super::session::Session;
 use super::worker::Work;
 use crate::protocol::link::FrameReader;
-use crate::protocol::messages::{write_flags, Message};
+use crate::protocol::messages::{write_flags, zero_flags, Message};
+use crate::storage::volume::check_io;
 use crate::sync::lock;
 use crate::units::BlockRange;
 use crate::{Error, Result};
@@ -48,6 +49,36 @@ impl Session<'_> {
                     // check_io inside write_at refuses a bad offset or length before any I/O.
                     vol.write_at(offset, &data)?;
                     if flags & write_flags::FLUSH != 0 {
+                        vol.flush()?;
+                    }
+                    self.inner
+                        .stats
+                        .writes_applied
+                        .fetch_add(1, Ordering::Relaxed);
+                    lock(self.writer).send(&Message::Ack { seq })?;
+                    unflushed_acks = true;
+                }
+                Message::WriteZeroes {
+                    seq,
+                    offset,
+                    len,
+                    flags,
+                }
+                | Message::Trim {
+                    seq,
+                    offset,
+                    len,
+                    flags,
+                } => {
+                    // The range is checked against the volume before any I/O: its length came
+                    // off the wire and only the volume bounds it.
+                    check_io(vol.name(), vol.size(), vol.block_size(), offset, len)?;
+                    if matches!(msg, Message::Trim { .. }) {
+                        vol.trim(offset, len)?;
+                    } else {
+                        vol.write_zeroes(offset, len)?;
+                    }
+                    if flags & zero_flags::FLUSH != 0 {
                         vol.flush()?;
                     }
                     self.inner

@@ -10,3 +10,4 @@ pub(crate) mod background;
 pub mod digest;
 pub mod scan;
 pub mod volume;
+pub mod zero;
