@@ -20,8 +20,9 @@ use crate::Result;
 
 /// Most bytes one WriteZeroes or Trim frame covers. The secondary applies a frame before it
 /// reads the next (a heartbeat included), and a volume that cannot zero by itself writes
-/// zeros: a bounded span keeps one frame's work well inside the link timeout.
-pub const ZERO_SPAN: u64 = 1 << 30;
+/// zeros: a bounded span keeps one frame's work well inside the link timeout even then (64 MiB
+/// at 100 MB/s is under a second), and costs 37 bytes on the wire.
+pub const ZERO_SPAN: u64 = 64 << 20;
 
 /// Which zeroing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
