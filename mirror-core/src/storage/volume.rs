@@ -463,6 +463,8 @@ pub mod conformance {
             vol.read_at(0, &mut after).unwrap();
             assert_eq!(after, fill[..bs], "a refused zeroing changed the volume");
         }
+        // Callers check what the writes above left in the partial last block.
+        vol.write_at(last, &pattern).unwrap();
 
         vol.flush().expect("flush");
     }
