@@ -8,6 +8,7 @@ import array
 import inspect
 import mmap
 import os
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -38,8 +39,13 @@ def test_exception_hierarchy() -> None:
         mirror.AuthError,
         mirror.ClosedError,
         mirror.MirrorIOError,
+        mirror.RemoteIOError,
     ):
         assert issubclass(cls, mirror.MirrorError)
+    # The secondary's disk failing is an I/O error that says it is remote, not a link error.
+    assert issubclass(mirror.RemoteIOError, mirror.MirrorIOError)
+    assert not issubclass(mirror.RemoteIOError, mirror.LinkError)
+    assert mirror.RemoteIOError.remote and not mirror.MirrorIOError.remote
 
 
 def test_writes_take_any_contiguous_buffer(primary: mirror.Primary) -> None:
@@ -335,3 +341,64 @@ def test_ctrl_c_interrupts_waiting_for_the_link(primary: mirror.Primary) -> None
         signal.signal(signal.SIGINT, old)
     assert elapsed < 5.0
     primary.close()  # the abandoned wait ends with the primary
+
+
+@pytest.mark.parametrize("compare", ["secondary", "primary"])
+def test_a_secondary_that_leads_repairs_itself_on_connection(tmp_path: Path, compare: str) -> None:
+    size = 1 << 20
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    data = os.urandom(size)
+    a.write_bytes(data)
+    b.write_bytes(data[:4096] + bytes(4096) + data[8192:])
+    with mirror.Secondary(
+        b, scan_on_connect=True, compare=compare, algorithm="crc32", io="sync"
+    ) as secondary:
+        assert secondary.status().lead_scans == 0
+        assert secondary.status().last_report is None
+        with mirror.Primary(a, peer=secondary.address, auto_resync=False, io="sync") as primary:
+            deadline = time.monotonic() + 30
+            while secondary.status().lead_scans == 0:
+                assert time.monotonic() < deadline, "no secondary-led scan"
+                time.sleep(0.05)
+            report = secondary.status().last_report
+            assert report is not None
+            assert report.mode == "full-scan" and report.compare == compare
+            assert report.algorithm == "crc32" and report.mismatched == 1
+            deadline = time.monotonic() + 10
+            while primary.status().last_secondary_report is None:
+                assert time.monotonic() < deadline, "the primary never saw the report"
+                time.sleep(0.05)
+    assert b.read_bytes() == data
+
+
+def test_secondary_lead_options_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "v.img"
+    with pytest.raises(mirror.ConfigError):
+        mirror.Secondary(path, create=1 << 20, compare="sideways")
+    with pytest.raises(mirror.ConfigError):
+        mirror.Secondary(path, create=1 << 20, rate=10)
+    with pytest.raises(mirror.ConfigError):
+        mirror.Secondary(path, create=1 << 20, interval=0)
+def test_flush_with_no_secondary_raises_link_error(primary: mirror.Primary) -> None:
+    # A flush nobody performed is not a success.
+    with pytest.raises(mirror.LinkError):
+        primary.flush()
+
+
+def test_on_disconnect_fail_and_suspend_refuse_writes_without_a_replica(
+    tmp_path: Path, dead_peer: str
+) -> None:
+    path = make_volume(tmp_path / "p.img", SIZE)
+    with mirror.Primary(path, peer=dead_peer, on_disconnect="fail") as p:
+        with pytest.raises(mirror.LinkError):
+            p.write(0, b"\x01" * BLOCK)
+        # Refused, and tracked all the same.
+        assert p.status().dirty_regions == 1
+    with mirror.Primary(
+        path, peer=dead_peer, on_disconnect="suspend", suspend_timeout=0.3, durability="written"
+    ) as p:
+        with pytest.raises(mirror.LinkError, match="suspend"):
+            p.write(0, b"\x02" * BLOCK)
+    for bad in ({"durability": "fsync"}, {"on_disconnect": "block"}, {"suspend_timeout": 0.0}):
+        with pytest.raises(mirror.ConfigError):
+            mirror.Primary(path, peer=dead_peer, **bad)  # type: ignore[arg-type]

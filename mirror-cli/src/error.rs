@@ -11,6 +11,7 @@
 //! | 3 | I/O error on a local volume or file |
 //! | 4 | link: the secondary could not be reached, the link was lost or timed out |
 //! | 5 | the peer broke the protocol, the volumes do not match, or authentication failed |
+//! | 6 | I/O error on the secondary's volume (a full disk, a failed write or flush), as the secondary reported it |
 //! | 130 | interrupted by SIGINT or SIGTERM before the job finished |
 
 use std::fmt;
@@ -30,6 +31,8 @@ pub const EXIT_IO: u8 = 3;
 pub const EXIT_LINK: u8 = 4;
 /// Exit code: protocol, mismatch or authentication error.
 pub const EXIT_PEER: u8 = 5;
+/// Exit code: I/O error on the secondary's volume.
+pub const EXIT_REMOTE_IO: u8 = 6;
 /// Exit code: interrupted.
 pub const EXIT_INTERRUPTED: u8 = 130;
 
@@ -56,8 +59,11 @@ impl CliError {
             CliError::Core(e) => match e.kind() {
                 ErrorKind::InvalidArgument => EXIT_USAGE,
                 ErrorKind::Io => EXIT_IO,
+                ErrorKind::RemoteIo => EXIT_REMOTE_IO,
                 ErrorKind::Link | ErrorKind::Closed => EXIT_LINK,
-                ErrorKind::Protocol | ErrorKind::Mismatch | ErrorKind::Auth => EXIT_PEER,
+                ErrorKind::Protocol | ErrorKind::Mismatch | ErrorKind::Auth | ErrorKind::Busy => {
+                    EXIT_PEER
+                }
                 ErrorKind::Cancelled => EXIT_INTERRUPTED,
                 // A kind added after this command was written: a failure of the pair.
                 _ => EXIT_PEER,

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use mirror_core::{Algorithm, BlockSize, CompareSide};
+use mirror_core::{Algorithm, BlockSize, CompareSide, Durability};
 use mirror_uring::IoBackend;
 
 /// The message of an engine error, without the kind's prefix, for a parser's error line.
@@ -23,6 +23,10 @@ pub fn parse_algorithm(s: &str) -> Result<Algorithm, String> {
 }
 
 pub fn parse_compare(s: &str) -> Result<CompareSide, String> {
+    s.parse().map_err(message)
+}
+
+pub fn parse_durability(s: &str) -> Result<Durability, String> {
     s.parse().map_err(message)
 }
 

@@ -20,6 +20,9 @@ pub fn primary_config(peer: &str, link: &LinkArgs) -> Result<PrimaryConfig> {
     config.algorithm = link.algorithm;
     config.compare = link.compare;
     config.link_timeout = link.link_timeout;
+    config.durability = link.durability;
+    config.adopt = link.adopt;
+    config.discard_secondary = link.discard_secondary;
     if let Some(f) = &link.secret_file {
         config.secret = Some(mirror_core::config::read_secret_file(f)?);
     }
@@ -37,6 +40,10 @@ pub enum Job {
 
 pub fn run(args: PairArgs, job: Job) -> Result<u8> {
     let mut config = primary_config(&args.peer, &args.link)?;
+    config.meta = Some(crate::info::meta_path(
+        &args.path,
+        args.volume_opts.meta.as_deref(),
+    ));
     config.auto_resync = false;
     config.validate()?;
     // The primary only reads its volume in these jobs.
@@ -78,7 +85,12 @@ fn run_job(
         connect_timeout: Some(args.link.connect_timeout),
     };
     let report = match job {
-        Job::Sync => primary.resync_with(&opts)?,
+        Job::Sync => {
+            let r = primary.resync_with(&opts)?;
+            // Success means on stable storage on both sides, not in the secondary's cache.
+            primary.flush()?;
+            r
+        }
         Job::Verify => primary.verify_with(&opts)?,
     };
     bar.finish();

@@ -17,6 +17,9 @@ pub enum ErrorKind {
     InvalidArgument,
     /// An I/O error on a local volume.
     Io,
+    /// An I/O error on the secondary's volume (a full disk, a failed flush), reported by the
+    /// secondary: not a link failure.
+    RemoteIo,
     /// The link to the peer could not be set up, was lost or timed out.
     Link,
     /// The peer sent something that breaks the protocol.
@@ -29,6 +32,8 @@ pub enum ErrorKind {
     Closed,
     /// The operation was cancelled by its caller.
     Cancelled,
+    /// The secondary is held by another primary session whose link is alive.
+    Busy,
 }
 
 /// An engine error: a kind and a message with context.
@@ -49,6 +54,20 @@ pub enum Error {
         /// The OS error.
         #[source]
         source: io::Error,
+    },
+    /// See [`ErrorKind::RemoteIo`].
+    #[error("secondary {peer}: {volume}: {op} failed at offset {offset}: {}", io::Error::from_raw_os_error(*errno))]
+    RemoteIo {
+        /// Address of the secondary.
+        peer: String,
+        /// The secondary's volume (its path for files).
+        volume: String,
+        /// What failed: "write", "flush", "read".
+        op: &'static str,
+        /// Byte offset of the failed operation.
+        offset: u64,
+        /// The secondary's OS error number.
+        errno: i32,
     },
     /// See [`ErrorKind::Link`].
     #[error("link to {peer}: {msg}")]
@@ -83,6 +102,9 @@ pub enum Error {
     /// See [`ErrorKind::Cancelled`].
     #[error("{0} was cancelled")]
     Cancelled(&'static str),
+    /// See [`ErrorKind::Busy`].
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl Clone for Error {
@@ -103,6 +125,19 @@ impl Clone for Error {
                     None => io::Error::new(source.kind(), source.to_string()),
                 },
             },
+            Error::RemoteIo {
+                peer,
+                volume,
+                op,
+                offset,
+                errno,
+            } => Error::RemoteIo {
+                peer: peer.clone(),
+                volume: volume.clone(),
+                op,
+                offset: *offset,
+                errno: *errno,
+            },
             Error::Link { peer, msg } => Error::Link {
                 peer: peer.clone(),
                 msg: msg.clone(),
@@ -118,6 +153,7 @@ impl Clone for Error {
             },
             Error::Closed(w) => Error::Closed(w),
             Error::Cancelled(w) => Error::Cancelled(w),
+            Error::Busy(m) => Error::Busy(m.clone()),
         }
     }
 }
@@ -128,12 +164,14 @@ impl Error {
         match self {
             Error::InvalidArgument(_) => ErrorKind::InvalidArgument,
             Error::Io { .. } => ErrorKind::Io,
+            Error::RemoteIo { .. } => ErrorKind::RemoteIo,
             Error::Link { .. } => ErrorKind::Link,
             Error::Protocol { .. } => ErrorKind::Protocol,
             Error::Mismatch(_) => ErrorKind::Mismatch,
             Error::Auth { .. } => ErrorKind::Auth,
             Error::Closed(_) => ErrorKind::Closed,
             Error::Cancelled(_) => ErrorKind::Cancelled,
+            Error::Busy(_) => ErrorKind::Busy,
         }
     }
 
@@ -141,6 +179,15 @@ impl Error {
     pub fn io_error(&self) -> Option<&io::Error> {
         match self {
             Error::Io { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// The OS error number of a local or remote I/O error.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            Error::RemoteIo { errno, .. } => Some(*errno),
             _ => None,
         }
     }

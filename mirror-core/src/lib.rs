@@ -8,13 +8,15 @@
 //!
 //! The source is folders by part — [`storage`] (volumes, digests, scans), [`protocol`]
 //! (frames, messages, link, authentication), [`primary`], [`secondary`] — plus the [`dirty`]
-//! map, configuration, errors, units and reports. The earlier flat paths (`wire`, `scan`,
+//! map, the [`meta`]data record, configuration, errors, units and reports. The earlier flat paths (`wire`, `scan`,
 //! `volume`, `link`, `auth`, `digest`) stay as re-exports.
 #![forbid(unsafe_code)]
 
 pub mod config;
 pub mod dirty;
+pub mod durability;
 mod error;
+pub mod meta;
 pub mod primary;
 pub mod protocol;
 pub mod report;
@@ -24,7 +26,7 @@ pub mod sync;
 pub mod units;
 
 pub use protocol::{auth, link};
-pub use storage::{digest, scan, volume};
+pub use storage::{digest, fault, scan, volume};
 
 /// The wire protocol (messages, with the frame codec re-exported) under its earlier name.
 pub use protocol::messages as wire;
@@ -32,6 +34,7 @@ pub use protocol::messages as wire;
 pub use config::{CompareSide, PeriodicScan, PrimaryConfig, ReplicationMode, SecondaryConfig};
 pub use digest::Algorithm;
 pub use dirty::{DirtyMap, Region};
+pub use durability::{Durability, OnDisconnect};
 pub use error::{Error, ErrorKind, Result};
 pub use primary::{JobOptions, Primary, Progress, WriteOutcome};
 pub use report::{LinkState, Report, ResyncMode, Status};

@@ -104,9 +104,12 @@ impl Report {
         }
     }
 
-    /// True when no block differed.
+    /// True when the pair is coherent after the job: always after a resync or periodic scan
+    /// (which return only once every mismatched block was repaired and acknowledged), and
+    /// after a verify when no block differed. [`mismatched`](Self::mismatched) keeps what
+    /// was found.
     pub fn coherent(&self) -> bool {
-        self.mismatched == 0
+        self.mode != ResyncMode::Verify || self.mismatched == 0
     }
 }
 
@@ -160,6 +163,9 @@ pub struct Status {
     pub last_error: Option<String>,
     /// The last resync or periodic scan, if any.
     pub last_report: Option<Report>,
+    /// The last scan the secondary led (on connection or periodic), as the secondary
+    /// reported it (its bytes are the secondary's), if any.
+    pub last_secondary_report: Option<Report>,
 }
 
 impl Status {
@@ -176,6 +182,7 @@ impl Status {
         "connections",
         "last_error",
         "last_report",
+        "last_secondary_report",
     ];
 }
 
@@ -253,6 +260,7 @@ mod tests {
             connections,
             last_error,
             last_report,
+            last_secondary_report,
         });
         assert_eq!(names, Status::FIELDS);
     }

@@ -64,6 +64,9 @@ fn open(addr: SocketAddr, size: u64, block_size: u32) -> TcpStream {
             epoch: 1,
             size,
             block_size,
+            generation: 77,
+            flags: 0,
+            history: Vec::new(),
         },
     );
     s
@@ -309,6 +312,9 @@ fn shared_secret_is_required_and_checked_both_ways() {
             epoch: 1,
             size: SIZE,
             block_size: 4096,
+            generation: 5,
+            flags: 0,
+            history: Vec::new(),
         },
     );
     let (c, m) = read_error(&mut s).expect("an Error frame");

@@ -29,7 +29,8 @@ pub enum mirror_result {
     Link = 3,
     /// The peer broke the protocol.
     Protocol = 4,
-    /// The two volumes (or the two peers' versions) do not match.
+    /// The two volumes (size, block size, identity) or the two peers' versions do not match,
+    /// or their generation histories diverged (split brain); nothing was written.
     Mismatch = 5,
     /// The peer failed to prove the shared secret, or asked for one this side lacks.
     Auth = 6,
@@ -37,6 +38,13 @@ pub enum mirror_result {
     Closed = 7,
     /// The job was cancelled by `mirror_primary_cancel`.
     Cancelled = 8,
+    /// An I/O error on the secondary's volume (a full disk, a failed write or flush), as the
+    /// secondary reported it; `mirror_last_error_errno()` gives the secondary's OS error and
+    /// the message names its volume. Not a link failure.
+    RemoteIo = 9,
+    /// The secondary is held by another primary session whose link is alive; that session
+    /// was not disturbed.
+    Busy = 10,
     /// A required pointer argument was NULL.
     NullParameter = 100,
     /// A bug inside the library: a panic was caught at the boundary. The handle involved may
@@ -51,7 +59,7 @@ pub enum mirror_result {
 }
 
 /// Every code, for tests and `mirror_result_name` (not public: cbindgen would export it).
-const ALL_RESULTS: [mirror_result; 14] = [
+const ALL_RESULTS: [mirror_result; 16] = [
     mirror_result::Ok,
     mirror_result::InvalidArgument,
     mirror_result::Io,
@@ -61,6 +69,8 @@ const ALL_RESULTS: [mirror_result; 14] = [
     mirror_result::Auth,
     mirror_result::Closed,
     mirror_result::Cancelled,
+    mirror_result::RemoteIo,
+    mirror_result::Busy,
     mirror_result::NullParameter,
     mirror_result::Panic,
     mirror_result::BufferTooSmall,
@@ -81,6 +91,8 @@ impl mirror_result {
             mirror_result::Auth => c"MIRROR_RESULT_AUTH",
             mirror_result::Closed => c"MIRROR_RESULT_CLOSED",
             mirror_result::Cancelled => c"MIRROR_RESULT_CANCELLED",
+            mirror_result::RemoteIo => c"MIRROR_RESULT_REMOTE_IO",
+            mirror_result::Busy => c"MIRROR_RESULT_BUSY",
             mirror_result::NullParameter => c"MIRROR_RESULT_NULL_PARAMETER",
             mirror_result::Panic => c"MIRROR_RESULT_PANIC",
             mirror_result::BufferTooSmall => c"MIRROR_RESULT_BUFFER_TOO_SMALL",
@@ -101,6 +113,8 @@ pub(crate) fn result_of_kind(kind: ErrorKind) -> mirror_result {
         ErrorKind::Auth => mirror_result::Auth,
         ErrorKind::Closed => mirror_result::Closed,
         ErrorKind::Cancelled => mirror_result::Cancelled,
+        ErrorKind::RemoteIo => mirror_result::RemoteIo,
+        ErrorKind::Busy => mirror_result::Busy,
         _ => mirror_result::Unknown,
     }
 }
@@ -142,7 +156,7 @@ impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         Failure {
             code: result_of_kind(e.kind()),
-            errno: e.io_error().and_then(|io| io.raw_os_error()).unwrap_or(0),
+            errno: e.errno().unwrap_or(0),
             message: e.to_string(),
         }
     }
@@ -301,7 +315,7 @@ mod tests {
 
     #[test]
     fn result_codes_are_stable() {
-        let want: [(mirror_result, u32); 14] = [
+        let want: [(mirror_result, u32); 16] = [
             (mirror_result::Ok, 0),
             (mirror_result::InvalidArgument, 1),
             (mirror_result::Io, 2),
@@ -311,6 +325,8 @@ mod tests {
             (mirror_result::Auth, 6),
             (mirror_result::Closed, 7),
             (mirror_result::Cancelled, 8),
+            (mirror_result::RemoteIo, 9),
+            (mirror_result::Busy, 10),
             (mirror_result::NullParameter, 100),
             (mirror_result::Panic, 101),
             (mirror_result::BufferTooSmall, 102),

@@ -268,6 +268,11 @@ fn c_pair_link_cut_during_writes_resyncs_from_dirty_map_linked_static() {
 }
 
 #[test]
+fn c_secondary_belongs_to_one_volume_and_a_live_session_holds_it() {
+    run_program("identity", Link::Shared);
+}
+
+#[test]
 fn c_handles_are_thread_safe_linked_shared() {
     run_program("threads", Link::Shared);
 }
@@ -289,7 +294,7 @@ fn c_programs_run_clean_under_valgrind() {
     }
     let dir = scratch("valgrind");
     let supp = crate_dir().join("tests/c/valgrind.supp");
-    for program in ["misuse", "pair", "threads"] {
+    for program in ["misuse", "pair", "threads", "identity"] {
         let exe = compile(program, Link::Shared, &dir);
         let mut cmd = Command::new("valgrind");
         cmd.args([

@@ -17,11 +17,13 @@ fn class_name(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::InvalidArgument => "ConfigError",
         ErrorKind::Mismatch => "MismatchError",
+        ErrorKind::Busy => "BusyError",
         ErrorKind::Link => "LinkError",
         ErrorKind::Protocol => "ProtocolError",
         ErrorKind::Auth => "AuthError",
         ErrorKind::Closed => "ClosedError",
         ErrorKind::Io => "MirrorIOError",
+        ErrorKind::RemoteIo => "RemoteIOError",
         // Cancellation only comes from this module's own cancel flag, which is raised as the
         // interrupting exception (KeyboardInterrupt) instead; anything else is the root class.
         _ => "MirrorError",
@@ -43,9 +45,10 @@ fn build(py: Python<'_>, err: &Error) -> PyResult<PyErr> {
         Ok(py.import("mirror._errors")?.unbind())
     })?;
     let make = module.bind(py).getattr("_make")?;
-    let errno = err.io_error().and_then(|e| e.raw_os_error());
+    let errno = err.errno();
     let filename = match err {
         Error::Io { path, .. } => Some(path.as_str()),
+        Error::RemoteIo { volume, .. } => Some(volume.as_str()),
         _ => None,
     };
     let exc = make.call1((class_name(err.kind()), err.to_string(), errno, filename))?;

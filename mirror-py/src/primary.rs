@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use mirror_core::config::read_secret_file;
 use mirror_core::{
-    Algorithm, CompareSide, JobOptions, PeriodicScan, PrimaryConfig, Progress, ReplicationMode,
-    Volume, WriteOutcome,
+    Algorithm, CompareSide, JobOptions, OnDisconnect, PeriodicScan, PrimaryConfig, Progress,
+    ReplicationMode, Volume, WriteOutcome,
 };
 use mirror_uring::IoBackend;
 use pyo3::prelude::*;
@@ -37,7 +37,11 @@ pub(crate) const DEFAULT_RATE_MIB_S: f64 = 64.0;
 /// compares digests during a scan. ``interval`` (seconds) turns on the periodic low-priority
 /// scan, read at ``rate`` MiB/s (default 64). ``secret_file`` holds a shared secret both
 /// peers must prove. ``io`` picks the volume backend: ``"uring"`` (falling back to
-/// ``"sync"`` where io_uring is not available) or ``"sync"``.
+/// ``"sync"`` where io_uring is not available) or ``"sync"``. ``durability`` says when the
+/// secondary acknowledges: ``"flushed"`` (default: on its stable storage), ``"written"`` or
+/// ``"received"``. ``on_disconnect`` says what a sync-mode write does with the link down:
+/// ``"degrade"`` (default: return ``"degraded"``), ``"fail"`` (raise ``LinkError``) or
+/// ``"suspend"`` (wait up to ``suspend_timeout`` seconds for the link, then raise).
 ///
 /// Every method releases the GIL while it waits; long jobs (``scan``, ``resync``, ``verify``,
 /// ``wait_connected``) can be interrupted with Ctrl-C. Use it as a context manager, or call
@@ -121,6 +125,13 @@ impl Primary {
         link_timeout = 5.0,
         queue_depth = 1024,
         auto_resync = true,
+        durability = "flushed",
+        on_disconnect = "degrade",
+        suspend_timeout = 30.0,
+        meta = None,
+        adopt = false,
+        discard_secondary = false,
+        write_intent = false,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -139,8 +150,19 @@ impl Primary {
         link_timeout: f64,
         queue_depth: i128,
         auto_resync: bool,
+        durability: &str,
+        on_disconnect: &str,
+        suspend_timeout: f64,
+        meta: Option<PathBuf>,
+        adopt: bool,
+        discard_secondary: bool,
+        write_intent: bool,
     ) -> PyResult<Self> {
         let mut config = PrimaryConfig::new(peer.clone());
+        config.meta = Some(meta.unwrap_or_else(|| mirror_core::meta::default_meta_path(&volume)));
+        config.adopt = adopt;
+        config.discard_secondary = discard_secondary;
+        config.write_intent = write_intent;
         if let Some(a) = algorithm {
             config.algorithm = named(a)?;
         }
@@ -155,18 +177,11 @@ impl Primary {
         config.queue_depth = usize::try_from(unsigned("queue_depth", queue_depth)?)
             .map_err(|_| invalid("queue_depth is too large"))?;
         config.auto_resync = auto_resync;
-        config.periodic = match (interval, rate) {
-            (Some(i), r) => Some(PeriodicScan {
-                interval: seconds("interval", i)?,
-                rate_mib_s: r.unwrap_or(DEFAULT_RATE_MIB_S),
-            }),
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "rate limits the periodic scan: give an interval too",
-                ))
-            }
-            (None, None) => None,
-        };
+        config.durability = named(durability)?;
+        config.on_disconnect =
+            OnDisconnect::parse(on_disconnect, seconds("suspend_timeout", suspend_timeout)?)
+                .py()?;
+        config.periodic = periodic_scan(interval, rate)?;
         if let Some(path) = &secret_file {
             config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
         }
@@ -406,4 +421,23 @@ impl Primary {
             if self.closed() { " closed" } else { "" }
         )
     }
+}
+
+/// The periodic scan of `interval` seconds at `rate` MiB/s (default 64), or none.
+pub(crate) fn periodic_scan(
+    interval: Option<f64>,
+    rate: Option<f64>,
+) -> PyResult<Option<PeriodicScan>> {
+    Ok(match (interval, rate) {
+        (Some(i), r) => Some(PeriodicScan {
+            interval: seconds("interval", i)?,
+            rate_mib_s: r.unwrap_or(DEFAULT_RATE_MIB_S),
+        }),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "rate limits the periodic scan: give an interval too",
+            ))
+        }
+        (None, None) => None,
+    })
 }

@@ -10,14 +10,15 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use crossbeam_channel::{unbounded, Receiver, Sender, TrySendError};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use super::Inner;
 use crate::dirty::{DirtyMap, Region};
+use crate::durability::Durability;
 use crate::protocol::link::Counters;
 use crate::protocol::messages::Message;
 use crate::sync::lock;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 /// Wakes a waiter when its frame is acknowledged (true) or the link is lost (false).
 #[derive(Debug, Default)]
@@ -89,11 +90,22 @@ pub(super) struct Conn {
     pub(super) counters: Arc<Counters>,
     pub(super) stream: TcpStream,
     pub(super) dead: AtomicBool,
+    /// Why the link died (the first failure), for callers woken by it.
+    pub(super) cause: Mutex<Option<Error>>,
 }
 
 impl Conn {
     pub(super) fn is_dead(&self) -> bool {
         self.dead.load(Ordering::SeqCst)
+    }
+
+    /// The error for work cut short by this link's death: the secondary's own I/O error when
+    /// that is what ended it, a link error otherwise.
+    pub(super) fn lost(&self, what: &str) -> Error {
+        match lock(&self.cause).as_ref() {
+            Some(e @ Error::RemoteIo { .. }) => e.clone(),
+            _ => Error::link(&self.peer, what),
+        }
     }
 
     /// Registers a pending entry and queues its frame. Returns false (nothing registered)
@@ -189,7 +201,13 @@ impl Conn {
         if self.dead.swap(true, Ordering::SeqCst) {
             return;
         }
-        warn!(peer = %self.peer, error = %err, "link down");
+        *lock(&self.cause) = Some(err.clone());
+        if err.kind() == ErrorKind::Closed {
+            // The primary's own close: the expected end of a job, not news.
+            debug!(peer = %self.peer, "link closed");
+        } else {
+            warn!(peer = %self.peer, error = %err, "link down");
+        }
         let entries: Vec<PendingEntry> = {
             let mut p = lock(&self.pending);
             p.dead = true;
@@ -222,10 +240,7 @@ impl Inner {
         if w.wait() {
             Ok(())
         } else {
-            Err(Error::link(
-                &conn.peer,
-                "link lost before the secondary acknowledged",
-            ))
+            Err(conn.lost("link lost before the secondary acknowledged"))
         }
     }
 
@@ -237,15 +252,24 @@ impl Inner {
     ) -> Result<Arc<Waiter>> {
         let w = Arc::new(Waiter::default());
         let n = regions.clone();
+        // At `flushed`, what a barrier vouches for must be on stable storage: the secondary
+        // flushes once for the window (group commit) before acknowledging a Flush.
+        let durable = self.config.durability == Durability::Flushed;
         if !conn.submit(
-            |seq| Message::Barrier { seq },
+            |seq| {
+                if durable {
+                    Message::Flush { seq }
+                } else {
+                    Message::Barrier { seq }
+                }
+            },
             PendingKind::Barrier { regions, validate },
             Some(w.clone()),
             false,
         )? {
             let mut d = lock(&self.dirty);
             n.iter().for_each(|r| d.fail(*r));
-            return Err(Error::link(&conn.peer, "link lost"));
+            return Err(conn.lost("link lost"));
         }
         Ok(w)
     }

@@ -9,11 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use tracing::{debug, info, warn};
 
+use super::backoff::Backoff;
 use super::conn::{Conn, PendingTable};
 use super::handshake::Handshaken;
+use super::lead::lead_server;
 use super::{Inner, JobKind, JobOptions};
 use crate::dirty::Region;
 use crate::protocol::link::{FrameReader, FrameWriter};
@@ -21,7 +23,7 @@ use crate::protocol::messages::Message;
 use crate::report::LinkState;
 use crate::sync::lock;
 use crate::units::Generation;
-use crate::{Error, Result};
+use crate::{Error, ErrorKind, Result};
 
 impl Inner {
     pub(super) fn poke(&self) {
@@ -36,6 +38,16 @@ impl Inner {
             .wait_timeout_while(g, t, |woken| !*woken && !self.closed.load(Ordering::SeqCst))
             .unwrap_or_else(|e| e.into_inner());
         *g = false;
+    }
+
+    /// Sleeps `t` unless the primary closes meanwhile: the pause of a backoff, which writes
+    /// and dirty marks do not cut short.
+    pub(super) fn pause(&self, t: Duration) {
+        let g = lock(&self.wake);
+        let _ = self
+            .wake_cv
+            .wait_timeout_while(g, t, |_| !self.closed.load(Ordering::SeqCst))
+            .unwrap_or_else(|e| e.into_inner());
     }
 
     pub(super) fn set_state(&self, s: LinkState) {
@@ -69,7 +81,10 @@ impl Inner {
             // peer that breaks the protocol) fails the wait at once.
             if self.errors.load(Ordering::SeqCst) != errors_before {
                 if let Some(
-                    e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
+                    e @ (Error::Mismatch(_)
+                    | Error::Busy(_)
+                    | Error::Auth { .. }
+                    | Error::Protocol { .. }),
                 ) = lock(&self.last_error).clone()
                 {
                     return Err(e);
@@ -79,7 +94,10 @@ impl Inner {
             if now >= deadline {
                 return Err(match lock(&self.last_error).clone() {
                     Some(
-                        e @ (Error::Mismatch(_) | Error::Auth { .. } | Error::Protocol { .. }),
+                        e @ (Error::Mismatch(_)
+                        | Error::Busy(_)
+                        | Error::Auth { .. }
+                        | Error::Protocol { .. }),
                     ) => e,
                     Some(Error::Link { msg, .. }) => Error::link(
                         &self.config.peer,
@@ -107,7 +125,9 @@ impl Inner {
 /// The connection manager: connects with backoff, decides whether the dirty map can drive
 /// the resync, runs the resync and periodic scans, and tears the link down when it dies.
 pub(super) fn manager(inner: Arc<Inner>) {
-    let mut backoff = Duration::from_millis(50);
+    // Reconnects back off while connections keep failing — to connect, or to resync once
+    // connected (a secondary whose disk fails ends each session): no reconnect storm.
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(5));
     while !inner.closed.load(Ordering::SeqCst) {
         let Handshaken {
             stream,
@@ -121,12 +141,10 @@ pub(super) fn manager(inner: Arc<Inner>) {
             Err(e) => {
                 debug!(peer = %inner.config.peer, error = %e, "connect failed");
                 inner.record_error(&e);
-                inner.sleep(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(2));
+                inner.pause(backoff.fail());
                 continue;
             }
         };
-        backoff = Duration::from_millis(50);
         let (tx, rx) = bounded::<Vec<u8>>(inner.config.queue_depth);
         let conn = Arc::new(Conn {
             peer: inner.config.peer.clone(),
@@ -137,20 +155,32 @@ pub(super) fn manager(inner: Arc<Inner>) {
             counters,
             stream,
             dead: AtomicBool::new(false),
+            cause: Mutex::new(None),
         });
         let prev = inner.epoch.swap(epoch, Ordering::SeqCst);
         let map_usable = {
             let mut d = lock(&inner.dirty);
-            let usable = d.is_valid()
-                && last
-                    == Generation {
-                        session: inner.session,
-                        epoch: prev,
-                    };
-            if !usable {
+            let follows = last
+                == Generation {
+                    session: inner.session,
+                    epoch: prev,
+                };
+            let usable = d.is_valid() && follows;
+            // A full scan of this session cut off by the link resumes from its checkpoint:
+            // what was written behind it meanwhile is in the map, kept.
+            let resume = !usable && follows && inner.durable.checkpoint().is_some();
+            if usable || resume {
+                usable
+            } else if inner.durable.seed(&mut d, last, inner.session) {
+                true
+            } else {
                 d.invalidate();
+                inner.durable.invalidated(inner.session);
+                if inner.durable.checkpoint().is_some() {
+                    inner.durable.set_checkpoint(inner.session, None);
+                }
+                false
             }
-            usable
         };
         info!(peer = %conn.peer, generation = %Generation { session: inner.session, epoch }, secondary_last = %last, map_usable, "connected");
         let ping = (inner.config.link_timeout / 5).min(Duration::from_secs(1));
@@ -160,13 +190,22 @@ pub(super) fn manager(inner: Arc<Inner>) {
                 .name("mirror-link-tx".into())
                 .spawn(move || writer_loop(&inner, &conn, writer, rx, ping))
         };
+        // Scans the secondary leads are served on a thread of their own, so the reader never
+        // waits on the link queue while acks are to be read.
+        let (lead_tx, lead_rx) = unbounded::<Message>();
         let r_thread = {
             let (inner, conn) = (inner.clone(), conn.clone());
             std::thread::Builder::new()
                 .name("mirror-link-rx".into())
-                .spawn(move || reader_loop(&inner, &conn, reader))
+                .spawn(move || reader_loop(&inner, &conn, reader, &lead_tx))
         };
-        let (Ok(w_thread), Ok(r_thread)) = (w_thread, r_thread) else {
+        let l_thread = {
+            let (inner, conn) = (inner.clone(), conn.clone());
+            std::thread::Builder::new()
+                .name("mirror-lead".into())
+                .spawn(move || lead_server(&inner, &conn, lead_rx))
+        };
+        let (Ok(w_thread), Ok(r_thread), Ok(l_thread)) = (w_thread, r_thread, l_thread) else {
             conn.fail(
                 &inner.dirty,
                 &Error::link(&conn.peer, "could not start link threads"),
@@ -177,12 +216,39 @@ pub(super) fn manager(inner: Arc<Inner>) {
         inner.connections.fetch_add(1, Ordering::Relaxed);
         inner.set_state(LinkState::Connected);
 
-        if inner.config.auto_resync {
-            let _ = inner.run_job(JobKind::Auto, &JobOptions::default(), None);
-        }
+        // The first resync of a connection, retried with backoff while the link stays up. A
+        // primary told of no writes makes it a full scan: its clean map proves nothing.
+        let mut connect_job = if inner.config.full_scan_on_connect {
+            JobKind::Full
+        } else {
+            JobKind::Auto
+        };
+        let mut resync_due = inner.config.auto_resync.then(Instant::now);
+        let mut resync_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        let mut healthy = !inner.config.auto_resync;
         let mut next_periodic = inner.config.periodic.map(|p| Instant::now() + p.interval);
         while !conn.is_dead() && !inner.closed.load(Ordering::SeqCst) {
             let now = Instant::now();
+            if let Some(t) = resync_due.filter(|t| *t <= now) {
+                let _ = t;
+                match inner.run_job(connect_job, &JobOptions::default(), None) {
+                    Ok(_) => {
+                        connect_job = JobKind::Auto;
+                        resync_due = None;
+                        resync_backoff.succeed();
+                        healthy = true;
+                    }
+                    Err(_) => resync_due = Some(Instant::now() + resync_backoff.fail()),
+                }
+                continue;
+            }
+            if let Some(t) = resync_due {
+                inner.sleep(
+                    t.saturating_duration_since(now)
+                        .min(Duration::from_millis(200)),
+                );
+                continue;
+            }
             if let Some(t) = next_periodic.filter(|t| *t <= now) {
                 let _ = t;
                 match inner.run_job(JobKind::Periodic, &JobOptions::default(), None) {
@@ -191,23 +257,22 @@ pub(super) fn manager(inner: Arc<Inner>) {
                         blocks = r.blocks,
                         "periodic scan done"
                     ),
-                    Err(e) => warn!(error = %e, "periodic scan failed"),
+                    Err(e) => {
+                        warn!(error = %e, "periodic scan failed; retrying while the link is up");
+                        next_periodic = Some(Instant::now() + Duration::from_secs(1));
+                        continue;
+                    }
                 }
                 next_periodic = inner.config.periodic.map(|p| Instant::now() + p.interval);
                 continue;
             }
+            inner.durable.tick(&inner, &conn);
             let has_dirty = {
                 let d = lock(&inner.dirty);
                 d.is_valid() && d.next_dirty(Region(0)).is_some()
             };
             if inner.config.auto_resync && has_dirty {
-                if inner
-                    .run_job(JobKind::Auto, &JobOptions::default(), None)
-                    .is_err()
-                {
-                    // A failing volume must not spin: retry after a pause.
-                    inner.sleep(Duration::from_secs(1));
-                }
+                resync_due = Some(now);
                 continue;
             }
             let wait = next_periodic
@@ -216,10 +281,17 @@ pub(super) fn manager(inner: Arc<Inner>) {
                 .min(Duration::from_millis(200));
             inner.sleep(wait);
         }
+        // A connection that resynced (or had nothing to resync) resets the reconnect backoff;
+        // one that died before keeps it growing.
+        if healthy {
+            backoff.succeed();
+        }
         // Tear down: the threads exit once the link is failed.
         conn.fail(&inner.dirty, &Error::link(&conn.peer, "link closed"));
+        inner.durable.detached();
         let _ = w_thread.join();
         let _ = r_thread.join();
+        let _ = l_thread.join();
         *lock(&inner.conn) = None;
         inner.totals.sent.fetch_add(
             conn.counters.sent.load(Ordering::Relaxed),
@@ -230,6 +302,9 @@ pub(super) fn manager(inner: Arc<Inner>) {
             Ordering::Relaxed,
         );
         inner.set_state(LinkState::Disconnected);
+        if !healthy && !inner.closed.load(Ordering::SeqCst) {
+            inner.pause(backoff.fail());
+        }
     }
     inner.set_state(LinkState::Closed);
 }
@@ -268,12 +343,15 @@ fn writer_loop(
         }
     })();
     if let Err(e) = result {
-        inner.record_error(&e);
+        // After the link died for another reason, a failed send says nothing new.
+        if !conn.is_dead() {
+            inner.record_error(&e);
+        }
         conn.fail(&inner.dirty, &e);
     }
 }
 
-fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
+fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader, lead: &Sender<Message>) {
     let result = (|| -> Result<()> {
         loop {
             if conn.is_dead() {
@@ -298,6 +376,16 @@ fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
                         let _ = tx.send(m);
                     }
                 }
+                m @ (Message::LeadScan { .. }
+                | Message::LeadCompare { .. }
+                | Message::LeadDigests { .. }
+                | Message::RepairRequest { .. }
+                | Message::LeadEnd { .. }
+                | Message::LeadReport { .. }) => {
+                    if lead.send(m).is_err() {
+                        return Err(Error::link(&conn.peer, "secondary-led scan server stopped"));
+                    }
+                }
                 other => {
                     return Err(Error::protocol(
                         &conn.peer,
@@ -308,8 +396,16 @@ fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
         }
     })();
     if let Err(e) = result {
-        if !conn.is_dead() {
+        if !conn.is_dead() || e.kind() == ErrorKind::RemoteIo {
             inner.record_error(&e);
+        }
+        if e.kind() == ErrorKind::RemoteIo {
+            // The secondary's own failure is the cause, even when a send noticed the closed
+            // socket first.
+            let mut cause = lock(&conn.cause);
+            if !matches!(*cause, Some(Error::Closed(_))) {
+                *cause = Some(e.clone());
+            }
         }
         conn.fail(&inner.dirty, &e);
     }

@@ -12,22 +12,32 @@
 //!   before that write, and one read after it carries its data.
 //! - **Nothing acknowledged is lost.** Every queued write is registered as pending *before* it
 //!   is queued; on link loss every pending write is marked in the dirty map before the link is
-//!   reported down ([`Conn::fail`]). In sync mode the caller returns only after the ack.
+//!   reported down ([`Conn::fail`]). In sync mode the caller returns only after the ack, which
+//!   at the default durability means the secondary flushed it ([`replicate`]); `flush()`
+//!   returns Ok only when both sides flushed, never while the link is down.
 //! - **No dirty bit cleared before the secondary has the data.** A resync *takes* regions
 //!   (they stay counted dirty, in flight) and releases them only when a barrier queued after
 //!   their blocks is acknowledged; a failure puts them back.
 //!
 //! Parts: [`conn`] (the link, its pending table and waiters), [`locks`] (region stripe locks),
-//! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`manager`]
-//! (connecting, the writer and reader threads), [`zero`] (write-zeroes and trim, replicated
-//! like writes). This file is the public face, [`Primary`].
+//! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`lead`] (scans
+//! the secondary leads: digests, comparing, repairs by the same locked path), [`manager`]
+//! (connecting, the writer and reader threads, [`backoff`] of retries), [`replicate`] (the
+//! write path — writes, write-zeroes and trim — flush and the on-disconnect policy), [`state`]
+//! (the metadata record, the write-intent map, the full-scan checkpoint), [`zero`]
+//! (write-zeroes and trim: a range carried without data). This file is the public face,
+//! [`Primary`].
 
+mod backoff;
 mod compare;
 mod conn;
 mod handshake;
 mod job;
+mod lead;
 mod locks;
 mod manager;
+mod replicate;
+mod state;
 mod zero;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,18 +47,17 @@ use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use self::conn::{Conn, PendingKind, Waiter};
+use self::conn::Conn;
 use self::locks::RegionLocks;
 use self::manager::manager;
-use crate::config::{PrimaryConfig, ReplicationMode};
+use crate::config::PrimaryConfig;
 use crate::dirty::DirtyMap;
 use crate::protocol::auth;
 use crate::protocol::link::Counters;
-use crate::protocol::messages::{self as wire, Message};
 use crate::report::{LinkState, Report, Status};
 use crate::storage::digest::Algorithm;
 use crate::storage::scan::{self, ScanMap, ScanOptions};
-use crate::storage::volume::{check_io, Volume};
+use crate::storage::volume::Volume;
 use crate::sync::lock;
 use crate::units::{BlockRange, Generation};
 use crate::{Error, Result};
@@ -99,7 +108,7 @@ struct Inner {
     volume: Arc<dyn Volume>,
     config: PrimaryConfig,
     session: u128,
-    volume_id: u128,
+    durable: state::PrimaryState,
     dirty: Mutex<DirtyMap>,
     locks: RegionLocks,
     conn: Mutex<Option<Arc<Conn>>>,
@@ -116,6 +125,8 @@ struct Inner {
     /// Errors recorded since open (lets a waiter see a fresh one).
     errors: AtomicU64,
     last_report: Mutex<Option<Report>>,
+    /// The report of the last scan the secondary led.
+    last_secondary_report: Mutex<Option<Report>>,
     started: Instant,
     last_write_ms: AtomicU64,
     next_req: AtomicU64,
@@ -127,6 +138,15 @@ struct Inner {
 impl Inner {
     fn cancels(&self) -> u64 {
         self.cancels.load(Ordering::SeqCst)
+    }
+}
+
+/// Ends a write's hold on its write-intent chunks, however the write ends.
+struct IntentEnd<'a>(&'a Inner, u64, u64);
+
+impl Drop for IntentEnd<'_> {
+    fn drop(&mut self) {
+        self.0.durable.after_write(self.1, self.2);
     }
 }
 
@@ -145,17 +165,13 @@ impl Primary {
         config.validate()?;
         let dirty = DirtyMap::new(volume.size(), volume.block_size(), config.region_size)?;
         let session = auth::random_id();
-        let volume_id = if config.volume_id == 0 {
-            auth::random_id()
-        } else {
-            config.volume_id
-        };
+        let durable = state::PrimaryState::open(&*volume, &config)?;
         let inner = Arc::new(Inner {
             locks: RegionLocks::new(config.region_size),
             volume,
             config,
             session,
-            volume_id,
+            durable,
             dirty: Mutex::new(dirty),
             conn: Mutex::new(None),
             state: Mutex::new(LinkState::Disconnected),
@@ -170,6 +186,7 @@ impl Primary {
             last_error: Mutex::new(None),
             errors: AtomicU64::new(0),
             last_report: Mutex::new(None),
+            last_secondary_report: Mutex::new(None),
             started: Instant::now(),
             last_write_ms: AtomicU64::new(0),
             next_req: AtomicU64::new(1),
@@ -204,81 +221,6 @@ impl Primary {
         self.submit(offset, data, false)
     }
 
-    fn submit(&self, offset: u64, data: &[u8], local: bool) -> Result<WriteOutcome> {
-        self.check_open()?;
-        let inner = &*self.inner;
-        let vol = &*inner.volume;
-        check_io(
-            vol.name(),
-            vol.size(),
-            vol.block_size(),
-            offset,
-            data.len() as u64,
-        )?;
-        if data.is_empty() {
-            return Ok(WriteOutcome::Replicated);
-        }
-        inner.last_write_ms.store(
-            inner.started.elapsed().as_millis() as u64 + 1,
-            Ordering::Relaxed,
-        );
-        let sync = inner.config.mode == ReplicationMode::Sync;
-        let mut waiters = Vec::new();
-        let mut degraded = false;
-        {
-            let _guards = inner.locks.lock(offset, data.len() as u64);
-            if local {
-                vol.write_at(offset, data)?;
-            }
-            let conn = lock(&inner.conn).clone().filter(|c| !c.is_dead());
-            let mut off = offset;
-            for chunk in data.chunks(wire::MAX_WRITE_DATA) {
-                let len = chunk.len() as u64;
-                let queued = match &conn {
-                    Some(c) => {
-                        let w = sync.then(|| Arc::new(Waiter::default()));
-                        let ok = c.submit(
-                            |seq| Message::Write {
-                                seq,
-                                offset: off,
-                                flags: 0,
-                                data: chunk.to_vec(),
-                            },
-                            PendingKind::Write { offset: off, len },
-                            w.clone(),
-                            !sync,
-                        )?;
-                        if ok {
-                            waiters.extend(w);
-                        }
-                        ok
-                    }
-                    None => false,
-                };
-                if !queued {
-                    lock(&inner.dirty).mark(off, len);
-                    degraded = true;
-                }
-                off += len;
-            }
-        }
-        if degraded {
-            inner.poke();
-        }
-        for w in waiters {
-            if !w.wait() {
-                degraded = true;
-            }
-        }
-        Ok(if degraded {
-            WriteOutcome::Degraded
-        } else if sync {
-            WriteOutcome::Replicated
-        } else {
-            WriteOutcome::Queued
-        })
-    }
-
     /// Records that `[offset, offset + len)` changed and the secondary lacks it; the next
     /// resync (soon, when connected and `auto_resync`) compares and ships it.
     pub fn mark_dirty(&self, offset: u64, len: u64) -> Result<()> {
@@ -290,28 +232,14 @@ impl Primary {
                 self.inner.volume.name()
             )));
         }
+        // The secondary lacks the range: the write-intent bits keep it across a crash.
+        let connected = lock(&self.inner.conn)
+            .as_ref()
+            .is_some_and(|c| !c.is_dead());
+        self.inner.durable.before_write(offset, len, connected)?;
         lock(&self.inner.dirty).mark(offset, len);
+        self.inner.durable.after_write(offset, len);
         self.inner.poke();
-        Ok(())
-    }
-
-    /// Flushes the local volume and, when connected, the secondary's (after every write
-    /// queued before it).
-    pub fn flush(&self) -> Result<()> {
-        self.check_open()?;
-        self.inner.volume.flush()?;
-        let conn = lock(&self.inner.conn).clone();
-        if let Some(c) = conn {
-            let w = Arc::new(Waiter::default());
-            if c.submit(
-                |seq| Message::Flush { seq },
-                PendingKind::Flush,
-                Some(w.clone()),
-                false,
-            )? {
-                w.wait();
-            }
-        }
         Ok(())
     }
 
@@ -400,6 +328,7 @@ impl Primary {
             connections: inner.connections.load(Ordering::Relaxed),
             last_error: lock(&inner.last_error).as_ref().map(|e| e.to_string()),
             last_report: lock(&inner.last_report).clone(),
+            last_secondary_report: lock(&inner.last_secondary_report).clone(),
         }
     }
 
@@ -411,23 +340,15 @@ impl Primary {
         }
     }
 
-    /// Stops the primary: waits (up to the link timeout) for queued writes to be
-    /// acknowledged, then closes the link. Later calls fail with [`Error::Closed`].
+    /// Stops the primary: flushes both volumes (waiting up to the link timeout for the
+    /// secondary's flush), then closes the link. Later calls fail with [`Error::Closed`].
+    /// Returns the flush's error, if it failed; the primary is closed all the same.
     pub fn close(&self) -> Result<()> {
         let inner = &*self.inner;
         if inner.closed.load(Ordering::SeqCst) {
             return Ok(());
         }
-        if let Some(c) = lock(&inner.conn).clone() {
-            let w = Arc::new(Waiter::default());
-            let kind = PendingKind::Barrier {
-                regions: Vec::new(),
-                validate: false,
-            };
-            if c.submit(|seq| Message::Barrier { seq }, kind, Some(w.clone()), false)? {
-                let _ = w.wait_timeout(inner.config.link_timeout);
-            }
-        }
+        let flushed = self.flush_for_close();
         inner.closed.store(true, Ordering::SeqCst);
         inner.poke();
         if let Some(c) = lock(&inner.conn).clone() {
@@ -438,7 +359,7 @@ impl Primary {
         }
         inner.set_state(LinkState::Closed);
         info!(peer = %inner.config.peer, "primary closed");
-        Ok(())
+        flushed
     }
 }
 

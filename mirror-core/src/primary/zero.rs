@@ -1,21 +1,13 @@
 //! Write-zeroes and trim: a range made zero on the local volume and on the secondary,
-//! replicated in order exactly like a write — under the same region locks, registered as
-//! pending before it is queued, acknowledged per the replication mode, and put in the dirty
-//! map when the link is down or lost before the ack.
+//! replicated in order by the write path itself ([`super::replicate`]) — the same write-intent
+//! marking, region locks, durability flags, dirty map and on-disconnect policy as a write.
 //!
 //! Trim is not advisory: it releases storage where a volume can and leaves the range reading
 //! as zeros on both sides, so the pair stays byte-equal and scans compare it exactly. A range
 //! travels as a few small frames whatever its length (one per [`ZERO_SPAN`]), never as data.
 
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
-
-use super::conn::{PendingKind, Waiter};
+use super::replicate::Payload;
 use super::{Primary, WriteOutcome};
-use crate::config::ReplicationMode;
-use crate::protocol::messages::Message;
-use crate::storage::volume::check_io;
-use crate::sync::lock;
 use crate::Result;
 
 /// Most bytes one WriteZeroes or Trim frame covers. The secondary applies a frame before it
@@ -26,7 +18,7 @@ pub const ZERO_SPAN: u64 = 64 << 20;
 
 /// Which zeroing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Zeroing {
+pub(super) enum Zeroing {
     WriteZeroes,
     Trim,
 }
@@ -47,87 +39,7 @@ impl Primary {
         self.zero(Zeroing::Trim, offset, len)
     }
 
-    /// The write path of [`Primary::submit`], for a range of zeros.
     fn zero(&self, how: Zeroing, offset: u64, len: u64) -> Result<WriteOutcome> {
-        self.check_open()?;
-        let inner = &*self.inner;
-        let vol = &*inner.volume;
-        check_io(vol.name(), vol.size(), vol.block_size(), offset, len)?;
-        if len == 0 {
-            return Ok(WriteOutcome::Replicated);
-        }
-        inner.last_write_ms.store(
-            inner.started.elapsed().as_millis() as u64 + 1,
-            Ordering::Relaxed,
-        );
-        let sync = inner.config.mode == ReplicationMode::Sync;
-        let mut waiters = Vec::new();
-        let mut degraded = false;
-        {
-            let _guards = inner.locks.lock(offset, len);
-            match how {
-                Zeroing::WriteZeroes => vol.write_zeroes(offset, len)?,
-                Zeroing::Trim => vol.trim(offset, len)?,
-            }
-            let conn = lock(&inner.conn).clone().filter(|c| !c.is_dead());
-            let end = offset + len;
-            let mut off = offset;
-            while off < end {
-                // ZERO_SPAN is a multiple of every block size, so each span stays aligned.
-                let n = (end - off).min(ZERO_SPAN);
-                let queued = match &conn {
-                    Some(c) => {
-                        let w = sync.then(|| Arc::new(Waiter::default()));
-                        let ok = c.submit(
-                            |seq| match how {
-                                Zeroing::WriteZeroes => Message::WriteZeroes {
-                                    seq,
-                                    offset: off,
-                                    len: n,
-                                    flags: 0,
-                                },
-                                Zeroing::Trim => Message::Trim {
-                                    seq,
-                                    offset: off,
-                                    len: n,
-                                    flags: 0,
-                                },
-                            },
-                            PendingKind::Write {
-                                offset: off,
-                                len: n,
-                            },
-                            w.clone(),
-                            !sync,
-                        )?;
-                        if ok {
-                            waiters.extend(w);
-                        }
-                        ok
-                    }
-                    None => false,
-                };
-                if !queued {
-                    lock(&inner.dirty).mark(off, n);
-                    degraded = true;
-                }
-                off += n;
-            }
-        }
-        if degraded {
-            inner.poke();
-        }
-        for w in waiters {
-            if !w.wait() {
-                degraded = true;
-            }
-        }
-        Ok(if degraded {
-            WriteOutcome::Degraded
-        } else if sync {
-            WriteOutcome::Replicated
-        } else {
-            WriteOutcome::Queued
-        })
+        self.submit_payload(offset, Payload::Zero(how, len), true)
     }
 }

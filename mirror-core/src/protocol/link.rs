@@ -63,6 +63,26 @@ impl FrameReader {
                     .fetch_add(n as u64, Ordering::Relaxed);
                 Err(peer_error(&self.peer, code, &message))
             }
+            Ok((
+                Message::IoError {
+                    errno,
+                    offset,
+                    op,
+                    volume,
+                },
+                n,
+            )) => {
+                self.counters
+                    .received
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                Err(Error::RemoteIo {
+                    peer: self.peer.clone(),
+                    volume,
+                    op: super::messages::io_op::name(op),
+                    offset,
+                    errno: errno as i32,
+                })
+            }
             Ok((msg, n)) => {
                 self.counters
                     .received
@@ -179,6 +199,7 @@ pub fn peer_error(peer: &str, code: u16, message: &str) -> Error {
     match code {
         code::VERSION | code::MISMATCH => Error::Mismatch(format!("{peer}: {message}")),
         code::AUTH => Error::auth(peer, message),
+        code::BUSY => Error::Busy(format!("{peer}: {message}")),
         code::IO | code::SHUTDOWN => Error::link(peer, msg),
         _ => Error::protocol(peer, msg),
     }
@@ -190,7 +211,8 @@ pub fn error_code(e: &Error) -> u16 {
     match e.kind() {
         ErrorKind::Mismatch => code::MISMATCH,
         ErrorKind::Auth => code::AUTH,
-        ErrorKind::Io => code::IO,
+        ErrorKind::Busy => code::BUSY,
+        ErrorKind::Io | ErrorKind::RemoteIo => code::IO,
         ErrorKind::InvalidArgument => code::OUT_OF_RANGE,
         ErrorKind::Closed | ErrorKind::Cancelled => code::SHUTDOWN,
         _ => code::PROTOCOL,

@@ -9,17 +9,40 @@
 //! Hello{magic, version, nonce_p}      -->
 //!                                     <--   HelloReply{version, auth, nonce_s, proof_s}
 //! Auth{proof_p}        (secret set)   -->
-//! Open{volume, session, epoch, size, block_size}
-//!                                     <--   OpenReply{size, block_size, last session, epoch}
-//! Write / WriteZeroes / Trim / Flush / Barrier / Ping ...
-//!                                     -->   (applied in order)  <-- Ack{seq} / Pong
+//! Open{volume, session, epoch, size, block_size, generation, flags, history}
+//!                                     <--   OpenReply{size, block_size, last session, epoch,
+//!                                                     volume, bound to, generation,
+//!                                                     consistent, history}
+//!                                     (or Error{MISMATCH | BUSY}: refused, nothing written)
+//! Write / WriteZeroes / Trim / Flush / Barrier / ResyncDone / Ping ...
+//!                                     -->   (in order)  <-- Ack{seq} / Pong
 //! ScanRequest{req, range, level}      -->   <-- Digests{req, start, ...}* ScanEnd{req}
 //! CompareRequest{req, range}, Digests* , CompareEnd{req}
 //!                                     <--   BlockRequest{req, range}* CompareDone{req, n}
+//!
+//! The secondary may lead a scan of its own (request ids of its own numbering; the lead
+//! messages are apart from the primary-led ones, so neither side mistakes whose id it is):
+//!                                     <--   LeadScan{req, range, level}     (secondary compares)
+//! LeadDigests{req, start, ...}*       -->   <-- RepairRequest{req, range}*  ... LeadEnd{req}
+//!                                     <--   LeadCompare{req, range, level}, LeadDigests*,
+//!                                           LeadEnd{req}                    (primary compares)
+//! Write{REPAIR}* ... LeadDone{req, n} -->   (repairs ride the ordered stream, before LeadDone)
+//!                                     <--   LeadReport{req, ...}            (for its status)
 //! ```
 //!
 //! Either side may send `Error{code, message}` and close. A version the secondary does not
 //! speak is answered with `Error{VERSION}` naming both versions.
+//!
+//! # Versions
+//!
+//! - 1: the first.
+//! - 2: `Open` and `OpenReply` carry each volume's identity, generation and history (the
+//!   newest [`MAX_WIRE_HISTORY`] generations, 16 bytes each, as the trailing bytes field) and
+//!   the primary's `--adopt`/`--discard-secondary` flags ([`open_flags`]); the secondary says
+//!   whether it is a consistent image. `ResyncDone` ends a resync. `Error{MISMATCH}` also
+//!   refuses another volume's primary or a split brain; `Error{BUSY}` a second primary
+//!   beside a live session. A version-1 peer
+//!   is refused at `Hello` with `Error{VERSION}` naming both versions.
 //!
 //! The `level` byte of scan and compare requests selects what a digest covers: 0 is one block.
 //! Higher levels (a digest over 2^level consecutive block digests, for a hierarchical
@@ -46,14 +69,13 @@ pub use super::frame::{
 
 /// Protocol version this build speaks.
 ///
-/// Changes by version:
-/// - 1: the first.
-/// - 2: `WriteZeroes` and `Trim`. A secondary speaking 2 still serves a primary speaking 1
-///   (which never sends them); a primary speaking 2 is refused by a secondary that speaks
-///   only 1, at the handshake rather than at its first zeroing.
+/// Version 2 (unreleased) also carries `WriteZeroes` and `Trim`.
 pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest protocol version this build speaks.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// Most generations of history an Open or OpenReply carries (16 bytes each), which keeps
+/// both within the handshake's frame limit.
+pub const MAX_WIRE_HISTORY: usize = 8;
 /// Magic of the Hello message.
 pub const MAGIC: [u8; 4] = *b"MIRR";
 /// Most bytes of data one Write frame carries.
@@ -76,6 +98,36 @@ pub mod code {
     pub const OUT_OF_RANGE: u16 = 6;
     pub const UNSUPPORTED: u16 = 7;
     pub const SHUTDOWN: u16 = 8;
+    /// The secondary is held by another live session.
+    pub const BUSY: u16 = 9;
+}
+
+/// Flags of an Open message: what the primary's operator allowed to be discarded.
+pub mod open_flags {
+    /// Rebind a secondary bound to another volume (`--adopt`).
+    pub const ADOPT: u8 = 1;
+    /// Resolve a split brain in favour of this primary (`--discard-secondary`).
+    pub const DISCARD_SECONDARY: u8 = 2;
+    /// The primary keeps no metadata record: its identity and generation last one process,
+    /// so the secondary cannot hold it to a binding and admits it without one.
+    pub const EPHEMERAL: u8 = 4;
+    /// Every flag this version knows.
+    pub const ALL: u8 = ADOPT | DISCARD_SECONDARY | EPHEMERAL;
+}
+
+/// Generation ids as the 16-byte little-endian records of a history field.
+pub fn history_bytes(h: &[u128]) -> Vec<u8> {
+    h.iter()
+        .take(MAX_WIRE_HISTORY)
+        .flat_map(|g| g.to_le_bytes())
+        .collect()
+}
+
+/// The generation ids of a history field (its length was checked on decode).
+pub fn history_ids(b: &[u8]) -> Vec<u128> {
+    b.chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+        .collect()
 }
 
 /// Flags of a Write message.
@@ -84,16 +136,20 @@ pub mod write_flags {
     pub const FLUSH: u8 = 1;
     /// A resync or repair block, not a replicated write.
     pub const REPAIR: u8 = 2;
+    /// Acknowledge on arrival, before the write is applied (durability `received`).
+    pub const RECEIVED: u8 = 4;
     /// Every flag this version knows.
-    pub const ALL: u8 = FLUSH | REPAIR;
+    pub const ALL: u8 = FLUSH | REPAIR | RECEIVED;
 }
 
 /// Flags of the WriteZeroes and Trim messages.
 pub mod zero_flags {
     /// Flush the secondary's volume before acknowledging.
     pub const FLUSH: u8 = super::write_flags::FLUSH;
+    /// Acknowledge on arrival, before the range is zeroed (durability `received`).
+    pub const RECEIVED: u8 = super::write_flags::RECEIVED;
     /// Every flag this version knows.
-    pub const ALL: u8 = FLUSH;
+    pub const ALL: u8 = FLUSH | RECEIVED;
 }
 
 /// Priority byte of scan and compare requests.
@@ -165,10 +221,12 @@ messages! {
     2 => HELLO_REPLY HelloReply { version: u16, auth_required: bool, nonce: [u8; 32], proof: [u8; 32] },
     /// Primary's proof of the shared secret.
     3 => AUTH Auth { proof: [u8; 32] },
-    /// Primary's volume and generation.
-    4 => OPEN Open { volume_id: u128, session: u128, epoch: u64, size: u64, block_size: u32 },
-    /// Secondary's volume and the generation it was last coherent with.
-    5 => OPEN_REPLY OpenReply { size: u64, block_size: u32, last_session: u128, last_epoch: u64 },
+    /// Primary's volume, session and connection, its generation and history, and what its
+    /// operator allowed to be discarded.
+    4 => OPEN Open { volume_id: u128, session: u128, epoch: u64, size: u64, block_size: u32, generation: u128, flags: u8, history: Vec<u8> },
+    /// Secondary's volume, the session and connection it last followed, its identity, the
+    /// volume it mirrors, its generation, whether it is a consistent image, and its history.
+    5 => OPEN_REPLY OpenReply { size: u64, block_size: u32, last_session: u128, last_epoch: u64, volume_id: u128, bound_to: u128, generation: u128, consistent: bool, history: Vec<u8> },
     /// Data to write at a byte offset.
     6 => WRITE Write { seq: u64, offset: u64, flags: u8, data: Vec<u8> },
     /// Acknowledges the Write, Flush or Barrier `seq`.
@@ -197,12 +255,67 @@ messages! {
     18 => PONG Pong { nonce: u64 },
     /// A fatal error; the sender closes the connection.
     19 => ERROR Error { code: u16, message: String },
+    /// A barrier that ends a whole resync: once everything before it is applied the
+    /// secondary is a consistent image again, durably, and then acknowledges.
+    20 => RESYNC_DONE ResyncDone { seq: u64 },
+    /// The secondary's volume failed an I/O (`op` one of the [`io_op`] codes) with the OS
+    /// error `errno`; the sender closes the connection. Sent instead of `Error{IO}` so the
+    /// primary can tell the secondary's disk from the link.
+    24 => IO_ERROR IoError { errno: u32, offset: u64, op: u8, volume: String },
     /// Zeros over `len` bytes at a byte offset, storage kept allocated where the volume can.
     /// Bounded by the volume, not by the frame: nothing of `len` is allocated.
-    20 => WRITE_ZEROES WriteZeroes { seq: u64, offset: u64, len: u64, flags: u8 },
+    25 => WRITE_ZEROES WriteZeroes { seq: u64, offset: u64, len: u64, flags: u8 },
     /// Trim `len` bytes at a byte offset: storage released where the volume can, and the
     /// range reads as zeros on every volume (trim is not advisory in mirror).
-    21 => TRIM Trim { seq: u64, offset: u64, len: u64, flags: u8 },
+    26 => TRIM Trim { seq: u64, offset: u64, len: u64, flags: u8 },
+    /// Secondary leads, and compares: send your digests of a range (as `LeadDigests`).
+    40 => LEAD_SCAN LeadScan { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    /// Secondary leads, the primary compares: the secondary's digests of a range follow (as
+    /// `LeadDigests`, then `LeadEnd`); repair what differs.
+    41 => LEAD_COMPARE LeadCompare { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    /// Digests of consecutive blocks from `start`, for the secondary-led request `req`.
+    42 => LEAD_DIGESTS LeadDigests { req: u64, algorithm: Algorithm, start: u64, digests: Vec<u8> },
+    /// Send these blocks: the primary reads them under their region locks and sends them as
+    /// repair writes on the ordered stream.
+    43 => REPAIR_REQUEST RepairRequest { req: u64, range: BlockRange },
+    /// The secondary sent everything of `req` (of its current `LeadCompare`, when comparing on
+    /// the primary); answered with `LeadDone`.
+    44 => LEAD_END LeadEnd { req: u64 },
+    /// Every repair write caused by `req` up to its `LeadEnd` is before this on the stream;
+    /// `repaired` blocks were sent since the previous `LeadDone` of `req`.
+    45 => LEAD_DONE LeadDone { req: u64, repaired: u64 },
+    /// The report of a secondary-led scan, for the primary's status. `mode` is 0 for a scan on
+    /// connection, 1 for a periodic one; `compare` 0 for the primary, 1 for the secondary.
+    46 => LEAD_REPORT LeadReport { req: u64, mode: u8, compare: u8, algorithm: Algorithm, blocks: u64, mismatched: u64, blocks_sent: u64, bytes_sent: u64, bytes_received: u64, micros: u64 },
+}
+
+/// The operation of an `IoError` message (wire values; never reuse one).
+pub mod io_op {
+    #![allow(missing_docs)]
+    pub const READ: u8 = 1;
+    pub const WRITE: u8 = 2;
+    pub const FLUSH: u8 = 3;
+    pub const OTHER: u8 = 0;
+
+    /// The engine's name of an operation code.
+    pub fn name(op: u8) -> &'static str {
+        match op {
+            READ => "read",
+            WRITE => "write",
+            FLUSH => "flush",
+            _ => "I/O",
+        }
+    }
+
+    /// The code of an engine operation name.
+    pub fn code(name: &str) -> u8 {
+        match name {
+            "read" => READ,
+            "write" => WRITE,
+            "flush" => FLUSH,
+            _ => OTHER,
+        }
+    }
 }
 
 impl Message {
@@ -239,6 +352,21 @@ impl Message {
     /// is bounded before anything acts on it.
     fn check(&self) -> Result<(), FrameError> {
         match self {
+            Message::Open { flags, history, .. }
+                if flags & !open_flags::ALL != 0 || !history_ok(history) =>
+            {
+                return Err(bad(format!(
+                    "Open with flags {flags:#x} and a history of {} bytes (known flags {:#x}; at most {MAX_WIRE_HISTORY} generations of 16 bytes)",
+                    history.len(),
+                    open_flags::ALL
+                )));
+            }
+            Message::OpenReply { history, .. } if !history_ok(history) => {
+                return Err(bad(format!(
+                    "OpenReply with a history of {} bytes (at most {MAX_WIRE_HISTORY} generations of 16 bytes)",
+                    history.len()
+                )));
+            }
             Message::Write { flags, data, .. } => {
                 if flags & !write_flags::ALL != 0 {
                     return Err(bad(format!("Write with unknown flags {flags:#x}")));
@@ -276,6 +404,12 @@ impl Message {
             }
             | Message::CompareRequest {
                 priority, range, ..
+            }
+            | Message::LeadScan {
+                priority, range, ..
+            }
+            | Message::LeadCompare {
+                priority, range, ..
             } => {
                 if !request_range_ok(range) {
                     return Err(bad(format!(
@@ -288,6 +422,12 @@ impl Message {
                 }
             }
             Message::Digests {
+                algorithm,
+                start,
+                digests,
+                ..
+            }
+            | Message::LeadDigests {
                 algorithm,
                 start,
                 digests,
@@ -307,16 +447,29 @@ impl Message {
                     return Err(bad("Digests reach past the largest block index"));
                 }
             }
-            Message::BlockRequest { range, .. } if !request_range_ok(range) => {
+            Message::BlockRequest { range, .. } | Message::RepairRequest { range, .. }
+                if !request_range_ok(range) =>
+            {
                 return Err(bad(format!(
-                    "BlockRequest for {} blocks at {}",
-                    range.count, range.start.0
+                    "{} for {} blocks at {}",
+                    self.name(),
+                    range.count,
+                    range.start.0
+                )));
+            }
+            Message::LeadReport { mode, compare, .. } if *mode > 1 || *compare > 1 => {
+                return Err(bad(format!(
+                    "LeadReport with mode {mode} and compare {compare} (0 or 1 each)"
                 )));
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+fn history_ok(h: &[u8]) -> bool {
+    h.len() % 16 == 0 && h.len() <= 16 * MAX_WIRE_HISTORY
 }
 
 /// A scan, compare or block request covers 1 to [`MAX_REQUEST_BLOCKS`] blocks, all with an
@@ -432,6 +585,12 @@ mod tests {
     fn samples() -> Vec<Message> {
         use Message::*;
         vec![
+            IoError {
+                errno: 28,
+                offset: 4096,
+                op: io_op::WRITE,
+                volume: "/dev/sdb".into(),
+            },
             Hello {
                 magic: MAGIC,
                 version: 1,
@@ -450,13 +609,22 @@ mod tests {
                 epoch: 3,
                 size: 1 << 30,
                 block_size: 4096,
+                generation: 77,
+                flags: open_flags::ADOPT,
+                history: history_bytes(&[76, 75]),
             },
             OpenReply {
                 size: 1 << 30,
                 block_size: 4096,
                 last_session: 42,
                 last_epoch: 2,
+                volume_id: 1 << 90,
+                bound_to: 1 << 100,
+                generation: 76,
+                consistent: true,
+                history: history_bytes(&[75]),
             },
+            ResyncDone { seq: 12 },
             Write {
                 seq: 9,
                 offset: 8192,
@@ -514,6 +682,47 @@ mod tests {
                 len: u64::MAX - 4096,
                 flags: 0,
             },
+            LeadScan {
+                req: 3,
+                algorithm: Algorithm::Crc32,
+                level: 0,
+                priority: priority::IDLE,
+                range: BlockRange::new(0, 1024),
+            },
+            LeadCompare {
+                req: 4,
+                algorithm: Algorithm::Sha1,
+                level: 0,
+                priority: priority::NORMAL,
+                range: BlockRange::new(1024, 1024),
+            },
+            LeadDigests {
+                req: 4,
+                algorithm: Algorithm::Sha1,
+                start: 1024,
+                digests: vec![2; 40],
+            },
+            RepairRequest {
+                req: 3,
+                range: BlockRange::new(7, 3),
+            },
+            LeadEnd { req: 3 },
+            LeadDone {
+                req: 3,
+                repaired: 3,
+            },
+            LeadReport {
+                req: 3,
+                mode: 1,
+                compare: 1,
+                algorithm: Algorithm::Crc32,
+                blocks: 4096,
+                mismatched: 3,
+                blocks_sent: 3,
+                bytes_sent: 100,
+                bytes_received: 200,
+                micros: 1_500_000,
+            },
         ]
     }
 
@@ -545,20 +754,27 @@ mod tests {
 
     #[test]
     fn open_golden_bytes() {
+        // Version 2: identity, session, epoch, size, block size, generation, flags, history.
         let m = Message::Open {
             volume_id: 1,
             session: 2,
             epoch: 3,
             size: 4,
             block_size: 4096,
+            generation: 5,
+            flags: open_flags::DISCARD_SECONDARY,
+            history: history_bytes(&[6]),
         };
         let f = m.to_frame().unwrap();
-        let mut want = vec![52, 0, 0, 0, kind::OPEN, 0, 0, 0];
+        let mut want = vec![85, 0, 0, 0, kind::OPEN, 0, 0, 0];
         want.extend_from_slice(&1u128.to_le_bytes());
         want.extend_from_slice(&2u128.to_le_bytes());
         want.extend_from_slice(&3u64.to_le_bytes());
         want.extend_from_slice(&4u64.to_le_bytes());
         want.extend_from_slice(&4096u32.to_le_bytes());
+        want.extend_from_slice(&5u128.to_le_bytes());
+        want.push(2);
+        want.extend_from_slice(&6u128.to_le_bytes());
         assert_eq!(&f[..f.len() - 4], &want[..]);
     }
 
@@ -593,7 +809,7 @@ mod tests {
             assert_eq!(&f[..f.len() - 4], &want[..]);
             assert_eq!(f.len(), 8 + 25 + 4, "a zero range costs no payload");
         }
-        assert_eq!((kind::WRITE_ZEROES, kind::TRIM), (20, 21));
+        assert_eq!((kind::WRITE_ZEROES, kind::TRIM), (25, 26));
     }
 
     #[test]
@@ -621,6 +837,81 @@ mod tests {
             // Truncated payload.
             assert!(Message::decode(k, &[0; 24]).is_err());
         }
+    }
+
+    #[test]
+    fn open_reply_golden_bytes() {
+        let m = Message::OpenReply {
+            size: 4,
+            block_size: 512,
+            last_session: 2,
+            last_epoch: 3,
+            volume_id: 7,
+            bound_to: 1,
+            generation: 5,
+            consistent: false,
+            history: Vec::new(),
+        };
+        let f = m.to_frame().unwrap();
+        let mut want = vec![85, 0, 0, 0, kind::OPEN_REPLY, 0, 0, 0];
+        want.extend_from_slice(&4u64.to_le_bytes());
+        want.extend_from_slice(&512u32.to_le_bytes());
+        want.extend_from_slice(&2u128.to_le_bytes());
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(&7u128.to_le_bytes());
+        want.extend_from_slice(&1u128.to_le_bytes());
+        want.extend_from_slice(&5u128.to_le_bytes());
+        want.push(0);
+        assert_eq!(&f[..f.len() - 4], &want[..]);
+    }
+
+    #[test]
+    fn the_largest_open_and_open_reply_fit_the_handshake_limit() {
+        let h = history_bytes(&[u128::MAX; 20]);
+        assert_eq!(h.len(), 16 * MAX_WIRE_HISTORY);
+        let open = Message::Open {
+            volume_id: 1,
+            session: 2,
+            epoch: 3,
+            size: 4,
+            block_size: 4096,
+            generation: 5,
+            flags: open_flags::ALL,
+            history: h.clone(),
+        };
+        let reply = Message::OpenReply {
+            size: 4,
+            block_size: 512,
+            last_session: 2,
+            last_epoch: 3,
+            volume_id: 7,
+            bound_to: 1,
+            generation: 5,
+            consistent: true,
+            history: h,
+        };
+        for m in [open, reply] {
+            let f = m.to_frame().unwrap();
+            assert!(
+                read_frame(&mut &f[..], MAX_HANDSHAKE_PAYLOAD).is_ok(),
+                "{}",
+                m.name()
+            );
+        }
+    }
+
+    #[test]
+    fn open_with_unknown_flags_or_a_ragged_history_is_refused() {
+        let open = |flags: u8, hist: usize| {
+            let mut p = vec![0u8; 16 + 16 + 8 + 8 + 4 + 16];
+            p.push(flags);
+            p.extend(std::iter::repeat_n(0u8, hist));
+            Message::decode(kind::OPEN, &p)
+        };
+        assert!(open(open_flags::ALL, 32).is_ok());
+        assert!(open(8, 0).is_err());
+        assert!(open(0, 15).is_err());
+        assert!(open(0, 16 * (MAX_WIRE_HISTORY + 1)).is_err());
     }
 
     #[test]
@@ -664,6 +955,47 @@ mod tests {
         assert!(
             matches!(read_frame(&mut &unknown[..], MAX_PAYLOAD), Err(FrameError::Malformed(m)) if m.contains("unknown message kind"))
         );
+    }
+
+    #[test]
+    fn lead_requests_keep_the_same_bounds_as_primary_led_ones() {
+        let too_many = Message::LeadScan {
+            req: 1,
+            algorithm: Algorithm::Crc32,
+            level: 0,
+            priority: 0,
+            range: BlockRange::new(0, MAX_REQUEST_BLOCKS + 1),
+        };
+        let f = too_many.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+        let repair = Message::RepairRequest {
+            req: 1,
+            range: BlockRange::new(u64::MAX, 2),
+        };
+        let f = repair.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+        let report = Message::LeadReport {
+            req: 1,
+            mode: 2,
+            compare: 0,
+            algorithm: Algorithm::Crc32,
+            blocks: 0,
+            mismatched: 0,
+            blocks_sent: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            micros: 0,
+        };
+        let f = report.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+        let digests = Message::LeadDigests {
+            req: 1,
+            algorithm: Algorithm::Md5,
+            start: 0,
+            digests: vec![0; 15],
+        };
+        let f = digests.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
     }
 
     #[test]

@@ -7,11 +7,14 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, unbounded};
 use tracing::{info, warn};
 
+use super::failure::{error_message, forget_coherence_after};
+use super::lead::Leader;
 use super::worker::{worker, Work};
 use super::Inner;
+use crate::meta::{GenId, Lineage, PrimaryClaim, Resolution, VolumeId};
 use crate::protocol::auth;
 use crate::protocol::link::{self, Counters, FrameReader, FrameWriter};
 use crate::protocol::messages::{self as wire, code, Message};
@@ -56,14 +59,20 @@ pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, 
         Ok(()) => info!(%peer, "primary disconnected"),
         Err(e) => {
             // Tell the peer why, when the fault is not the link itself.
+            forget_coherence_after(inner, &e);
             if !matches!(e.kind(), ErrorKind::Link)
                 && !matches!(e, Error::Protocol { ref msg, .. } if msg.starts_with("peer reported"))
             {
-                let msg = Message::Error {
-                    code: link::error_code(&e),
-                    message: e.to_string(),
-                };
-                let _ = lock(&writer).send_now(&msg);
+                let _ = lock(&writer).send_now(&error_message(&e));
+                if e.kind() == ErrorKind::Io {
+                    // Let the primary read the error before the connection goes: closing
+                    // with its frames unread would reset the connection and could discard it.
+                    if let Some(c) = lock(&inner.conns).get(&id) {
+                        let _ = c.shutdown(std::net::Shutdown::Write);
+                    }
+                    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                    while std::time::Instant::now() < deadline && reader.recv().is_ok() {}
+                }
             }
             if e.kind() == ErrorKind::Link {
                 // The primary went away (closed, restarted, or the link broke): not a fault
@@ -83,7 +92,7 @@ pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, 
 
 pub(super) struct Session<'a> {
     pub(super) inner: &'a Arc<Inner>,
-    id: u64,
+    pub(super) id: u64,
     pub(super) peer: &'a str,
     pub(super) writer: &'a Arc<Mutex<FrameWriter>>,
     counters: Arc<Counters>,
@@ -91,39 +100,36 @@ pub(super) struct Session<'a> {
 
 impl Session<'_> {
     pub(super) fn run(&self, reader: &mut FrameReader) -> Result<()> {
-        let open = self.handshake(reader)?;
+        let (open, claim) = self.handshake(reader)?;
         reader.handshake_done();
 
-        // Take over from any earlier session: shut it down, then wait for its handler to let
-        // go of the session before anything of ours is applied.
-        {
-            let mut active = lock(&self.inner.active);
-            if let Some(old) = active.replace(self.id) {
-                if let Some(c) = lock(&self.inner.conns).get(&old) {
-                    info!(
-                        peer = self.peer,
-                        "new primary connection takes over from the previous one"
-                    );
-                    let _ = c.shutdown(std::net::Shutdown::Both);
-                }
-            }
-        }
+        // A live session of another primary holds the volume (refused); a stale connection of
+        // this one is shut down, and its handler lets go of the session before anything of
+        // ours is applied.
+        self.take_hold(open.session)?;
         let _session = lock(&self.inner.session);
         if *lock(&self.inner.active) != Some(self.id) {
             return Err(Error::link(self.peer, "superseded by a newer connection"));
         }
-        let last = {
-            let mut g = lock(&self.inner.coherent);
-            let last = *g;
-            *g = open;
-            last
+        let reply = match self.admit(open, &claim) {
+            Ok(r) => r,
+            Err(e) => {
+                self.release_hold();
+                return Err(e);
+            }
         };
-        self.send_now(&Message::OpenReply {
-            size: self.inner.volume.size(),
-            block_size: self.inner.volume.block_size().get(),
-            last_session: last.session,
-            last_epoch: last.epoch,
-        })?;
+        let last = match &reply {
+            Message::OpenReply {
+                last_session,
+                last_epoch,
+                ..
+            } => Generation {
+                session: *last_session,
+                epoch: *last_epoch,
+            },
+            _ => Generation::default(),
+        };
+        self.send_now(&reply)?;
         self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
         *lock(&self.inner.stats.peer) = Some(self.peer.to_owned());
         *lock(&self.inner.stats.current) = Some(self.counters.clone());
@@ -141,11 +147,9 @@ impl Session<'_> {
                 .name("mirror-secondary-scan".into())
                 .spawn(move || {
                     if let Err(e) = worker(&inner, &writer, &rx, &closing, &peer) {
+                        forget_coherence_after(&inner, &e);
                         if !matches!(e.kind(), ErrorKind::Link | ErrorKind::Cancelled) {
-                            let _ = lock(&writer).send_now(&Message::Error {
-                                code: link::error_code(&e),
-                                message: e.to_string(),
-                            });
+                            let _ = lock(&writer).send_now(&error_message(&e));
                         }
                         warn!(%peer, error = %e, "scan worker stopped");
                         if let Some(c) = lock(&inner.conns).get(&id) {
@@ -155,15 +159,43 @@ impl Session<'_> {
                 })
                 .map_err(|e| Error::link(self.peer, format!("spawn: {e}")))?
         };
-        let result = self.apply_loop(reader, &tx);
+        let (lead_tx, lead_thread) = if self.inner.config.leads() {
+            let (lead_tx, lead_rx) = unbounded::<Message>();
+            let inner = self.inner.clone();
+            let writer = self.writer.clone();
+            let closing = closing.clone();
+            let peer = self.peer.to_owned();
+            let counters = self.counters.clone();
+            let h = std::thread::Builder::new()
+                .name("mirror-secondary-lead".into())
+                .spawn(move || {
+                    Leader {
+                        inner: &inner,
+                        writer: &writer,
+                        rx: lead_rx,
+                        closing: &closing,
+                        peer: &peer,
+                        counters,
+                    }
+                    .run();
+                })
+                .map_err(|e| Error::link(self.peer, format!("spawn: {e}")))?;
+            (Some(lead_tx), Some(h))
+        } else {
+            (None, None)
+        };
+        let result = self.apply_loop(reader, &tx, lead_tx.as_ref());
         closing.store(true, Ordering::SeqCst);
         drop(tx);
+        drop(lead_tx);
         let _ = worker.join();
-        let _ = self.inner.volume.flush();
-        let mut active = lock(&self.inner.active);
-        if *active == Some(self.id) {
-            *active = None;
+        if let Some(h) = lead_thread {
+            let _ = h.join();
         }
+        if let Err(e) = self.inner.volume.flush() {
+            forget_coherence_after(self.inner, &e);
+        }
+        self.release_hold();
         result
     }
 
@@ -171,7 +203,7 @@ impl Session<'_> {
         lock(self.writer).send_now(m)
     }
 
-    pub(super) fn handshake(&self, reader: &mut FrameReader) -> Result<Generation> {
+    pub(super) fn handshake(&self, reader: &mut FrameReader) -> Result<(Generation, PrimaryClaim)> {
         let vol = &self.inner.volume;
         let (version, nonce_p) = match reader.recv()? {
             Message::Hello {
@@ -240,11 +272,14 @@ impl Session<'_> {
         }
         match reader.recv()? {
             Message::Open {
+                volume_id,
                 session,
                 epoch,
                 size,
                 block_size,
-                ..
+                generation,
+                flags,
+                history,
             } => {
                 if block_size != vol.block_size().get() {
                     return Err(Error::Mismatch(format!(
@@ -260,10 +295,26 @@ impl Session<'_> {
                         vol.size()
                     )));
                 }
-                if session == 0 {
-                    return Err(Error::protocol(self.peer, "Open with session id 0"));
+                if session == 0 || volume_id == 0 || generation == 0 {
+                    return Err(Error::protocol(
+                        self.peer,
+                        "Open with a zero session, volume identity or generation",
+                    ));
                 }
-                Ok(Generation { session, epoch })
+                let claim = PrimaryClaim {
+                    lineage: Lineage {
+                        identity: VolumeId(volume_id),
+                        current: GenId(generation),
+                        history: wire::history_ids(&history).into_iter().map(GenId).collect(),
+                        bound_to: VolumeId(0),
+                    },
+                    resolution: Resolution {
+                        adopt: flags & wire::open_flags::ADOPT != 0,
+                        discard_secondary: flags & wire::open_flags::DISCARD_SECONDARY != 0,
+                    },
+                    ephemeral: flags & wire::open_flags::EPHEMERAL != 0,
+                };
+                Ok((Generation { session, epoch }, claim))
             }
             other => Err(Error::protocol(
                 self.peer,

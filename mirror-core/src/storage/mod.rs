@@ -8,6 +8,7 @@
 
 pub(crate) mod background;
 pub mod digest;
+pub mod fault;
 pub mod scan;
 pub mod volume;
 pub mod zero;

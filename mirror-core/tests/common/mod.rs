@@ -2,6 +2,8 @@
 //! cut, stall and restore the link.
 #![allow(dead_code)]
 
+pub mod frame_proxy;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

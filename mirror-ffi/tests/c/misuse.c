@@ -57,6 +57,15 @@ static void configs_refuse_bad_values(const char *volume, uint32_t backend) {
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_mode(pc, 3));
     EXPECT_OK(mirror_primary_config_set_mode(pc, MIRROR_MODE_ASYNC));
     EXPECT_OK(mirror_primary_config_set_mode(pc, MIRROR_MODE_SYNC));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_durability(pc, 0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_durability(pc, 4));
+    EXPECT_OK(mirror_primary_config_set_durability(pc, MIRROR_DURABILITY_RECEIVED));
+    EXPECT_OK(mirror_primary_config_set_durability(pc, MIRROR_DURABILITY_FLUSHED));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_on_disconnect(pc, 9, 0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
+              mirror_primary_config_set_on_disconnect(pc, MIRROR_ON_DISCONNECT_SUSPEND, 0));
+    EXPECT_OK(mirror_primary_config_set_on_disconnect(pc, MIRROR_ON_DISCONNECT_SUSPEND, 500));
+    EXPECT_OK(mirror_primary_config_set_on_disconnect(pc, MIRROR_ON_DISCONNECT_DEGRADE, 0));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_io_backend(pc, 7));
     EXPECT_OK(mirror_primary_config_set_io_backend(pc, backend));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_direct_io(pc, 0));
@@ -103,6 +112,19 @@ static void configs_refuse_bad_values(const char *volume, uint32_t backend) {
               mirror_secondary_config_set_link_timeout_ms(sc, 99));
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_config_set_secret(sc, NULL, 1));
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_config_set_allow_insecure(NULL, true));
+    /* The scans the secondary leads. */
+    EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_config_set_scan_on_connect(NULL, true));
+    EXPECT_OK(mirror_secondary_config_set_scan_on_connect(sc, true));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_secondary_config_set_compare_side(sc, 0));
+    EXPECT_OK(mirror_secondary_config_set_compare_side(sc, MIRROR_COMPARE_SIDE_PRIMARY));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_secondary_config_set_algorithm(sc, 99));
+    EXPECT_OK(mirror_secondary_config_set_algorithm(sc, MIRROR_ALGORITHM_CRC32));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
+              mirror_secondary_config_set_periodic_scan(sc, 1000, -1.0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
+              mirror_secondary_config_set_periodic_scan(sc, 1000, 0.0 / 0.0));
+    EXPECT_OK(mirror_secondary_config_set_periodic_scan(sc, 1000, 8.0));
+    EXPECT_OK(mirror_secondary_config_set_periodic_scan(sc, 0, 0.0));
     mirror_secondary_config_free(sc);
 }
 
@@ -328,6 +350,7 @@ static void secondary_refuses_misuse_and_use_after_close(const char *volume, uin
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_get_status(s, NULL));
     EXPECT_OK(mirror_secondary_get_status(s, &st));
     EXPECT(st.serving && !st.connected);
+    EXPECT(st.lead_scans == 0 && !st.has_last_report);
     EXPECT_OK(mirror_secondary_last_link_error(s, addr, sizeof addr, &addr_len));
     EXPECT(addr[0] == '\0' && addr_len == 0);
 

@@ -158,6 +158,8 @@ int main(int argc, char **argv) {
         touched[off / REGION] = 1;
     }
     wait_for_state(p, MIRROR_LINK_STATE_DISCONNECTED, 5000);
+    /* A flush nobody performed is not a success. */
+    EXPECT(mirror_primary_flush(p) == MIRROR_RESULT_LINK);
     for (unsigned i = 0; i < 16; i++) {
         uint64_t off = (uint64_t)(1200 + i * 41) * BLOCK;
         fill_pattern(buf, 2 * BLOCK, off, 4);

@@ -10,6 +10,7 @@ Errors derive from :class:`MirrorError`; see ``mirror._errors`` for the hierarch
 
 from mirror._errors import (
     AuthError,
+    BusyError,
     ClosedError,
     ConfigError,
     LinkError,
@@ -17,6 +18,7 @@ from mirror._errors import (
     MirrorIOError,
     MismatchError,
     ProtocolError,
+    RemoteIOError,
 )
 from mirror._mirror import (
     Primary,
@@ -31,6 +33,7 @@ from mirror._mirror import (
 
 __all__ = [
     "AuthError",
+    "BusyError",
     "ClosedError",
     "ConfigError",
     "LinkError",
@@ -39,6 +42,7 @@ __all__ = [
     "MismatchError",
     "Primary",
     "ProtocolError",
+    "RemoteIOError",
     "Report",
     "ScanMap",
     "Secondary",

@@ -9,6 +9,7 @@ from mirror._errors import (
     MirrorIOError as MirrorIOError,
     MismatchError as MismatchError,
     ProtocolError as ProtocolError,
+    RemoteIOError as RemoteIOError,
 )
 from mirror._mirror import (
     Primary as Primary,
@@ -31,6 +32,7 @@ __all__ = [
     "MismatchError",
     "Primary",
     "ProtocolError",
+    "RemoteIOError",
     "Report",
     "ScanMap",
     "Secondary",

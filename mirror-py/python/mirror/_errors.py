@@ -9,14 +9,18 @@ Hierarchy::
     MirrorError
     ├── ConfigError (also ValueError)     bad argument or configuration value: offset,
     │   │                                 length, alignment, block size, names, secret
-    │   └── MismatchError                 the two volumes or peers do not match
+    │   └── MismatchError                 the two volumes or peers do not match: size, block
+    │                                     size, version, identity, or a split brain
+    ├── BusyError                         the secondary is held by another live session
     ├── LinkError (also ConnectionError)  the link could not be made, was lost, timed out
     ├── ProtocolError                     the peer broke the wire protocol
     ├── AuthError                         shared-secret authentication failed
     ├── ClosedError                       the object was closed
     └── MirrorIOError (also OSError)      local I/O failed; the instance is also the
-                                          built-in OSError subclass of its errno
-                                          (FileNotFoundError, PermissionError, ...)
+        │                                 built-in OSError subclass of its errno
+        │                                 (FileNotFoundError, PermissionError, ...)
+        └── RemoteIOError                 the secondary's volume failed (a full disk, a
+                                          failed write or flush): not a link failure
 """
 
 from __future__ import annotations
@@ -28,11 +32,13 @@ __all__ = [
     "MirrorError",
     "ConfigError",
     "MismatchError",
+    "BusyError",
     "LinkError",
     "ProtocolError",
     "AuthError",
     "ClosedError",
     "MirrorIOError",
+    "RemoteIOError",
 ]
 
 
@@ -47,8 +53,15 @@ class ConfigError(MirrorError, ValueError):
 
 
 class MismatchError(ConfigError):
-    """The two volumes (size, block size) or the two peers (protocol version) do not
-    match; refused at handshake."""
+    """The two volumes (size, block size, identity) or the two peers (protocol version) do
+    not match, or their histories diverged (split brain); refused at handshake, nothing
+    written. ``adopt=True`` or ``discard_secondary=True`` on the Primary says which side
+    wins."""
+
+
+class BusyError(MirrorError):
+    """The secondary is held by another primary session whose link is alive; refused at
+    handshake without disturbing that session."""
 
 
 class LinkError(MirrorError, ConnectionError):
@@ -74,9 +87,20 @@ class MirrorIOError(MirrorError, OSError):
     that errno maps to (``FileNotFoundError``, ``PermissionError``, ...), so
     ``except FileNotFoundError`` catches it."""
 
+    #: True when the failing volume is the secondary's (:class:`RemoteIOError`).
+    remote: bool = False
+
     def __str__(self) -> str:
         # The engine's message already names the path, the operation and the OS error.
         return str(self.args[0]) if self.args else OSError.__str__(self)
+
+
+class RemoteIOError(MirrorIOError):
+    """An I/O error on the secondary's volume, as the secondary reported it: ``errno`` and
+    ``strerror`` are the secondary's OS error, ``filename`` its volume. The link is fine; the
+    secondary's disk is not (full, read-only, failing)."""
+
+    remote = True
 
 
 _IO_CLASSES: Dict[Type[OSError], Type[MirrorIOError]] = {}
@@ -112,6 +136,13 @@ def _make(
     """Builds the exception called ``name`` (a class of this module) for an engine error."""
     if name == "MirrorIOError":
         exc = _io_class(errno)(message)
+        if errno is not None:
+            exc.errno = errno
+            exc.strerror = os.strerror(errno)
+        exc.filename = filename
+        return exc
+    if name == "RemoteIOError":
+        exc = RemoteIOError(message)
         if errno is not None:
             exc.errno = errno
             exc.strerror = os.strerror(errno)
