@@ -1370,6 +1370,51 @@ mirror_result mirror_primary_replicate(const struct mirror_primary *primary,
                                        uint32_t *outcome_out);
 
 /**
+ * Makes bytes `[offset, offset + len)` zero on the primary's volume and on the secondary,
+ * replicated in order with writes; the storage stays allocated where the volumes can say so
+ * (fallocate `ZERO_RANGE`), else zeros are written. The range follows the rules of
+ * `mirror_primary_write` (`MIRROR_RESULT_INVALID_ARGUMENT` before any I/O otherwise) but is
+ * bounded only by the volume: one call may zero the whole volume, and nothing of its length
+ * is allocated or sent as data.
+ *
+ * Outcomes as `mirror_primary_write`: in sync mode the call returns once the secondary has
+ * zeroed the range; without a link the range is marked dirty and `*outcome_out` says
+ * `MIRROR_WRITE_OUTCOME_DEGRADED`.
+ *
+ * - `outcome_out`: NULL, or receives a `mirror_write_outcome` value on success.
+ *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
+ * # Safety
+ * `primary` is NULL or a handle not yet freed; `outcome_out` is NULL or writable.
+ */
+mirror_result mirror_primary_write_zeroes(const struct mirror_primary *primary,
+                                          uint64_t offset,
+                                          uint64_t len,
+                                          uint32_t *outcome_out);
+
+/**
+ * Trims bytes `[offset, offset + len)` on the primary's volume and on the secondary: their
+ * storage is released where the volumes can (hole punching, discard), and the range reads as
+ * zeros on both sides afterwards. Trim is not advisory in mirror — its contents become zero —
+ * so the pair stays byte-equal and scans compare it exactly. Rules and outcomes as
+ * `mirror_primary_write_zeroes`.
+ *
+ * - `outcome_out`: NULL, or receives a `mirror_write_outcome` value on success.
+ *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
+ * # Safety
+ * `primary` is NULL or a handle not yet freed; `outcome_out` is NULL or writable.
+ */
+mirror_result mirror_primary_trim(const struct mirror_primary *primary,
+                                  uint64_t offset,
+                                  uint64_t len,
+                                  uint32_t *outcome_out);
+
+/**
  * Records that bytes `[offset, offset + len)` changed and the secondary lacks them; the
  * next resync sends them. The range must lie inside the volume.
  *

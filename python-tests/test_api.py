@@ -68,6 +68,31 @@ def test_writes_take_any_contiguous_buffer(primary: mirror.Primary) -> None:
     assert st.dirty_regions >= 1
 
 
+def test_write_zeroes_and_trim_zero_the_local_range_and_take_the_write_rules(
+    primary: mirror.Primary,
+) -> None:
+    block = os.urandom(BLOCK)
+    for i in range(4):
+        primary.write(i * BLOCK, block)
+    assert primary.write_zeroes(BLOCK, BLOCK) == "degraded"
+    assert primary.trim(2 * BLOCK, BLOCK) == "degraded"
+    with open(primary_path(primary), "rb") as f:
+        data = f.read(4 * BLOCK)
+    assert data == block + bytes(2 * BLOCK) + block
+    # The whole volume in one call: bounded by the volume, not by a buffer.
+    assert primary.trim(0, SIZE) == "degraded"
+    for off, length in [(1, BLOCK), (0, BLOCK + 1), (SIZE, BLOCK), (0, SIZE + BLOCK)]:
+        with pytest.raises(mirror.ConfigError):
+            primary.write_zeroes(off, length)
+        with pytest.raises(mirror.ConfigError):
+            primary.trim(off, length)
+    for bad in (-1, 2**64):
+        with pytest.raises((OverflowError, ValueError)):
+            primary.trim(bad, BLOCK)
+        with pytest.raises((OverflowError, ValueError)):
+            primary.write_zeroes(0, bad)
+
+
 def primary_path(p: mirror.Primary) -> str:
     # The repr names the volume: "<mirror.Primary PATH -> PEER (...)>".
     return repr(p).split(" ")[1]

@@ -244,6 +244,30 @@ impl Primary {
         Ok(outcome_name(out))
     }
 
+    /// Makes bytes ``[offset, offset + length)`` zero locally and on the secondary,
+    /// replicated in order with writes, the storage kept allocated where the volumes can.
+    /// Same rules as :meth:`write` (block-aligned, whole blocks but the volume's last), bounded
+    /// only by the volume. Returns as :meth:`write` does.
+    fn write_zeroes(&self, py: Python<'_>, offset: i128, length: i128) -> PyResult<&'static str> {
+        let offset = unsigned("offset", offset)?;
+        let length = unsigned("length", length)?;
+        self.check_open()?;
+        let out = detached(py, || self.inner.write_zeroes(offset, length))?;
+        Ok(outcome_name(out))
+    }
+
+    /// Trims bytes ``[offset, offset + length)`` locally and on the secondary: the storage is
+    /// released where the volumes can (hole punching, discard) and the range reads as zeros
+    /// on both sides afterwards (trim is not advisory: the pair stays byte-equal). Same rules
+    /// and results as :meth:`write_zeroes`.
+    fn trim(&self, py: Python<'_>, offset: i128, length: i128) -> PyResult<&'static str> {
+        let offset = unsigned("offset", offset)?;
+        let length = unsigned("length", length)?;
+        self.check_open()?;
+        let out = detached(py, || self.inner.trim(offset, length))?;
+        Ok(outcome_name(out))
+    }
+
     /// Records that bytes ``[offset, offset + length)`` changed and the secondary lacks
     /// them; the next resync sends them.
     fn mark_dirty(&self, py: Python<'_>, offset: i128, length: i128) -> PyResult<()> {

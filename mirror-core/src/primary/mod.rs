@@ -3,7 +3,7 @@
 //! it is valid, by a full checksum scan when it is not — and runs the periodic scan.
 //!
 //! Invariants, and where they are kept:
-//! - **One ordered stream.** Replicated writes, repair blocks, barriers and scan requests all go
+//! - **One ordered stream.** Replicated writes and zeroings, repair blocks, barriers and scan requests all go
 //!   through one queue to one writer thread ([`Conn::tx`]); the secondary applies them in that
 //!   order.
 //! - **No stale block over a newer one.** A write takes the stripe locks of its regions
@@ -23,8 +23,10 @@
 //! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`lead`] (scans
 //! the secondary leads: digests, comparing, repairs by the same locked path), [`manager`]
 //! (connecting, the writer and reader threads, [`backoff`] of retries), [`replicate`] (the
-//! write path, flush and the on-disconnect policy), [`state`] (the metadata record, the
-//! write-intent map, the full-scan checkpoint). This file is the public face, [`Primary`].
+//! write path — writes, write-zeroes and trim — flush and the on-disconnect policy), [`state`]
+//! (the metadata record, the write-intent map, the full-scan checkpoint), [`zero`]
+//! (write-zeroes and trim: a range carried without data). This file is the public face,
+//! [`Primary`].
 
 mod backoff;
 mod compare;
@@ -36,6 +38,7 @@ mod locks;
 mod manager;
 mod replicate;
 mod state;
+mod zero;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};

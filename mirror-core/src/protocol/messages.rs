@@ -16,7 +16,8 @@
 //!                                                     volume, bound to, generation,
 //!                                                     consistent, history}
 //!                                     (or Error{MISMATCH | BUSY}: refused, nothing written)
-//! Write / Flush / Barrier / ResyncDone / Ping ...  -->  (in order)  <-- Ack{seq} / Pong
+//! Write / WriteZeroes / Trim / Flush / Barrier / ResyncDone / Ping ...
+//!                                     -->   (in order)  <-- Ack{seq} / Pong
 //! ScanRequest{req, range, level}      -->   <-- Digests{req, start, ...}* ScanEnd{req}
 //! CompareRequest{req, range}, Digests* , CompareEnd{req}
 //!                                     <--   BlockRequest{req, range}* CompareDone{req, n}
@@ -79,8 +80,9 @@ pub use super::frame::{
 ///
 /// Changes: 2 — the primary proves the shared secret first (`Auth`), the secondary answers
 /// with `AuthReply`; `HelloReply` carries no proof; proofs cover the TLS exporter; `Open` and
-/// `OpenReply` carry identities and generation histories (see Versions above). Version 1
-/// (the secondary proved first, to anyone) is no longer spoken.
+/// `OpenReply` carry identities and generation histories (see Versions above); `WriteZeroes`
+/// and `Trim` zero ranges. Version 1 (the secondary proved first, to anyone) is no longer
+/// spoken.
 pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
@@ -151,6 +153,16 @@ pub mod write_flags {
     pub const RECEIVED: u8 = 4;
     /// Every flag this version knows.
     pub const ALL: u8 = FLUSH | REPAIR | RECEIVED;
+}
+
+/// Flags of the WriteZeroes and Trim messages.
+pub mod zero_flags {
+    /// Flush the secondary's volume before acknowledging.
+    pub const FLUSH: u8 = super::write_flags::FLUSH;
+    /// Acknowledge on arrival, before the range is zeroed (durability `received`).
+    pub const RECEIVED: u8 = super::write_flags::RECEIVED;
+    /// Every flag this version knows.
+    pub const ALL: u8 = FLUSH | RECEIVED;
 }
 
 /// Priority byte of scan and compare requests.
@@ -263,6 +275,12 @@ messages! {
     /// error `errno`; the sender closes the connection. Sent instead of `Error{IO}` so the
     /// primary can tell the secondary's disk from the link.
     24 => IO_ERROR IoError { errno: u32, offset: u64, op: u8, volume: String },
+    /// Zeros over `len` bytes at a byte offset, storage kept allocated where the volume can.
+    /// Bounded by the volume, not by the frame: nothing of `len` is allocated.
+    25 => WRITE_ZEROES WriteZeroes { seq: u64, offset: u64, len: u64, flags: u8 },
+    /// Trim `len` bytes at a byte offset: storage released where the volume can, and the
+    /// range reads as zeros on every volume (trim is not advisory in mirror).
+    26 => TRIM Trim { seq: u64, offset: u64, len: u64, flags: u8 },
     /// Secondary leads, and compares: send your digests of a range (as `LeadDigests`).
     40 => LEAD_SCAN LeadScan { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
     /// Secondary leads, the primary compares: the secondary's digests of a range follow (as
@@ -372,6 +390,27 @@ impl Message {
                     return Err(bad(format!(
                         "Write of {} bytes (1 to {MAX_WRITE_DATA})",
                         data.len()
+                    )));
+                }
+            }
+            Message::WriteZeroes {
+                offset, len, flags, ..
+            }
+            | Message::Trim {
+                offset, len, flags, ..
+            } => {
+                if flags & !zero_flags::ALL != 0 {
+                    return Err(bad(format!(
+                        "{} with unknown flags {flags:#x}",
+                        self.name()
+                    )));
+                }
+                // The volume bounds the range (checked before any I/O by the receiver); here
+                // only what no volume could hold.
+                if *len == 0 || offset.checked_add(*len).is_none() {
+                    return Err(bad(format!(
+                        "{} of {len} bytes at {offset} (1 byte or more, within u64)",
+                        self.name()
                     )));
                 }
             }
@@ -646,6 +685,18 @@ mod tests {
                 code: code::MISMATCH,
                 message: "size differs".into(),
             },
+            WriteZeroes {
+                seq: 12,
+                offset: 1 << 40,
+                len: 1 << 35,
+                flags: zero_flags::FLUSH,
+            },
+            Trim {
+                seq: 13,
+                offset: 4096,
+                len: u64::MAX - 4096,
+                flags: 0,
+            },
             LeadScan {
                 req: 3,
                 algorithm: Algorithm::Crc32,
@@ -740,6 +791,67 @@ mod tests {
         want.push(2);
         want.extend_from_slice(&6u128.to_le_bytes());
         assert_eq!(&f[..f.len() - 4], &want[..]);
+    }
+
+    #[test]
+    fn write_zeroes_and_trim_golden_bytes() {
+        for (m, k) in [
+            (
+                Message::WriteZeroes {
+                    seq: 1,
+                    offset: 8192,
+                    len: 1 << 32,
+                    flags: zero_flags::FLUSH,
+                },
+                kind::WRITE_ZEROES,
+            ),
+            (
+                Message::Trim {
+                    seq: 1,
+                    offset: 8192,
+                    len: 1 << 32,
+                    flags: zero_flags::FLUSH,
+                },
+                kind::TRIM,
+            ),
+        ] {
+            let f = m.to_frame().unwrap();
+            let mut want = vec![25, 0, 0, 0, k, 0, 0, 0];
+            want.extend_from_slice(&1u64.to_le_bytes());
+            want.extend_from_slice(&8192u64.to_le_bytes());
+            want.extend_from_slice(&(1u64 << 32).to_le_bytes());
+            want.push(1);
+            assert_eq!(&f[..f.len() - 4], &want[..]);
+            assert_eq!(f.len(), 8 + 25 + 4, "a zero range costs no payload");
+        }
+        assert_eq!((kind::WRITE_ZEROES, kind::TRIM), (25, 26));
+    }
+
+    #[test]
+    fn zero_ranges_that_no_volume_holds_are_refused() {
+        let zero = |k: u8, offset: u64, len: u64, flags: u8| {
+            let mut p = 7u64.to_le_bytes().to_vec();
+            p.extend_from_slice(&offset.to_le_bytes());
+            p.extend_from_slice(&len.to_le_bytes());
+            p.push(flags);
+            Message::decode(k, &p)
+        };
+        for k in [kind::WRITE_ZEROES, kind::TRIM] {
+            assert!(zero(k, 0, 4096, 0).is_ok());
+            assert!(
+                zero(k, 0, u64::MAX, 1).is_ok(),
+                "the volume bounds it, not the frame"
+            );
+            assert!(zero(k, 0, 0, 0).is_err(), "empty range");
+            assert!(zero(k, 4096, u64::MAX, 0).is_err(), "overflow");
+            assert!(
+                zero(k, 0, 4096, write_flags::REPAIR).is_err(),
+                "unknown flag"
+            );
+            assert!(zero(k, 0, 4096, 0x80).is_err(), "unknown flag");
+            // Truncated payload.
+            assert!(Message::decode(k, &[0; 24]).is_err());
+        }
     }
 
     #[test]

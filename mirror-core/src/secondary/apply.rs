@@ -1,7 +1,7 @@
-//! The apply loop: frames of one session applied in stream order — writes, flushes and
-//! barriers acknowledged only once done (through the group commit, [`super::commit`]), every
-//! offset and length checked against the volume before any I/O — with scans and compares
-//! handed to the worker in that same order.
+//! The apply loop: frames of one session applied in stream order — writes, zeroings, flushes
+//! and barriers acknowledged only once done (through the group commit, [`super::commit`]),
+//! every offset and length checked against the volume before any I/O — with scans and
+//! compares handed to the worker in that same order.
 //!
 //! Crash ordering of a write: applied → its acknowledgement queued for the commit thread →
 //! (for `flushed`) one flush covering the batch → acknowledged. A `received` write is
@@ -14,7 +14,7 @@ use super::commit::Committer;
 use super::session::Session;
 use super::worker::Work;
 use crate::protocol::link::FrameReader;
-use crate::protocol::messages::{write_flags, Message};
+use crate::protocol::messages::{write_flags, zero_flags, Message};
 use crate::storage::volume::check_io;
 use crate::sync::lock;
 use crate::units::BlockRange;
@@ -111,6 +111,40 @@ impl Session<'_> {
                     if flags & write_flags::FLUSH != 0 {
                         committer.durable(seq)?;
                     } else if flags & write_flags::RECEIVED == 0 {
+                        committer.ack(seq)?;
+                    }
+                }
+                Message::WriteZeroes {
+                    seq,
+                    offset,
+                    len,
+                    flags,
+                }
+                | Message::Trim {
+                    seq,
+                    offset,
+                    len,
+                    flags,
+                } => {
+                    // The range is checked against the volume before any I/O: its length came
+                    // off the wire and only the volume bounds it.
+                    check_io(vol.name(), vol.size(), vol.block_size(), offset, len)?;
+                    if flags & zero_flags::RECEIVED != 0 {
+                        lock(self.writer).send(&Message::Ack { seq })?;
+                        unflushed_acks = true;
+                    }
+                    if matches!(msg, Message::Trim { .. }) {
+                        vol.trim(offset, len)?;
+                    } else {
+                        vol.write_zeroes(offset, len)?;
+                    }
+                    self.inner
+                        .stats
+                        .writes_applied
+                        .fetch_add(1, Ordering::Relaxed);
+                    if flags & zero_flags::FLUSH != 0 {
+                        committer.durable(seq)?;
+                    } else if flags & zero_flags::RECEIVED == 0 {
                         committer.ack(seq)?;
                     }
                 }
