@@ -10,7 +10,7 @@ import mmap
 import os
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import pytest
 
@@ -349,7 +349,9 @@ def test_ctrl_c_interrupts_waiting_for_the_link(primary: mirror.Primary) -> None
 
 
 @pytest.mark.parametrize("compare", ["secondary", "primary"])
-def test_a_secondary_that_leads_repairs_itself_on_connection(tmp_path: Path, compare: str) -> None:
+def test_a_secondary_that_leads_repairs_itself_on_connection(
+    tmp_path: Path, compare: Literal["primary", "secondary"]
+) -> None:
     size = 1 << 20
     a, b = tmp_path / "a.img", tmp_path / "b.img"
     data = os.urandom(size)
@@ -379,7 +381,7 @@ def test_a_secondary_that_leads_repairs_itself_on_connection(tmp_path: Path, com
 def test_secondary_lead_options_are_checked(tmp_path: Path) -> None:
     path = tmp_path / "v.img"
     with pytest.raises(mirror.ConfigError):
-        mirror.Secondary(path, create=1 << 20, compare="sideways")
+        mirror.Secondary(path, create=1 << 20, compare="sideways")  # type: ignore[arg-type]
     with pytest.raises(mirror.ConfigError):
         mirror.Secondary(path, create=1 << 20, rate=10)
     with pytest.raises(mirror.ConfigError):

@@ -17,7 +17,8 @@ SIZE = 1 << 20
 
 def sync(volume: Path, peer: str, **kw: object) -> mirror.Report:
     with mirror.Primary(volume, peer=peer, auto_resync=False, link_timeout=2.0, **kw) as p:  # type: ignore[arg-type]
-        return p.resync(full=True, timeout=20)
+        report = p.resync(full=True, timeout=20)
+    return report
 
 
 def test_a_bound_secondary_refuses_another_volume_until_adopted(
