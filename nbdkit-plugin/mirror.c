@@ -546,10 +546,31 @@ mirror_pread (void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t
 }
 
 /* What NBD_CMD_FLAG_FUA asks of every writing verb: durable before the reply. */
+/* NBD flush and FUA: durable on both sides. With the link down the primary runs degraded
+ * (its default on-disconnect policy): what the secondary lacks is in the dirty map, which the
+ * resync on reconnection ships, so the flush makes the local volume durable and succeeds, as a
+ * degraded RAID1 does. Any other failure (the secondary's disk, a closed primary) is the
+ * client's error. */
+static int
+flush_both (void)
+{
+  mirror_result r = mirror_primary_flush (primary);
+  if (r == MIRROR_RESULT_LINK) {
+    if (fdatasync (read_fd) == -1) {
+      nbdkit_set_error (errno);
+      nbdkit_error ("flush: local volume: %m");
+      return -1;
+    }
+    nbdkit_debug ("flush: link down, local volume flushed; the dirty map holds the rest");
+    return 0;
+  }
+  return check ("flush", r);
+}
+
 static int
 fua (uint32_t flags)
 {
-  return (flags & NBDKIT_FLAG_FUA) ? check ("flush", mirror_primary_flush (primary)) : 0;
+  return (flags & NBDKIT_FLAG_FUA) ? flush_both () : 0;
 }
 
 static int
@@ -567,7 +588,7 @@ mirror_flush (void *handle, uint32_t flags)
 {
   (void) handle;
   (void) flags;
-  return check ("flush", mirror_primary_flush (primary));
+  return flush_both ();
 }
 
 /* Trim and write-zeroes are libmirror verbs, replicated in order like writes under the same
