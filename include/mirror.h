@@ -93,7 +93,8 @@ enum mirror_result
      */
     MIRROR_RESULT_PROTOCOL = 4,
     /**
-     * The two volumes (or the two peers' versions) do not match.
+     * The two volumes (size, block size, identity) or the two peers' versions do not match,
+     * or their generation histories diverged (split brain); nothing was written.
      */
     MIRROR_RESULT_MISMATCH = 5,
     /**
@@ -114,6 +115,11 @@ enum mirror_result
      * the message names its volume. Not a link failure.
      */
     MIRROR_RESULT_REMOTE_IO = 9,
+    /**
+     * The secondary is held by another primary session whose link is alive; that session
+     * was not disturbed.
+     */
+    MIRROR_RESULT_BUSY = 10,
     /**
      * A required pointer argument was NULL.
      */
@@ -591,6 +597,15 @@ typedef struct mirror_status {
      * The last resync or periodic scan; zeroed unless `has_last_report`.
      */
     struct mirror_report last_report;
+    /**
+     * True when `last_secondary_report` holds the last scan the secondary led.
+     */
+    bool has_last_secondary_report;
+    /**
+     * The last scan the secondary led (on connection or periodic), as the secondary reported
+     * it; zeroed unless `has_last_secondary_report`.
+     */
+    struct mirror_report last_secondary_report;
 } mirror_status;
 
 /**
@@ -657,6 +672,23 @@ typedef struct mirror_secondary_status {
      * Bytes sent.
      */
     uint64_t bytes_sent;
+    /**
+     * False while a resync that is not in write order is under way (or was cut off): the
+     * secondary's volume is then not a usable image. Kept in its metadata record.
+     */
+    bool consistent;
+    /**
+     * Scans this secondary led to their end (on connection and periodic).
+     */
+    uint64_t lead_scans;
+    /**
+     * True when `last_report` holds the last of them.
+     */
+    bool has_last_report;
+    /**
+     * The last scan this secondary led; zeroed unless `has_last_report`.
+     */
+    struct mirror_report last_report;
 } mirror_secondary_status;
 
 #ifdef __cplusplus
@@ -1104,6 +1136,137 @@ mirror_result mirror_secondary_config_set_link_timeout_ms(struct mirror_secondar
                                                           uint32_t timeout_ms);
 
 /**
+ * Sets where the primary volume's metadata record is kept (its identity, generations and
+ * last coherent sync; and the write-intent map beside it, `PATH.intent`). Default: the
+ * volume's path with `.mirror-meta` appended — give another path for a block device.
+ *
+ * Ownership: the string is copied. Thread safety: a config is used by one thread at a time;
+ * distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread; `path` is NULL or a
+ * NUL-terminated string.
+ */
+mirror_result mirror_primary_config_set_meta_path(struct mirror_primary_config *config,
+                                                  const char *path);
+
+/**
+ * Sets where the secondary volume's metadata record is kept (its identity, the volume it
+ * mirrors, its generations and whether it is a consistent image). Default: the volume's
+ * path with `.mirror-meta` appended — give another path for a block device.
+ *
+ * Ownership: the string is copied. Thread safety: a config is used by one thread at a time;
+ * distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread; `path` is NULL or a
+ * NUL-terminated string.
+ */
+mirror_result mirror_secondary_config_set_meta_path(struct mirror_secondary_config *config,
+                                                    const char *path);
+
+/**
+ * Lets the primary rebind a secondary bound to another volume (default false): the
+ * secondary's data is discarded and a full scan follows. Without it such a secondary
+ * refuses the primary with `MIRROR_RESULT_MISMATCH`, naming both identities.
+ *
+ * Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+ * time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_adopt(struct mirror_primary_config *config,
+                                              bool adopt);
+
+/**
+ * Resolves a split brain in favour of this primary (default false): the secondary's writes
+ * since the common generation are discarded and a full scan follows. Without it a split
+ * brain is refused with `MIRROR_RESULT_MISMATCH`, naming the generations that diverged.
+ *
+ * Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+ * time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_discard_secondary(struct mirror_primary_config *config,
+                                                          bool discard);
+
+/**
+ * Keeps the persistent write-intent map (default false): a chunk's bit is made durable
+ * before the first write to it proceeds and cleared lazily once the secondary has the data,
+ * so after a crash of the primary the resync covers the chunks whose bits were set instead
+ * of the whole volume. Costs an `fdatasync` of the map per write to a clean chunk.
+ *
+ * Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+ * time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_write_intent(struct mirror_primary_config *config,
+                                                     bool write_intent);
+
+/**
+ * Makes the secondary lead a full checksum scan of its volume as soon as a primary's session
+ * is established (a new or a re-established link); default false. The blocks that differ
+ * are sent by the primary on the replication stream, and the scan's report is shown by
+ * `mirror_secondary_status` here and by `mirror_primary_status` on the primary.
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_scan_on_connect(struct mirror_secondary_config *config,
+                                                          bool scan_on_connect);
+
+/**
+ * Makes the secondary lead a periodic low-priority checksum scan while a primary's session
+ * is up: every `interval_ms` milliseconds after the previous one ends, reading at most
+ * `rate_mib_s` MiB/s. `interval_ms` 0 turns it off. `MIRROR_RESULT_INVALID_ARGUMENT` if the
+ * rate is not a positive finite number.
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_periodic_scan(struct mirror_secondary_config *config,
+                                                        uint64_t interval_ms,
+                                                        double rate_mib_s);
+
+/**
+ * Sets which side compares the digests of the scans the secondary leads (a
+ * `mirror_compare_side` value; default `MIRROR_COMPARE_SIDE_SECONDARY`: the secondary asks
+ * for the primary's digests and requests the blocks that differ).
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_compare_side(struct mirror_secondary_config *config,
+                                                       uint32_t side);
+
+/**
+ * Sets the digest algorithm of the scans the secondary leads (a `mirror_algorithm` value;
+ * default SHA-1). `MIRROR_RESULT_INVALID_ARGUMENT` for an unknown value.
+ *
+ * Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+ * at a time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_secondary_config_set_algorithm(struct mirror_secondary_config *config,
+                                                    uint32_t algorithm);
+
+/**
  * Describes the most recent failed `mirror_*` call made on the calling thread.
  *
  * Returns a NUL-terminated UTF-8 message naming what failed and its context (path, offset,
@@ -1205,6 +1368,51 @@ mirror_result mirror_primary_replicate(const struct mirror_primary *primary,
                                        const uint8_t *data,
                                        size_t len,
                                        uint32_t *outcome_out);
+
+/**
+ * Makes bytes `[offset, offset + len)` zero on the primary's volume and on the secondary,
+ * replicated in order with writes; the storage stays allocated where the volumes can say so
+ * (fallocate `ZERO_RANGE`), else zeros are written. The range follows the rules of
+ * `mirror_primary_write` (`MIRROR_RESULT_INVALID_ARGUMENT` before any I/O otherwise) but is
+ * bounded only by the volume: one call may zero the whole volume, and nothing of its length
+ * is allocated or sent as data.
+ *
+ * Outcomes as `mirror_primary_write`: in sync mode the call returns once the secondary has
+ * zeroed the range; without a link the range is marked dirty and `*outcome_out` says
+ * `MIRROR_WRITE_OUTCOME_DEGRADED`.
+ *
+ * - `outcome_out`: NULL, or receives a `mirror_write_outcome` value on success.
+ *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
+ * # Safety
+ * `primary` is NULL or a handle not yet freed; `outcome_out` is NULL or writable.
+ */
+mirror_result mirror_primary_write_zeroes(const struct mirror_primary *primary,
+                                          uint64_t offset,
+                                          uint64_t len,
+                                          uint32_t *outcome_out);
+
+/**
+ * Trims bytes `[offset, offset + len)` on the primary's volume and on the secondary: their
+ * storage is released where the volumes can (hole punching, discard), and the range reads as
+ * zeros on both sides afterwards. Trim is not advisory in mirror — its contents become zero —
+ * so the pair stays byte-equal and scans compare it exactly. Rules and outcomes as
+ * `mirror_primary_write_zeroes`.
+ *
+ * - `outcome_out`: NULL, or receives a `mirror_write_outcome` value on success.
+ *
+ * Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+ * be called from several threads at once on the same handle.
+ *
+ * # Safety
+ * `primary` is NULL or a handle not yet freed; `outcome_out` is NULL or writable.
+ */
+mirror_result mirror_primary_trim(const struct mirror_primary *primary,
+                                  uint64_t offset,
+                                  uint64_t len,
+                                  uint32_t *outcome_out);
 
 /**
  * Records that bytes `[offset, offset + len)` changed and the secondary lacks them; the

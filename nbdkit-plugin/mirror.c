@@ -5,7 +5,9 @@
  *
  * The plugin is a primary of libmirror (include/mirror.h): every NBD write goes through
  * mirror_primary_write, which writes the local volume and replicates to the secondary (a
- * `mirror serve`); NBD flush is mirror_primary_flush; reads come from the local volume.
+ * `mirror serve`); trim and write-zeroes go through mirror_primary_trim and
+ * mirror_primary_write_zeroes; NBD flush is mirror_primary_flush; reads come from the local
+ * volume.
  * Software that links nothing (QEMU, nbd-client, fio, nbdcopy) gets a mirrored block device.
  *
  * One primary serves every connection: it is opened in .after_fork (libmirror starts worker
@@ -544,10 +546,31 @@ mirror_pread (void *handle, void *buf, uint32_t count, uint64_t offset, uint32_t
 }
 
 /* What NBD_CMD_FLAG_FUA asks of every writing verb: durable before the reply. */
+/* NBD flush and FUA: durable on both sides. With the link down the primary runs degraded
+ * (its default on-disconnect policy): what the secondary lacks is in the dirty map, which the
+ * resync on reconnection ships, so the flush makes the local volume durable and succeeds, as a
+ * degraded RAID1 does. Any other failure (the secondary's disk, a closed primary) is the
+ * client's error. */
+static int
+flush_both (void)
+{
+  mirror_result r = mirror_primary_flush (primary);
+  if (r == MIRROR_RESULT_LINK) {
+    if (fdatasync (read_fd) == -1) {
+      nbdkit_set_error (errno);
+      nbdkit_error ("flush: local volume: %m");
+      return -1;
+    }
+    nbdkit_debug ("flush: link down, local volume flushed; the dirty map holds the rest");
+    return 0;
+  }
+  return check ("flush", r);
+}
+
 static int
 fua (uint32_t flags)
 {
-  return (flags & NBDKIT_FLAG_FUA) ? check ("flush", mirror_primary_flush (primary)) : 0;
+  return (flags & NBDKIT_FLAG_FUA) ? flush_both () : 0;
 }
 
 static int
@@ -565,12 +588,66 @@ mirror_flush (void *handle, uint32_t flags)
 {
   (void) handle;
   (void) flags;
-  return check ("flush", mirror_primary_flush (primary));
+  return flush_both ();
 }
 
-/* Trim and write-zeroes wait for their verbs in the C ABI. Each will be .can_trim/.can_zero
- * returning 1 and a verb of the shape of mirror_pwrite: check() of the ABI call, then fua().
- * Until then nbdkit emulates zero with pwrite, and trim is not offered. */
+/* Trim and write-zeroes are libmirror verbs, replicated in order like writes under the same
+ * region locks. Both leave the range reading as zeros on both sides (libmirror's trim is not
+ * advisory), so the pair stays byte-equal and scans compare it exactly. */
+static int
+mirror_can_trim (void *handle)
+{
+  (void) handle;
+  return 1;
+}
+
+static int
+mirror_can_zero (void *handle)
+{
+  (void) handle;
+  return 1;
+}
+
+/* Fast zero promises that a zero costs no more than the metadata change. Without a link, or on
+ * a volume whose file system cannot zero by itself, libmirror writes zeros: not a promise it
+ * can keep, so fast-zero requests fail at once with ENOTSUP and the client writes instead. */
+static int
+mirror_can_fast_zero (void *handle)
+{
+  (void) handle;
+  return 0;
+}
+
+/* A trim is advisory in NBD: an unaligned head or tail is left as it is (every client that
+ * honours the block size sends none), and only the whole blocks inside are trimmed. The last
+ * block may be partial: a range that reaches the end of the volume keeps it. */
+static int
+mirror_trim (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  (void) handle;
+  uint64_t end = offset + count;
+  uint64_t first = (offset + block_size - 1) / block_size * block_size;
+  uint64_t last = end >= volume_size ? volume_size : end / block_size * block_size;
+  if (first < last &&
+      check ("trim", mirror_primary_trim (primary, first, last - first, NULL)) == -1)
+    return -1;
+  return fua (flags);
+}
+
+/* Zero is not advisory: the range follows the block size, as writes do. NBDKIT_FLAG_MAY_TRIM
+ * lets the storage go (a punched hole reads as zeros too); without it the storage stays
+ * allocated where the volume can say so. */
+static int
+mirror_zero (void *handle, uint32_t count, uint64_t offset, uint32_t flags)
+{
+  (void) handle;
+  mirror_result r = (flags & NBDKIT_FLAG_MAY_TRIM)
+    ? mirror_primary_trim (primary, offset, count, NULL)
+    : mirror_primary_write_zeroes (primary, offset, count, NULL);
+  if (check ("zero", r) == -1)
+    return -1;
+  return fua (flags);
+}
 
 static struct nbdkit_plugin plugin = {
   .name = "mirror",
@@ -591,9 +668,14 @@ static struct nbdkit_plugin plugin = {
   .can_multi_conn = mirror_can_multi_conn,
   .can_flush = mirror_can_flush,
   .can_fua = mirror_can_fua,
+  .can_trim = mirror_can_trim,
+  .can_zero = mirror_can_zero,
+  .can_fast_zero = mirror_can_fast_zero,
   .pread = mirror_pread,
   .pwrite = mirror_pwrite,
   .flush = mirror_flush,
+  .trim = mirror_trim,
+  .zero = mirror_zero,
 };
 
 NBDKIT_REGISTER_PLUGIN (plugin)

@@ -8,8 +8,9 @@ import array
 import inspect
 import mmap
 import os
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 import pytest
 
@@ -65,6 +66,31 @@ def test_writes_take_any_contiguous_buffer(primary: mirror.Primary) -> None:
     assert st.state == "disconnected"
     assert st.degraded
     assert st.dirty_regions >= 1
+
+
+def test_write_zeroes_and_trim_zero_the_local_range_and_take_the_write_rules(
+    primary: mirror.Primary,
+) -> None:
+    block = os.urandom(BLOCK)
+    for i in range(4):
+        primary.write(i * BLOCK, block)
+    assert primary.write_zeroes(BLOCK, BLOCK) == "degraded"
+    assert primary.trim(2 * BLOCK, BLOCK) == "degraded"
+    with open(primary_path(primary), "rb") as f:
+        data = f.read(4 * BLOCK)
+    assert data == block + bytes(2 * BLOCK) + block
+    # The whole volume in one call: bounded by the volume, not by a buffer.
+    assert primary.trim(0, SIZE) == "degraded"
+    for off, length in [(1, BLOCK), (0, BLOCK + 1), (SIZE, BLOCK), (0, SIZE + BLOCK)]:
+        with pytest.raises(mirror.ConfigError):
+            primary.write_zeroes(off, length)
+        with pytest.raises(mirror.ConfigError):
+            primary.trim(off, length)
+    for bad in (-1, 2**64):
+        with pytest.raises((OverflowError, ValueError)):
+            primary.trim(bad, BLOCK)
+        with pytest.raises((OverflowError, ValueError)):
+            primary.write_zeroes(0, bad)
 
 
 def primary_path(p: mirror.Primary) -> str:
@@ -322,6 +348,44 @@ def test_ctrl_c_interrupts_waiting_for_the_link(primary: mirror.Primary) -> None
     primary.close()  # the abandoned wait ends with the primary
 
 
+@pytest.mark.parametrize("compare", ["secondary", "primary"])
+def test_a_secondary_that_leads_repairs_itself_on_connection(
+    tmp_path: Path, compare: Literal["primary", "secondary"]
+) -> None:
+    size = 1 << 20
+    a, b = tmp_path / "a.img", tmp_path / "b.img"
+    data = os.urandom(size)
+    a.write_bytes(data)
+    b.write_bytes(data[:4096] + bytes(4096) + data[8192:])
+    with mirror.Secondary(
+        b, scan_on_connect=True, compare=compare, algorithm="crc32", io="sync"
+    ) as secondary:
+        assert secondary.status().lead_scans == 0
+        assert secondary.status().last_report is None
+        with mirror.Primary(a, peer=secondary.address, auto_resync=False, io="sync") as primary:
+            deadline = time.monotonic() + 30
+            while secondary.status().lead_scans == 0:
+                assert time.monotonic() < deadline, "no secondary-led scan"
+                time.sleep(0.05)
+            report = secondary.status().last_report
+            assert report is not None
+            assert report.mode == "full-scan" and report.compare == compare
+            assert report.algorithm == "crc32" and report.mismatched == 1
+            deadline = time.monotonic() + 10
+            while primary.status().last_secondary_report is None:
+                assert time.monotonic() < deadline, "the primary never saw the report"
+                time.sleep(0.05)
+    assert b.read_bytes() == data
+
+
+def test_secondary_lead_options_are_checked(tmp_path: Path) -> None:
+    path = tmp_path / "v.img"
+    with pytest.raises(mirror.ConfigError):
+        mirror.Secondary(path, create=1 << 20, compare="sideways")  # type: ignore[arg-type]
+    with pytest.raises(mirror.ConfigError):
+        mirror.Secondary(path, create=1 << 20, rate=10)
+    with pytest.raises(mirror.ConfigError):
+        mirror.Secondary(path, create=1 << 20, interval=0)
 def test_flush_with_no_secondary_raises_link_error(primary: mirror.Primary) -> None:
     # A flush nobody performed is not a success.
     with pytest.raises(mirror.LinkError):

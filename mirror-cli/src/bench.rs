@@ -72,11 +72,11 @@ pub struct LinkCutBenchArgs {
     pub seed: u64,
 }
 
-fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CliError {
+pub(crate) fn io_err(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> CliError {
     move |e| CliError::io(what.to_string(), e)
 }
 
-fn tempdir(dir: &Option<PathBuf>) -> Result<tempfile::TempDir> {
+pub(crate) fn tempdir(dir: &Option<PathBuf>) -> Result<tempfile::TempDir> {
     let b = tempfile::Builder::new().prefix("mirror-bench-").to_owned();
     match dir {
         Some(d) => b.tempdir_in(d),
@@ -86,7 +86,7 @@ fn tempdir(dir: &Option<PathBuf>) -> Result<tempfile::TempDir> {
 }
 
 /// Writes `size` bytes of random data to a new file at `path`.
-fn random_file(path: &Path, size: u64, rng: &mut SmallRng) -> Result<()> {
+pub(crate) fn random_file(path: &Path, size: u64, rng: &mut SmallRng) -> Result<()> {
     let f = std::fs::File::create(path).map_err(io_err(path.display()))?;
     let mut w = std::io::BufWriter::with_capacity(8 << 20, f);
     let mut buf = vec![0u8; 8 << 20];
@@ -229,7 +229,7 @@ pub fn sync(args: SyncBenchArgs) -> Result<u8> {
 }
 
 /// Starts `mirror serve` on `volume`; returns it and the address from its first line.
-fn spawn_serve(exe: &Path, volume: &Path, io: IoBackend) -> Result<(Child, String)> {
+pub(crate) fn spawn_serve(exe: &Path, volume: &Path, io: IoBackend) -> Result<(Child, String)> {
     let mut child = Command::new(exe)
         .arg("serve")
         .arg("--volume")
@@ -255,7 +255,7 @@ fn spawn_serve(exe: &Path, volume: &Path, io: IoBackend) -> Result<(Child, Strin
 }
 
 /// Stops a `mirror serve` with SIGTERM, as an operator would.
-fn stop(child: &mut Child) {
+pub(crate) fn stop(child: &mut Child) {
     let _ = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status();

@@ -41,6 +41,8 @@ pub enum Command {
     Scan(ScanArgs),
     /// Run a primary daemon that keeps a pair coherent by periodic low-priority scans.
     Primary(PrimaryArgs),
+    /// Print a volume's metadata record: identity, generation, consistent or not, last sync.
+    Info(crate::info::InfoArgs),
     /// Show the whole job on temporary files over loopback: replicate, cut the link, resync.
     Demo(DemoArgs),
     /// Write a TLS identity (DIR/NAME.key, DIR/NAME.crt) or, with --secret, a shared secret.
@@ -51,6 +53,12 @@ pub enum Command {
     /// Benchmark: bytes resent after a link cut during random writes.
     #[command(hide = true, name = "bench-link-cut")]
     BenchLinkCut(crate::bench::LinkCutBenchArgs),
+    /// Benchmark: sync and verify against rsync, on loopback and a slow link; peak RSS.
+    #[command(hide = true, name = "bench-table")]
+    BenchTable(crate::bench_table::TableBenchArgs),
+    /// Benchmark: replication throughput of 1 MiB writes, alone and during a resync.
+    #[command(hide = true, name = "bench-replicate")]
+    BenchReplicate(crate::bench_replicate::ReplicateBenchArgs),
     /// Benchmark: mutual TLS against plaintext, and a sync under a connection flood.
     #[command(hide = true, name = "bench-tls")]
     BenchTls(crate::bench_tls::TlsBenchArgs),
@@ -66,6 +74,11 @@ pub struct VolumeArgs {
     /// I/O backend: uring (falls back to sync where io_uring is unavailable) or sync.
     #[arg(long, value_name = "BACKEND", default_value = "uring", value_parser = parse_io)]
     pub io: IoBackend,
+
+    /// The volume's metadata record (default: PATH.mirror-meta beside the volume; give it
+    /// for a block device).
+    #[arg(long, value_name = "PATH")]
+    pub meta: Option<PathBuf>,
 }
 
 /// Options shared by everything that talks to a secondary.
@@ -103,6 +116,13 @@ pub struct LinkArgs {
     /// written (after its write) or received (on arrival).
     #[arg(long, value_name = "LEVEL", default_value = "flushed", value_parser = parse_durability)]
     pub durability: Durability,
+    /// Rebind a secondary bound to another volume to this one, discarding its data.
+    #[arg(long)]
+    pub adopt: bool,
+
+    /// Resolve a split brain in favour of this primary, discarding the secondary's writes.
+    #[arg(long)]
+    pub discard_secondary: bool,
 }
 
 /// `mirror serve`.
@@ -137,6 +157,33 @@ pub struct ServeArgs {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
     pub link_timeout: Duration,
 
+    /// Lead a full checksum scan of the volume as soon as a primary's session is established
+    /// (a new or a re-established link), and have what differs repaired.
+    #[arg(long)]
+    pub scan_on_connect: bool,
+
+    /// Lead a low-priority checksum scan this long after the previous one ends, while a
+    /// primary is connected (e.g. 10m, 1h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
+    /// Read rate limit of the periodic scan, in MiB/s (suffixes as for `mirror primary`).
+    #[arg(long, value_name = "MIB_S", default_value = "64", value_parser = parse_rate, requires = "interval")]
+    pub rate: f64,
+
+    /// Which side compares the digests of the scans this secondary leads: secondary (it asks
+    /// for the primary's digests and requests the blocks that differ) or primary (it streams
+    /// its digests).
+    #[arg(long, value_name = "SIDE", default_value = "secondary", value_parser = parse_compare)]
+    pub compare: CompareSide,
+
+    /// Digest algorithm of the scans this secondary leads.
+    #[arg(long, value_name = "ALG", default_value = "sha1", value_parser = parse_algorithm)]
+    pub algorithm: Algorithm,
+
+    /// Print the events (one per scan this secondary leads) as JSON lines instead of text.
+    #[arg(long)]
+    pub json: bool,
     /// A connection that has not completed its handshake (TLS, secret, volume check) this
     /// long after it was accepted is closed.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]

@@ -1,10 +1,12 @@
 //! `mirror primary`: a primary daemon for volumes written by software that does not link
 //! mirror. Nothing tells it about writes, so it keeps the pair coherent by checksum scans
-//! alone: a full scan whenever the link comes (back) up, and a periodic low-priority scan,
-//! rate-limited, every `--interval`.
+//! alone: a full scan whenever the link comes (back) up — its dirty map, clean because nobody
+//! reports writes to it, proves nothing — retried while the link is up until it succeeds,
+//! and a periodic low-priority scan, rate-limited, every `--interval`.
 //!
 //! It prints one line per event on stdout (JSON lines with `--json`): the link going up or
-//! down, and each scan's report. SIGINT or SIGTERM stops it; it exits 0.
+//! down, each scan's report, and the report of each scan the secondary led (`command`
+//! `secondary` in JSON). SIGINT or SIGTERM stops it; it exits 0.
 
 use std::io::Write;
 use std::time::Duration;
@@ -20,7 +22,12 @@ use crate::{signals, volumes};
 
 pub fn run(args: PrimaryArgs) -> Result<u8> {
     let mut config = primary_config(&args.peer, &args.link)?;
+    config.meta = Some(crate::info::meta_path(
+        &args.volume,
+        args.volume_opts.meta.as_deref(),
+    ));
     config.auto_resync = true;
+    config.full_scan_on_connect = true;
     config.periodic = Some(PeriodicScan {
         interval: args.interval,
         rate_mib_s: args.rate,
@@ -38,6 +45,7 @@ pub fn run(args: PrimaryArgs) -> Result<u8> {
     );
     let mut state = None;
     let mut last: Option<Report> = None;
+    let mut last_secondary: Option<Report> = None;
     let mut last_error: Option<String> = None;
     loop {
         let st = primary.status();
@@ -57,6 +65,12 @@ pub fn run(args: PrimaryArgs) -> Result<u8> {
             }
             last = st.last_report.clone();
         }
+        if st.last_secondary_report.is_some() && st.last_secondary_report != last_secondary {
+            if let Some(r) = &st.last_secondary_report {
+                event(&args, "secondary", r.mode.name(), Some(r))?;
+            }
+            last_secondary = st.last_secondary_report.clone();
+        }
         if signals::sleep_unless(&stop, Duration::from_millis(200)) {
             break;
         }
@@ -68,10 +82,17 @@ pub fn run(args: PrimaryArgs) -> Result<u8> {
 
 fn event(args: &PrimaryArgs, what: &str, detail: &str, report: Option<&Report>) -> Result<()> {
     let mut out = std::io::stdout().lock();
+    let command = if what == "secondary" {
+        "secondary"
+    } else {
+        "primary"
+    };
     let line = match (args.json, report) {
-        (true, Some(r)) => serde_json::to_string(&JsonReport::new("primary", r))
-            .map_err(|e| stdout_err(e.into()))?,
+        (true, Some(r)) => {
+            serde_json::to_string(&JsonReport::new(command, r)).map_err(|e| stdout_err(e.into()))?
+        }
         (true, None) => json!({ "event": what, "state": detail }).to_string(),
+        (false, Some(r)) if what == "secondary" => format!("secondary-led {}", summary(r)),
         (false, Some(r)) => summary(r),
         (false, None) => format!("link {detail}"),
     };

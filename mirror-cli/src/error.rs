@@ -61,7 +61,9 @@ impl CliError {
                 ErrorKind::Io => EXIT_IO,
                 ErrorKind::RemoteIo => EXIT_REMOTE_IO,
                 ErrorKind::Link | ErrorKind::Closed => EXIT_LINK,
-                ErrorKind::Protocol | ErrorKind::Mismatch | ErrorKind::Auth => EXIT_PEER,
+                ErrorKind::Protocol | ErrorKind::Mismatch | ErrorKind::Auth | ErrorKind::Busy => {
+                    EXIT_PEER
+                }
                 ErrorKind::Cancelled => EXIT_INTERRUPTED,
                 // A kind added after this command was written: a failure of the pair.
                 _ => EXIT_PEER,

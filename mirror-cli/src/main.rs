@@ -5,11 +5,14 @@
 //! code from [`error`]; nothing panics on bad input.
 
 mod bench;
+mod bench_replicate;
+mod bench_table;
 mod bench_tls;
 mod cli;
 mod daemon;
 mod demo;
 mod error;
+mod info;
 mod keygen;
 mod parse;
 mod progress;
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
                 ClapErrorKind::MissingSubcommand
                 | ClapErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                     eprintln!(
-                        "mirror: a command is needed: serve, sync, verify, scan, primary, keygen or demo (see 'mirror --help')"
+                        "mirror: a command is needed: serve, sync, verify, scan, primary, info, keygen or demo (see 'mirror --help')"
                     );
                     ExitCode::from(EXIT_USAGE)
                 }
@@ -76,9 +79,12 @@ fn main() -> ExitCode {
         Command::Verify(a) => sync::run(a, sync::Job::Verify),
         Command::Scan(a) => scan::run(a),
         Command::Primary(a) => daemon::run(a),
+        Command::Info(a) => info::run(a).map(|()| EXIT_OK),
         Command::Demo(a) => demo::run(a),
         Command::BenchSync(a) => bench::sync(a),
         Command::BenchLinkCut(a) => bench::link_cut(a),
+        Command::BenchTable(a) => bench_table::run(a),
+        Command::BenchReplicate(a) => bench_replicate::run(a),
         Command::BenchTls(a) => bench_tls::run(a),
         Command::Keygen(a) => keygen::run(a),
     };

@@ -4,17 +4,46 @@
 //!
 //! A cut is what a real network does to the pair: both ends see their connection fail, and
 //! nothing in the engine is told it was on purpose.
+//!
+//! A proxy can also give the link a [`Shape`]: a round-trip delay and a rate, each direction
+//! on its own (there is no netem on every machine the benchmarks run on). Each direction is a
+//! reader and a deliverer: the reader stamps every chunk with the moment its last byte would
+//! leave a link of that rate, plus half the round trip, and the deliverer writes it out at
+//! that moment. The reader stops reading while more than a bandwidth-delay product (plus a
+//! little) is queued, so the sender feels the rate through TCP, as behind a real bottleneck.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// A slow link: what a WAN is to the pair.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shape {
+    /// Round-trip time; each direction delays by half of it.
+    pub rtt: Duration,
+    /// Rate of each direction, in bits per second.
+    pub bits_per_sec: u64,
+}
+
+impl Shape {
+    /// Seconds that `bytes` need on a link of this rate.
+    pub fn seconds_for(&self, bytes: u64) -> f64 {
+        bytes as f64 * 8.0 / self.bits_per_sec as f64
+    }
+
+    /// Bytes in flight on a full link: rate × round trip.
+    pub fn bdp_bytes(&self) -> u64 {
+        (self.bits_per_sec as f64 / 8.0 * self.rtt.as_secs_f64()) as u64
+    }
+}
 
 #[derive(Debug)]
 struct Shared {
     target: SocketAddr,
+    shape: Option<Shape>,
     up: AtomicBool,
     stopping: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
@@ -35,11 +64,25 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy on a free loopback port, forwarding to `target`.
     pub fn start(target: SocketAddr) -> std::io::Result<Proxy> {
+        Proxy::start_shaped(target, None)
+    }
+
+    /// A proxy whose link has `shape` (none: as fast as loopback).
+    pub fn start_shaped(target: SocketAddr, shape: Option<Shape>) -> std::io::Result<Proxy> {
+        if let Some(s) = shape {
+            if s.bits_per_sec == 0 {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "a link rate must be positive",
+                ));
+            }
+        }
         let listener = TcpListener::bind("127.0.0.1:0")?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
             target,
+            shape,
             up: AtomicBool::new(true),
             stopping: AtomicBool::new(false),
             conns: Mutex::new(Vec::new()),
@@ -149,7 +192,10 @@ fn accept_loop(listener: TcpListener, shared: Arc<Shared>) {
             let s = Arc::clone(&shared);
             let _ = std::thread::Builder::new()
                 .name("proxy-pump".into())
-                .spawn(move || pump(from, to, &s, forward));
+                .spawn(move || match s.shape {
+                    None => pump(from, to, &s, forward),
+                    Some(shape) => pump_shaped(from, to, &s, forward, shape),
+                });
         }
     }
 }
@@ -175,4 +221,162 @@ fn pump(mut from: TcpStream, mut to: TcpStream, shared: &Shared, forward: bool) 
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Like [`pump`], through a link of `shape`: chunks are read as they come, stamped with their
+/// delivery time (serialised at the rate, then half the round trip) and written out by a
+/// second thread when that time comes.
+fn pump_shaped(
+    mut from: TcpStream,
+    to: TcpStream,
+    shared: &Arc<Shared>,
+    forward: bool,
+    shape: Shape,
+) {
+    // Chunks small enough that one does not hold the line for long (1.3 ms at 100 Mbit/s).
+    const CHUNK: usize = 16 << 10;
+    let queued = Arc::new(AtomicU64::new(0));
+    let limit = shape.bdp_bytes() + (256 << 10);
+    let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+    let deliverer = {
+        let (shared, queued) = (Arc::clone(shared), Arc::clone(&queued));
+        let mut to = to;
+        std::thread::Builder::new()
+            .name("proxy-deliver".into())
+            .spawn(move || {
+                let counter = if forward {
+                    &shared.forward
+                } else {
+                    &shared.backward
+                };
+                for (at, chunk) in rx {
+                    let now = Instant::now();
+                    if at > now {
+                        std::thread::sleep(at - now);
+                    }
+                    if !shared.up.load(Ordering::SeqCst) || to.write_all(&chunk).is_err() {
+                        break;
+                    }
+                    queued.fetch_sub(chunk.len() as u64, Ordering::Relaxed);
+                    counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }
+                let _ = to.shutdown(Shutdown::Both);
+            })
+    };
+    let half_rtt = shape.rtt / 2;
+    let mut line_free = Instant::now();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        while queued.load(Ordering::Relaxed) > limit && shared.up.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let now = Instant::now();
+                let start = line_free.max(now);
+                line_free = start + Duration::from_secs_f64(shape.seconds_for(n as u64));
+                queued.fetch_add(n as u64, Ordering::Relaxed);
+                if !shared.up.load(Ordering::SeqCst)
+                    || tx.send((line_free + half_rtt, buf[..n].to_vec())).is_err()
+                {
+                    break;
+                }
+            }
+        }
+    }
+    // What was read still arrives (a FIN follows the data on a real link too).
+    drop(tx);
+    if let Ok(d) = deliverer {
+        let _ = d.join();
+    }
+    let _ = from.shutdown(Shutdown::Both);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// A sink on loopback that reads until EOF and sends back how many bytes it got.
+    fn counting_echo() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let (mut c, _) = l.accept().unwrap();
+            let mut buf = vec![0u8; 64 << 10];
+            let mut total = 0u64;
+            loop {
+                match c.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        total += n as u64;
+                        if total == 1 {
+                            // The first byte is a ping: answer at once.
+                            let _ = c.write_all(&[1]);
+                        }
+                    }
+                }
+                if total > (1 << 20) {
+                    break;
+                }
+            }
+            let _ = c.write_all(&total.to_le_bytes());
+        });
+        addr
+    }
+
+    #[test]
+    fn a_shaped_link_delays_by_the_round_trip_and_paces_to_its_rate() {
+        let shape = Shape {
+            rtt: Duration::from_millis(40),
+            bits_per_sec: 80_000_000, // 10 MB/s: 1 MiB takes 105 ms
+        };
+        let proxy = Proxy::start_shaped(counting_echo(), Some(shape)).unwrap();
+        let mut c = TcpStream::connect(proxy.addr()).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+
+        let t = Instant::now();
+        c.write_all(&[0]).unwrap();
+        let mut pong = [0u8; 1];
+        c.read_exact(&mut pong).unwrap();
+        let rtt = t.elapsed();
+        assert!(
+            rtt >= Duration::from_millis(40),
+            "a round trip took {rtt:?}"
+        );
+
+        let t = Instant::now();
+        c.write_all(&vec![7u8; 1 << 20]).unwrap();
+        let mut total = [0u8; 8];
+        c.read_exact(&mut total).unwrap();
+        let took = t.elapsed();
+        assert_eq!(
+            u64::from_le_bytes(total),
+            1 + (1 << 20),
+            "bytes lost or added"
+        );
+        let floor = Duration::from_secs_f64(shape.seconds_for(1 << 20)) + shape.rtt;
+        assert!(
+            took >= floor,
+            "1 MiB and a reply took {took:?}, under the {floor:?} floor"
+        );
+        assert!(took < floor * 20, "1 MiB and a reply took {took:?}");
+        // The counters move just after each write; wait for the last one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while proxy.bytes() != (1 + (1 << 20), 9) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(proxy.bytes(), (1 + (1 << 20), 9));
+    }
+
+    #[test]
+    fn a_link_without_rate_is_refused() {
+        let shape = Shape {
+            rtt: Duration::from_millis(1),
+            bits_per_sec: 0,
+        };
+        let err = Proxy::start_shaped("127.0.0.1:9".parse().unwrap(), Some(shape)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+    }
 }

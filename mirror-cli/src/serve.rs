@@ -3,14 +3,18 @@
 //! Its first line on stdout is `listening on ADDR` (ADDR as `host:port`, the port the kernel
 //! chose when 0 was asked), flushed at once, so a script can start it with port 0 and read
 //! where to connect. It then serves until SIGINT or SIGTERM and exits 0.
+//!
+//! With `--scan-on-connect` or `--interval` it also leads checksum scans of its own, and
+//! prints one line per finished scan (its report; a JSON line with `--json`).
 
 use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 
-use mirror_core::{Secondary, SecondaryConfig};
+use mirror_core::{PeriodicScan, Secondary, SecondaryConfig};
 
 use crate::cli::ServeArgs;
 use crate::error::{stdout_err, CliError, Result, EXIT_OK};
+use crate::report::{summary, JsonReport};
 use crate::{signals, tls, volumes};
 
 pub fn run(args: ServeArgs) -> Result<u8> {
@@ -18,6 +22,17 @@ pub fn run(args: ServeArgs) -> Result<u8> {
     let mut config = SecondaryConfig::new(listen.to_string());
     config.allow_insecure = args.allow_insecure;
     config.link_timeout = args.link_timeout;
+    config.meta = Some(crate::info::meta_path(
+        &args.volume,
+        args.volume_opts.meta.as_deref(),
+    ));
+    config.scan_on_connect = args.scan_on_connect;
+    config.periodic = args.interval.map(|interval| PeriodicScan {
+        interval,
+        rate_mib_s: args.rate,
+    });
+    config.compare = args.compare;
+    config.algorithm = args.algorithm;
     config.limits.handshake_timeout = args.handshake_timeout;
     config.limits.max_handshakes = args.max_handshakes as usize;
     // Refuse a non-loopback listener without TLS before touching anything.
@@ -52,7 +67,24 @@ pub fn run(args: ServeArgs) -> Result<u8> {
         out.flush().map_err(stdout_err)?;
     }
     tracing::info!("serving {} on {addr}", args.volume.display());
-    while !signals::sleep_unless(&stop, std::time::Duration::from_secs(3600)) {}
+    let mut scans = 0;
+    while !signals::sleep_unless(&stop, std::time::Duration::from_millis(200)) {
+        let st = secondary.status();
+        if st.lead_scans != scans {
+            scans = st.lead_scans;
+            if let Some(r) = &st.last_report {
+                let line = if args.json {
+                    serde_json::to_string(&JsonReport::new("serve", r))
+                        .map_err(|e| stdout_err(e.into()))?
+                } else {
+                    format!("secondary-led {}", summary(r))
+                };
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "{line}").map_err(stdout_err)?;
+                out.flush().map_err(stdout_err)?;
+            }
+        }
+    }
     tracing::info!("signal received: stopping");
     secondary.stop();
     let st = secondary.status();

@@ -21,6 +21,8 @@ pub fn primary_config(peer: &str, link: &LinkArgs) -> Result<PrimaryConfig> {
     config.compare = link.compare;
     config.link_timeout = link.link_timeout;
     config.durability = link.durability;
+    config.adopt = link.adopt;
+    config.discard_secondary = link.discard_secondary;
     if let Some(f) = &link.secret_file {
         config.secret = Some(mirror_core::config::read_secret_file(f)?);
     }
@@ -52,6 +54,10 @@ pub enum Job {
 
 pub fn run(args: PairArgs, job: Job) -> Result<u8> {
     let mut config = primary_config(&args.peer, &args.link)?;
+    config.meta = Some(crate::info::meta_path(
+        &args.path,
+        args.volume_opts.meta.as_deref(),
+    ));
     config.auto_resync = false;
     config.validate()?;
     // The primary only reads its volume in these jobs.

@@ -311,6 +311,8 @@ fn serve_refuses_a_non_loopback_address_without_tls() {
 struct Served {
     child: Child,
     addr: String,
+    /// Its stdout after the `listening on` line.
+    out: Option<BufReader<std::process::ChildStdout>>,
 }
 
 impl Served {
@@ -323,9 +325,8 @@ impl Served {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
         let addr = match line.trim().strip_prefix("listening on ") {
             Some(a) => a.to_owned(),
             None => {
@@ -334,7 +335,25 @@ impl Served {
                 panic!("serve said {line:?}; stderr {}", stderr(&out));
             }
         };
-        Served { child, addr }
+        Served {
+            child,
+            addr,
+            out: Some(out),
+        }
+    }
+
+    /// The lines it prints after `listening on`, as they come.
+    fn lines(&mut self) -> Receiver<String> {
+        let (tx, rx) = channel();
+        let out = self.out.take().unwrap();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        rx
     }
 
     /// SIGTERM, then the exit code (None: it did not exit within 10 s).
@@ -646,4 +665,155 @@ fn demo_runs_every_step_and_passes() {
     assert!(out.contains("dirty-map"), "{out}");
     assert!(out.contains("full-scan"), "{out}");
     assert!(out.contains("periodic"), "{out}");
+}
+
+/// A loopback TCP proxy the test can cut (drop every connection, refuse new ones) and
+/// restore.
+struct CutProxy {
+    addr: String,
+    up: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+}
+
+impl CutProxy {
+    fn start(target: &str) -> CutProxy {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        use std::sync::{Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let up = Arc::new(AtomicBool::new(true));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (up2, conns2, target) = (up.clone(), conns.clone(), target.to_owned());
+        std::thread::spawn(move || {
+            for client in listener.incoming().map_while(Result::ok) {
+                if !up2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&target) else {
+                    continue;
+                };
+                let mut c = conns2.lock().unwrap();
+                c.push(client.try_clone().unwrap());
+                c.push(server.try_clone().unwrap());
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        CutProxy { addr, up, conns }
+    }
+
+    fn cut(&self) {
+        self.up.store(false, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    fn restore(&self) {
+        self.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Nothing tells the daemon of writes: when the link comes back it scans every block, though
+/// the same secondary still serves and its map is clean, and repairs long before the hourly
+/// periodic scan.
+#[test]
+fn primary_daemon_scans_fully_when_the_link_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, sp, _) = pair(dir.path(), 4096, &[]);
+    let served = Served::start(&sp, &[]);
+    let proxy = CutProxy::start(&served.addr);
+    let mut daemon = mirror()
+        .args(["primary", "--volume", s(&p), "--peer", &proxy.addr])
+        .args(["--interval", "1h", "--json", "--link-timeout", "1s"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut daemon);
+    let first = wait_line(&rx, Duration::from_secs(20), |v| !v["mode"].is_null());
+    assert_eq!(first["mode"], "full-scan", "{first}");
+
+    proxy.cut();
+    wait_line(&rx, Duration::from_secs(20), |v| {
+        v["state"] == "disconnected"
+    });
+    // Another program rewrites 40 blocks of the primary's file.
+    let f = std::fs::File::options().write(true).open(&p).unwrap();
+    for i in 0..40u64 {
+        f.write_all_at(&pseudo_random(BLOCK, 5000 + i), (i * 97 + 3) * BLOCK as u64)
+            .unwrap();
+    }
+    drop(f);
+    let restored = Instant::now();
+    proxy.restore();
+    let repaired = wait_line(&rx, Duration::from_secs(30), |v| {
+        v["mode"] == "full-scan" && v["mismatched"].as_u64() > Some(0)
+    });
+    assert_eq!(repaired["mismatched"], 40, "{repaired}");
+    eprintln!(
+        "link re-established to repaired pair: {:.2} s",
+        restored.elapsed().as_secs_f64()
+    );
+    assert_eq!(std::fs::read(&sp).unwrap(), std::fs::read(&p).unwrap());
+    assert_eq!(terminate(&mut daemon), Some(0));
+}
+
+/// `mirror serve --scan-on-connect` leads a scan of its own as the session opens and prints
+/// its report; the daemon shows the secondary's report too.
+#[test]
+fn serve_scan_on_connect_prints_one_event_per_scan_it_leads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (p, sp, data) = pair(dir.path(), 256, &[7, 99]);
+    let mut served = Served::start(
+        &sp,
+        &[
+            "--scan-on-connect",
+            "--interval",
+            "300ms",
+            "--rate",
+            "100",
+            "--compare",
+            "primary",
+            "--algorithm",
+            "crc32",
+            "--json",
+        ],
+    );
+    let mut daemon = mirror()
+        .args(["primary", "--volume", s(&p), "--peer", &served.addr])
+        .args(["--interval", "1h", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let rx = lines_of(&mut daemon);
+    let seen = wait_line(&rx, Duration::from_secs(30), |v| {
+        v["command"] == "secondary"
+    });
+    assert_eq!(seen["algorithm"], "crc32", "{seen}");
+    assert_eq!(seen["compare"], "primary", "{seen}");
+    assert_eq!(seen["blocks"], 256, "{seen}");
+
+    let srx = served.lines();
+    let first = wait_line(&srx, Duration::from_secs(30), |v| v["command"] == "serve");
+    assert_eq!(first["mode"], "full-scan", "{first}");
+    // Corruption while connected: the secondary's periodic scan repairs it.
+    let f = std::fs::File::options().write(true).open(&sp).unwrap();
+    f.write_all_at(&pseudo_random(BLOCK, 77), 200 * BLOCK as u64)
+        .unwrap();
+    let periodic = wait_line(&srx, Duration::from_secs(30), |v| {
+        v["mode"] == "periodic" && v["mismatched"].as_u64() > Some(0)
+    });
+    assert_eq!(periodic["mismatched"], 1, "{periodic}");
+    assert_eq!(terminate(&mut daemon), Some(0));
+    assert_eq!(served.terminate(), Some(0));
+    assert_eq!(std::fs::read(&sp).unwrap(), data);
 }

@@ -1,7 +1,7 @@
 //! Configuration of the two controllers, with the defaults a storage operator expects.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -9,7 +9,7 @@ use crate::dirty::DEFAULT_REGION_SIZE;
 use crate::durability::{Durability, OnDisconnect};
 use crate::protocol::auth::MIN_SECRET_LEN;
 use crate::protocol::tls::TlsConfig;
-pub use crate::secondary::admission::Limits;
+pub use crate::secondary::gate::Limits;
 use crate::storage::digest::Algorithm;
 use crate::{Error, Result};
 
@@ -88,6 +88,21 @@ pub struct PeriodicScan {
     pub rate_mib_s: f64,
 }
 
+impl PeriodicScan {
+    /// Checks the interval and the rate.
+    pub fn validate(&self) -> Result<()> {
+        if self.interval.is_zero() {
+            return Err(Error::invalid("periodic scan interval must be positive"));
+        }
+        if !(self.rate_mib_s.is_finite() && self.rate_mib_s > 0.0) {
+            return Err(Error::invalid(
+                "periodic scan rate must be a positive number of MiB/s",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Configuration of a [`Primary`](crate::Primary).
 #[derive(Debug, Clone)]
 pub struct PrimaryConfig {
@@ -114,14 +129,31 @@ pub struct PrimaryConfig {
     pub link_timeout: Duration,
     /// Resync by itself on every (re)connection.
     pub auto_resync: bool,
+    /// Make that resync a full checksum scan whatever the dirty map says: for a primary that
+    /// is told of no writes (the `mirror primary` daemon), whose empty map proves nothing.
+    pub full_scan_on_connect: bool,
     /// Periodic scan, if any.
     pub periodic: Option<PeriodicScan>,
-    /// Identity of the primary volume sent at handshake (zero: random per session).
+    /// Identity of the primary volume sent at handshake when no metadata record is kept
+    /// (zero: random per session). With `meta` the record's identity is used.
     pub volume_id: u128,
     /// When the secondary acknowledges a replicated write (default: once flushed).
     pub durability: Durability,
     /// What a sync-mode write does while the link is down (default: degrade).
     pub on_disconnect: OnDisconnect,
+    /// The volume's metadata record (identity, generations, last coherent sync); `None`
+    /// keeps it in memory only, so a restart forgets it — and the secondary, which cannot
+    /// hold such a primary to a binding, admits it without identity or generation checks.
+    pub meta: Option<PathBuf>,
+    /// Rebind a secondary bound to another volume, discarding its data.
+    pub adopt: bool,
+    /// Resolve a split brain in favour of this primary, discarding the secondary's writes.
+    pub discard_secondary: bool,
+    /// Keep the persistent write-intent map beside the record (`meta` required), so a
+    /// primary crash costs a resync of the dirty chunks instead of a full scan.
+    pub write_intent: bool,
+    /// Chunk of the write-intent map, bytes (a power of two, at least 4 KiB).
+    pub intent_chunk: u64,
 }
 
 impl PrimaryConfig {
@@ -139,10 +171,16 @@ impl PrimaryConfig {
             allow_insecure: false,
             link_timeout: Duration::from_secs(5),
             auto_resync: true,
+            full_scan_on_connect: false,
             periodic: None,
             volume_id: 0,
             durability: Durability::Flushed,
             on_disconnect: OnDisconnect::Degrade,
+            meta: None,
+            adopt: false,
+            discard_secondary: false,
+            write_intent: false,
+            intent_chunk: crate::meta::DEFAULT_INTENT_CHUNK,
         }
     }
 
@@ -159,17 +197,21 @@ impl PrimaryConfig {
         }
         self.on_disconnect.validate()?;
         if let Some(p) = &self.periodic {
-            if p.interval.is_zero() {
-                return Err(Error::invalid("periodic scan interval must be positive"));
-            }
-            if !(p.rate_mib_s.is_finite() && p.rate_mib_s > 0.0) {
-                return Err(Error::invalid(
-                    "periodic scan rate must be a positive number of MiB/s",
-                ));
-            }
+            p.validate()?;
         }
         if let Some(s) = &self.secret {
             check_secret(s)?;
+        }
+        if self.write_intent && self.meta.is_none() {
+            return Err(Error::invalid(
+                "the write-intent map lives beside the metadata record: give a meta path",
+            ));
+        }
+        if !self.intent_chunk.is_power_of_two() || self.intent_chunk < 4096 {
+            return Err(Error::invalid(format!(
+                "write-intent chunk {} must be a power of two of at least 4096",
+                self.intent_chunk
+            )));
         }
         Ok(())
     }
@@ -191,6 +233,20 @@ pub struct SecondaryConfig {
     pub limits: Limits,
     /// A link silent this long is declared dead.
     pub link_timeout: Duration,
+    /// The volume's metadata record (identity, binding, generations, consistent flag);
+    /// `None` keeps it in memory only.
+    pub meta: Option<PathBuf>,
+    /// Lead a full checksum scan of the volume as soon as a primary's session is established
+    /// (a new or a re-established link).
+    pub scan_on_connect: bool,
+    /// Lead a periodic low-priority scan while a session is up, if any.
+    pub periodic: Option<PeriodicScan>,
+    /// Which side compares the digests of the scans the secondary leads: the secondary
+    /// (default: it asks for the primary's digests and requests the blocks that differ) or
+    /// the primary (the secondary streams its digests).
+    pub compare: CompareSide,
+    /// Digest algorithm of the scans the secondary leads.
+    pub algorithm: Algorithm,
 }
 
 impl SecondaryConfig {
@@ -203,7 +259,17 @@ impl SecondaryConfig {
             allow_insecure: false,
             limits: Limits::default(),
             link_timeout: Duration::from_secs(5),
+            meta: None,
+            scan_on_connect: false,
+            periodic: None,
+            compare: CompareSide::Secondary,
+            algorithm: Algorithm::default(),
         }
+    }
+
+    /// True when the secondary leads scans of its own.
+    pub fn leads(&self) -> bool {
+        self.scan_on_connect || self.periodic.is_some()
     }
 
     /// Checks every value, and refuses a non-loopback listener without TLS unless
@@ -215,6 +281,9 @@ impl SecondaryConfig {
         }
         if self.link_timeout < Duration::from_millis(100) {
             return Err(Error::invalid("link timeout must be at least 100 ms"));
+        }
+        if let Some(p) = &self.periodic {
+            p.validate()?;
         }
         check_plaintext(addr, self.tls.is_some(), self.allow_insecure, "listen on")?;
         let l = &self.limits;

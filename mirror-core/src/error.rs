@@ -32,6 +32,8 @@ pub enum ErrorKind {
     Closed,
     /// The operation was cancelled by its caller.
     Cancelled,
+    /// The secondary is held by another primary session whose link is alive.
+    Busy,
 }
 
 /// An engine error: a kind and a message with context.
@@ -100,6 +102,9 @@ pub enum Error {
     /// See [`ErrorKind::Cancelled`].
     #[error("{0} was cancelled")]
     Cancelled(&'static str),
+    /// See [`ErrorKind::Busy`].
+    #[error("{0}")]
+    Busy(String),
 }
 
 impl Clone for Error {
@@ -148,6 +153,7 @@ impl Clone for Error {
             },
             Error::Closed(w) => Error::Closed(w),
             Error::Cancelled(w) => Error::Cancelled(w),
+            Error::Busy(m) => Error::Busy(m.clone()),
         }
     }
 }
@@ -165,6 +171,7 @@ impl Error {
             Error::Auth { .. } => ErrorKind::Auth,
             Error::Closed(_) => ErrorKind::Closed,
             Error::Cancelled(_) => ErrorKind::Cancelled,
+            Error::Busy(_) => ErrorKind::Busy,
         }
     }
 

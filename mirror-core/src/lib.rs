@@ -7,8 +7,9 @@
 //! - [`Primary`], [`Secondary`]: the controllers, blocking and thread-safe.
 //!
 //! The source is folders by part — [`storage`] (volumes, digests, scans), [`protocol`]
-//! (frames, messages, link, authentication, TLS), [`primary`], [`secondary`] — plus the [`dirty`]
-//! map, configuration, errors, units and reports. The earlier flat paths (`wire`, `scan`,
+//! (frames, messages, link, authentication, TLS), [`primary`], [`secondary`] — plus the
+//! [`dirty`] map, the [`meta`]data record, configuration, errors, units and reports. The
+//! earlier flat paths (`wire`, `scan`,
 //! `volume`, `link`, `auth`, `digest`) stay as re-exports.
 #![forbid(unsafe_code)]
 
@@ -16,6 +17,7 @@ pub mod config;
 pub mod dirty;
 pub mod durability;
 mod error;
+pub mod meta;
 pub mod primary;
 pub mod protocol;
 pub mod report;

@@ -163,6 +163,9 @@ pub struct Status {
     pub last_error: Option<String>,
     /// The last resync or periodic scan, if any.
     pub last_report: Option<Report>,
+    /// The last scan the secondary led (on connection or periodic), as the secondary
+    /// reported it (its bytes are the secondary's), if any.
+    pub last_secondary_report: Option<Report>,
 }
 
 impl Status {
@@ -179,6 +182,7 @@ impl Status {
         "connections",
         "last_error",
         "last_report",
+        "last_secondary_report",
     ];
 }
 
@@ -256,6 +260,7 @@ mod tests {
             connections,
             last_error,
             last_report,
+            last_secondary_report,
         });
         assert_eq!(names, Status::FIELDS);
     }

@@ -59,6 +59,9 @@ fn errors_before_authentication_are_generic_and_name_nothing_local() {
             epoch: 1,
             size: 12345,
             block_size: 512,
+            generation: 1,
+            flags: 0,
+            history: Vec::new(),
         }
         .to_frame()
         .unwrap(),
@@ -98,6 +101,9 @@ fn errors_before_authentication_are_generic_and_name_nothing_local() {
             epoch: 1,
             size: 12345,
             block_size: 512,
+            generation: 1,
+            flags: 0,
+            history: Vec::new(),
         }
         .to_frame()
         .unwrap(),

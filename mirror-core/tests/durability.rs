@@ -297,3 +297,43 @@ fn close_flushes_the_secondary() {
     let _ = BlockSize::DEFAULT;
     let _: Option<FileVolume> = None;
 }
+
+#[test]
+fn zeroing_keeps_the_durability_and_on_disconnect_promises_of_a_write() {
+    let fp = FaultPair::new(10);
+    let mut c = fp.config();
+    c.on_disconnect = OnDisconnect::Fail;
+    let p = fp.open(c);
+    let ones = vec![7u8; 4 * BS as usize];
+    assert_eq!(p.write(0, &ones).unwrap(), WriteOutcome::Replicated);
+
+    fp.proxy.cut();
+    wait_for(10, "link down", || {
+        p.status().state != mirror_core::LinkState::Connected
+    });
+    for err in [
+        p.write_zeroes(2 * BS, BS).unwrap_err(),
+        p.trim(3 * BS, BS).unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Link, "{err}");
+    }
+    assert!(
+        p.status().dirty_regions > 0,
+        "a refused zeroing is still tracked"
+    );
+    fp.proxy.restore();
+    wait_coherent(&p);
+    assert!(fp.pair.equal(), "the resync carried the refused zeroings");
+
+    // At the default durability an acknowledged zeroing survives a power loss of the secondary.
+    assert_eq!(p.write_zeroes(0, BS).unwrap(), WriteOutcome::Replicated);
+    assert_eq!(p.trim(BS, BS).unwrap(), WriteOutcome::Replicated);
+    fp.fault.power_loss().unwrap();
+    for b in 0..4 {
+        assert_eq!(
+            fp.secondary_block(b),
+            vec![0u8; BS as usize],
+            "block {b} acknowledged zero, then lost"
+        );
+    }
+}

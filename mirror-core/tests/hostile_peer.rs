@@ -64,6 +64,9 @@ fn open(addr: SocketAddr, size: u64, block_size: u32) -> TcpStream {
             epoch: 1,
             size,
             block_size,
+            generation: 77,
+            flags: 0,
+            history: Vec::new(),
         },
     );
     s
@@ -309,6 +312,9 @@ fn shared_secret_is_required_and_checked_both_ways() {
             epoch: 1,
             size: SIZE,
             block_size: 4096,
+            generation: 5,
+            flags: 0,
+            history: Vec::new(),
         },
     );
     let (c, m) = read_error(&mut s).expect("an Error frame");
@@ -393,4 +399,44 @@ fn a_second_primary_takes_over_and_never_interleaves() {
     let mut got = vec![0; 4096];
     pair.secondary_vol.read_at(0, &mut got).unwrap();
     assert_eq!(got, vec![9; 4096]);
+}
+
+#[test]
+fn zero_and_trim_ranges_past_the_end_or_unaligned_are_refused_before_any_io() {
+    let (pair, addr, before) = setup();
+    let mut cases = Vec::new();
+    for (offset, len) in [
+        // Past the end, by a block and by far (a length no frame could carry as data).
+        (SIZE - 4096, 8192),
+        (0, u64::MAX / 2),
+        (SIZE, 4096),
+        // Unaligned offset, a partial block that does not end the volume.
+        (100, 4096),
+        (0, 4097),
+    ] {
+        cases.push(Message::WriteZeroes {
+            seq: 1,
+            offset,
+            len,
+            flags: 0,
+        });
+        cases.push(Message::Trim {
+            seq: 1,
+            offset,
+            len,
+            flags: 0,
+        });
+    }
+    for m in cases {
+        let mut s = opened(addr);
+        send(&mut s, &m);
+        let (c, msg) = read_error(&mut s).unwrap_or_else(|| panic!("no Error frame for {m:?}"));
+        assert_eq!(c, code::OUT_OF_RANGE, "{m:?}: {msg}");
+        assert_eq!(
+            read(&pair.secondary_path),
+            before,
+            "{m:?} changed the volume"
+        );
+    }
+    still_serves(&pair, &before);
 }

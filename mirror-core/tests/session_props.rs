@@ -60,6 +60,9 @@ fn handshake(addr: SocketAddr) -> TcpStream {
             epoch: 1,
             size: BLOCKS * BS,
             block_size: BS as u32,
+            generation: 9,
+            flags: 0,
+            history: Vec::new(),
         },
     );
     assert!(matches!(

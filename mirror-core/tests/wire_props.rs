@@ -84,6 +84,12 @@ fn range() -> impl Strategy<Value = BlockRange> {
     (0u64..1 << 40, 1u64..=wire::MAX_REQUEST_BLOCKS).prop_map(|(s, c)| BlockRange::new(s, c))
 }
 
+/// Flags a WriteZeroes or Trim may carry.
+fn zero_flags() -> impl Strategy<Value = u8> {
+    use wire::zero_flags::{FLUSH, RECEIVED};
+    prop::sample::select(vec![0, FLUSH, RECEIVED, FLUSH | RECEIVED])
+}
+
 /// Every message a valid peer may send.
 fn message() -> impl Strategy<Value = Message> {
     prop_oneof![
@@ -104,6 +110,28 @@ fn message() -> impl Strategy<Value = Message> {
                 offset,
                 flags,
                 data
+            }),
+        (
+            any::<u64>(),
+            0u64..1 << 50,
+            1u64..1 << 40,
+            zero_flags(),
+            any::<bool>()
+        )
+            .prop_map(|(seq, offset, len, flags, trim)| if trim {
+                Message::Trim {
+                    seq,
+                    offset,
+                    len,
+                    flags,
+                }
+            } else {
+                Message::WriteZeroes {
+                    seq,
+                    offset,
+                    len,
+                    flags,
+                }
             }),
         any::<u64>().prop_map(|seq| Message::Ack { seq }),
         any::<u64>().prop_map(|seq| Message::Flush { seq }),

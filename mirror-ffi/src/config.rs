@@ -21,13 +21,14 @@
 //! with its own C documentation.
 
 use std::ffi::c_char;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mirror_core::config::read_secret_file;
+use mirror_core::meta::default_meta_path;
 use mirror_core::tls::TlsConfig;
 use mirror_core::{
-    Algorithm, BlockSize, OnDisconnect, PeriodicScan, PrimaryConfig, SecondaryConfig,
+    Algorithm, BlockSize, CompareSide, OnDisconnect, PeriodicScan, PrimaryConfig, SecondaryConfig,
 };
 use mirror_uring::VolumeOptions;
 
@@ -115,9 +116,11 @@ pub unsafe extern "C" fn mirror_primary_config_new(
         if peer.is_empty() {
             return Err(Failure::invalid("peer address is empty"));
         }
+        let mut core = PrimaryConfig::new(peer);
+        core.meta = Some(default_meta_path(Path::new(path)));
         let config = Box::new(mirror_primary_config {
             volume: VolumeSpec::new(path)?,
-            core: PrimaryConfig::new(peer),
+            core,
         });
         // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
         unsafe { write_out(out, Box::into_raw(config)) };
@@ -147,8 +150,12 @@ pub(crate) trait ConfigBuilder {
     fn volume_mut(&mut self) -> &mut VolumeSpec;
     /// The shared secret, `None` for none.
     fn secret_mut(&mut self) -> &mut Option<Vec<u8>>;
+    /// How the scans this side leads run: algorithm, comparing side, periodic scan.
+    fn scans_mut(&mut self) -> (&mut Algorithm, &mut CompareSide, &mut Option<PeriodicScan>);
     /// How long a silent link lives.
     fn link_timeout_mut(&mut self) -> &mut Duration;
+    /// Where the metadata record is kept.
+    fn meta_mut(&mut self) -> &mut Option<PathBuf>;
     /// Mutual TLS, `None` for plaintext.
     fn tls_mut(&mut self) -> &mut Option<TlsConfig>;
     /// Plaintext off loopback allowed.
@@ -164,6 +171,13 @@ impl ConfigBuilder for mirror_primary_config {
     }
     fn link_timeout_mut(&mut self) -> &mut Duration {
         &mut self.core.link_timeout
+    }
+    fn meta_mut(&mut self) -> &mut Option<PathBuf> {
+        &mut self.core.meta
+    }
+    fn scans_mut(&mut self) -> (&mut Algorithm, &mut CompareSide, &mut Option<PeriodicScan>) {
+        let c = &mut self.core;
+        (&mut c.algorithm, &mut c.compare, &mut c.periodic)
     }
     fn tls_mut(&mut self) -> &mut Option<TlsConfig> {
         &mut self.core.tls
@@ -182,6 +196,13 @@ impl ConfigBuilder for mirror_secondary_config {
     }
     fn link_timeout_mut(&mut self) -> &mut Duration {
         &mut self.core.link_timeout
+    }
+    fn meta_mut(&mut self) -> &mut Option<PathBuf> {
+        &mut self.core.meta
+    }
+    fn scans_mut(&mut self) -> (&mut Algorithm, &mut CompareSide, &mut Option<PeriodicScan>) {
+        let c = &mut self.core;
+        (&mut c.algorithm, &mut c.compare, &mut c.periodic)
     }
     fn tls_mut(&mut self) -> &mut Option<TlsConfig> {
         &mut self.core.tls
@@ -215,6 +236,65 @@ unsafe fn free_config<C>(config: *mut C) {
             drop(unsafe { Box::from_raw(config) });
         }
     })
+}
+
+/// The digest algorithm of the scans this side leads, a `mirror_algorithm` value.
+///
+/// # Safety
+/// As [`with_config`].
+unsafe fn set_algorithm<C: ConfigBuilder>(config: *mut C, algorithm: u32) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            *c.scans_mut().0 = Algorithm::from(mirror_algorithm::from_c(algorithm)?);
+            Ok(())
+        })
+    }
+}
+
+/// Which side compares the digests of the scans this side leads, a `mirror_compare_side`.
+///
+/// # Safety
+/// As [`with_config`].
+unsafe fn set_compare_side<C: ConfigBuilder>(config: *mut C, side: u32) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            *c.scans_mut().1 = mirror_compare_side::from_c(side)?.into();
+            Ok(())
+        })
+    }
+}
+
+/// The periodic scan this side leads; `interval_ms` 0 turns it off.
+///
+/// # Safety
+/// As [`with_config`].
+unsafe fn set_periodic_scan<C: ConfigBuilder>(
+    config: *mut C,
+    interval_ms: u64,
+    rate_mib_s: f64,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            let periodic = c.scans_mut().2;
+            if interval_ms == 0 {
+                *periodic = None;
+                return Ok(());
+            }
+            if !(rate_mib_s.is_finite() && rate_mib_s > 0.0) {
+                return Err(Failure::invalid(format!(
+                    "periodic scan rate {rate_mib_s} is not a positive number of MiB/s"
+                )));
+            }
+            *periodic = Some(PeriodicScan {
+                interval: Duration::from_millis(interval_ms),
+                rate_mib_s,
+            });
+            Ok(())
+        })
+    }
 }
 
 /// The block size of all I/O.
@@ -365,12 +445,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_algorithm(
     algorithm: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_config(config, |c| {
-            c.core.algorithm = Algorithm::from(mirror_algorithm::from_c(algorithm)?);
-            Ok(())
-        })
-    }
+    unsafe { set_algorithm(config, algorithm) }
 }
 
 /// Sets the block size of all I/O, in bytes: a power of two from 512 to 1048576 (default
@@ -540,12 +615,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_compare_side(
     side: u32,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_config(config, |c| {
-            c.core.compare = mirror_compare_side::from_c(side)?.into();
-            Ok(())
-        })
-    }
+    unsafe { set_compare_side(config, side) }
 }
 
 /// Sets the shared secret both peers must prove (at least 16 bytes, checked when opening).
@@ -650,24 +720,7 @@ pub unsafe extern "C" fn mirror_primary_config_set_periodic_scan(
     rate_mib_s: f64,
 ) -> mirror_result {
     // SAFETY: forwarded contract.
-    unsafe {
-        with_config(config, |c| {
-            if interval_ms == 0 {
-                c.core.periodic = None;
-                return Ok(());
-            }
-            if !(rate_mib_s.is_finite() && rate_mib_s > 0.0) {
-                return Err(Failure::invalid(format!(
-                    "periodic scan rate {rate_mib_s} is not a positive number of MiB/s"
-                )));
-            }
-            c.core.periodic = Some(PeriodicScan {
-                interval: Duration::from_millis(interval_ms),
-                rate_mib_s,
-            });
-            Ok(())
-        })
-    }
+    unsafe { set_periodic_scan(config, interval_ms, rate_mib_s) }
 }
 
 /// Sets how many replicated writes may wait in the link's queue in async mode (default 1024).
@@ -764,9 +817,11 @@ pub unsafe extern "C" fn mirror_secondary_config_new(
         if listen.is_empty() {
             return Err(Failure::invalid("listen address is empty"));
         }
+        let mut core = SecondaryConfig::new(listen);
+        core.meta = Some(default_meta_path(Path::new(path)));
         let config = Box::new(mirror_secondary_config {
             volume: VolumeSpec::new(path)?,
-            core: SecondaryConfig::new(listen),
+            core,
         });
         // SAFETY: `out` was checked non-NULL; the caller promises it is writable.
         unsafe { write_out(out, Box::into_raw(config)) };
@@ -969,4 +1024,210 @@ pub unsafe extern "C" fn mirror_secondary_config_set_link_timeout_ms(
 ) -> mirror_result {
     // SAFETY: forwarded contract.
     unsafe { set_link_timeout_ms(config, timeout_ms) }
+}
+
+/// The metadata record's path (see `mirror_primary_config_set_meta_path`).
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `path` is NULL or a
+/// NUL-terminated string.
+unsafe fn set_meta_path<C: ConfigBuilder>(config: *mut C, path: *const c_char) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            let path = arg_str(path, "path")?;
+            if path.is_empty() {
+                return Err(Failure::invalid("metadata record path is empty"));
+            }
+            *c.meta_mut() = Some(PathBuf::from(path));
+            Ok(())
+        })
+    }
+}
+
+/// Sets where the primary volume's metadata record is kept (its identity, generations and
+/// last coherent sync; and the write-intent map beside it, `PATH.intent`). Default: the
+/// volume's path with `.mirror-meta` appended — give another path for a block device.
+///
+/// Ownership: the string is copied. Thread safety: a config is used by one thread at a time;
+/// distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `path` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_meta_path(
+    config: *mut mirror_primary_config,
+    path: *const c_char,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_meta_path(config, path) }
+}
+
+/// Sets where the secondary volume's metadata record is kept (its identity, the volume it
+/// mirrors, its generations and whether it is a consistent image). Default: the volume's
+/// path with `.mirror-meta` appended — give another path for a block device.
+///
+/// Ownership: the string is copied. Thread safety: a config is used by one thread at a time;
+/// distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread; `path` is NULL or a
+/// NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_meta_path(
+    config: *mut mirror_secondary_config,
+    path: *const c_char,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_meta_path(config, path) }
+}
+
+/// Lets the primary rebind a secondary bound to another volume (default false): the
+/// secondary's data is discarded and a full scan follows. Without it such a secondary
+/// refuses the primary with `MIRROR_RESULT_MISMATCH`, naming both identities.
+///
+/// Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+/// time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_adopt(
+    config: *mut mirror_primary_config,
+    adopt: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.adopt = adopt;
+            Ok(())
+        })
+    }
+}
+
+/// Resolves a split brain in favour of this primary (default false): the secondary's writes
+/// since the common generation are discarded and a full scan follows. Without it a split
+/// brain is refused with `MIRROR_RESULT_MISMATCH`, naming the generations that diverged.
+///
+/// Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+/// time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_discard_secondary(
+    config: *mut mirror_primary_config,
+    discard: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.discard_secondary = discard;
+            Ok(())
+        })
+    }
+}
+
+/// Keeps the persistent write-intent map (default false): a chunk's bit is made durable
+/// before the first write to it proceeds and cleared lazily once the secondary has the data,
+/// so after a crash of the primary the resync covers the chunks whose bits were set instead
+/// of the whole volume. Costs an `fdatasync` of the map per write to a clean chunk.
+///
+/// Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+/// time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_write_intent(
+    config: *mut mirror_primary_config,
+    write_intent: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.write_intent = write_intent;
+            Ok(())
+        })
+    }
+}
+
+/// Makes the secondary lead a full checksum scan of its volume as soon as a primary's session
+/// is established (a new or a re-established link); default false. The blocks that differ
+/// are sent by the primary on the replication stream, and the scan's report is shown by
+/// `mirror_secondary_status` here and by `mirror_primary_status` on the primary.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_scan_on_connect(
+    config: *mut mirror_secondary_config,
+    scan_on_connect: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.scan_on_connect = scan_on_connect;
+            Ok(())
+        })
+    }
+}
+
+/// Makes the secondary lead a periodic low-priority checksum scan while a primary's session
+/// is up: every `interval_ms` milliseconds after the previous one ends, reading at most
+/// `rate_mib_s` MiB/s. `interval_ms` 0 turns it off. `MIRROR_RESULT_INVALID_ARGUMENT` if the
+/// rate is not a positive finite number.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_periodic_scan(
+    config: *mut mirror_secondary_config,
+    interval_ms: u64,
+    rate_mib_s: f64,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_periodic_scan(config, interval_ms, rate_mib_s) }
+}
+
+/// Sets which side compares the digests of the scans the secondary leads (a
+/// `mirror_compare_side` value; default `MIRROR_COMPARE_SIDE_SECONDARY`: the secondary asks
+/// for the primary's digests and requests the blocks that differ).
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_compare_side(
+    config: *mut mirror_secondary_config,
+    side: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_compare_side(config, side) }
+}
+
+/// Sets the digest algorithm of the scans the secondary leads (a `mirror_algorithm` value;
+/// default SHA-1). `MIRROR_RESULT_INVALID_ARGUMENT` for an unknown value.
+///
+/// Ownership: only the value is kept (copied). Thread safety: a config is used by one thread
+/// at a time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_secondary_config_set_algorithm(
+    config: *mut mirror_secondary_config,
+    algorithm: u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { set_algorithm(config, algorithm) }
 }

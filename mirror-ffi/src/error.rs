@@ -29,7 +29,8 @@ pub enum mirror_result {
     Link = 3,
     /// The peer broke the protocol.
     Protocol = 4,
-    /// The two volumes (or the two peers' versions) do not match.
+    /// The two volumes (size, block size, identity) or the two peers' versions do not match,
+    /// or their generation histories diverged (split brain); nothing was written.
     Mismatch = 5,
     /// The peer failed to prove the shared secret, or asked for one this side lacks.
     Auth = 6,
@@ -41,6 +42,9 @@ pub enum mirror_result {
     /// secondary reported it; `mirror_last_error_errno()` gives the secondary's OS error and
     /// the message names its volume. Not a link failure.
     RemoteIo = 9,
+    /// The secondary is held by another primary session whose link is alive; that session
+    /// was not disturbed.
+    Busy = 10,
     /// A required pointer argument was NULL.
     NullParameter = 100,
     /// A bug inside the library: a panic was caught at the boundary. The handle involved may
@@ -55,7 +59,7 @@ pub enum mirror_result {
 }
 
 /// Every code, for tests and `mirror_result_name` (not public: cbindgen would export it).
-const ALL_RESULTS: [mirror_result; 15] = [
+const ALL_RESULTS: [mirror_result; 16] = [
     mirror_result::Ok,
     mirror_result::InvalidArgument,
     mirror_result::Io,
@@ -66,6 +70,7 @@ const ALL_RESULTS: [mirror_result; 15] = [
     mirror_result::Closed,
     mirror_result::Cancelled,
     mirror_result::RemoteIo,
+    mirror_result::Busy,
     mirror_result::NullParameter,
     mirror_result::Panic,
     mirror_result::BufferTooSmall,
@@ -87,6 +92,7 @@ impl mirror_result {
             mirror_result::Closed => c"MIRROR_RESULT_CLOSED",
             mirror_result::Cancelled => c"MIRROR_RESULT_CANCELLED",
             mirror_result::RemoteIo => c"MIRROR_RESULT_REMOTE_IO",
+            mirror_result::Busy => c"MIRROR_RESULT_BUSY",
             mirror_result::NullParameter => c"MIRROR_RESULT_NULL_PARAMETER",
             mirror_result::Panic => c"MIRROR_RESULT_PANIC",
             mirror_result::BufferTooSmall => c"MIRROR_RESULT_BUFFER_TOO_SMALL",
@@ -108,6 +114,7 @@ pub(crate) fn result_of_kind(kind: ErrorKind) -> mirror_result {
         ErrorKind::Closed => mirror_result::Closed,
         ErrorKind::Cancelled => mirror_result::Cancelled,
         ErrorKind::RemoteIo => mirror_result::RemoteIo,
+        ErrorKind::Busy => mirror_result::Busy,
         _ => mirror_result::Unknown,
     }
 }
@@ -308,7 +315,7 @@ mod tests {
 
     #[test]
     fn result_codes_are_stable() {
-        let want: [(mirror_result, u32); 15] = [
+        let want: [(mirror_result, u32); 16] = [
             (mirror_result::Ok, 0),
             (mirror_result::InvalidArgument, 1),
             (mirror_result::Io, 2),
@@ -319,6 +326,7 @@ mod tests {
             (mirror_result::Closed, 7),
             (mirror_result::Cancelled, 8),
             (mirror_result::RemoteIo, 9),
+            (mirror_result::Busy, 10),
             (mirror_result::NullParameter, 100),
             (mirror_result::Panic, 101),
             (mirror_result::BufferTooSmall, 102),

@@ -246,6 +246,85 @@ pub unsafe extern "C" fn mirror_primary_replicate(
     unsafe { write_like(primary, offset, data, len, outcome_out, false) }
 }
 
+/// Makes bytes `[offset, offset + len)` zero on the primary's volume and on the secondary,
+/// replicated in order with writes; the storage stays allocated where the volumes can say so
+/// (fallocate `ZERO_RANGE`), else zeros are written. The range follows the rules of
+/// `mirror_primary_write` (`MIRROR_RESULT_INVALID_ARGUMENT` before any I/O otherwise) but is
+/// bounded only by the volume: one call may zero the whole volume, and nothing of its length
+/// is allocated or sent as data.
+///
+/// Outcomes as `mirror_primary_write`: in sync mode the call returns once the secondary has
+/// zeroed the range; without a link the range is marked dirty and `*outcome_out` says
+/// `MIRROR_WRITE_OUTCOME_DEGRADED`.
+///
+/// - `outcome_out`: NULL, or receives a `mirror_write_outcome` value on success.
+///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; `outcome_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_write_zeroes(
+    primary: *const mirror_primary,
+    offset: u64,
+    len: u64,
+    outcome_out: *mut u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { zero_like(primary, offset, len, outcome_out, false) }
+}
+
+/// Trims bytes `[offset, offset + len)` on the primary's volume and on the secondary: their
+/// storage is released where the volumes can (hole punching, discard), and the range reads as
+/// zeros on both sides afterwards. Trim is not advisory in mirror — its contents become zero —
+/// so the pair stays byte-equal and scans compare it exactly. Rules and outcomes as
+/// `mirror_primary_write_zeroes`.
+///
+/// - `outcome_out`: NULL, or receives a `mirror_write_outcome` value on success.
+///
+/// Ownership: the handle stays the caller's; out-values are plain copies. Thread safety: may
+/// be called from several threads at once on the same handle.
+///
+/// # Safety
+/// `primary` is NULL or a handle not yet freed; `outcome_out` is NULL or writable.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_trim(
+    primary: *const mirror_primary,
+    offset: u64,
+    len: u64,
+    outcome_out: *mut u32,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe { zero_like(primary, offset, len, outcome_out, true) }
+}
+
+/// # Safety
+/// As `mirror_primary_write_zeroes`.
+unsafe fn zero_like(
+    primary: *const mirror_primary,
+    offset: u64,
+    len: u64,
+    outcome_out: *mut u32,
+    trim: bool,
+) -> mirror_result {
+    guard(|| {
+        // SAFETY: the caller passes NULL or a live handle.
+        let p = unsafe { arg_ref(primary, "primary")? };
+        let live = p.live()?;
+        let outcome = if trim {
+            live.trim(offset, len)?
+        } else {
+            live.write_zeroes(offset, len)?
+        };
+        if !outcome_out.is_null() {
+            // SAFETY: non-NULL and writable, per the contract.
+            unsafe { write_out(outcome_out, mirror_write_outcome::from(outcome) as u32) };
+        }
+        Ok(())
+    })
+}
+
 /// Records that bytes `[offset, offset + len)` changed and the secondary lacks them; the
 /// next resync sends them. The range must lie inside the volume.
 ///

@@ -369,6 +369,11 @@ pub struct mirror_status {
     pub connections: u64,
     /// The last resync or periodic scan; zeroed unless `has_last_report`.
     pub last_report: mirror_report,
+    /// True when `last_secondary_report` holds the last scan the secondary led.
+    pub has_last_secondary_report: bool,
+    /// The last scan the secondary led (on connection or periodic), as the secondary reported
+    /// it; zeroed unless `has_last_secondary_report`.
+    pub last_secondary_report: mirror_report,
 }
 
 impl From<&Status> for mirror_status {
@@ -385,13 +390,19 @@ impl From<&Status> for mirror_status {
             bytes_received: s.bytes_received,
             connections: s.connections,
             last_report: s.last_report.as_ref().map(Into::into).unwrap_or_default(),
+            has_last_secondary_report: s.last_secondary_report.is_some(),
+            last_secondary_report: s
+                .last_secondary_report
+                .as_ref()
+                .map(Into::into)
+                .unwrap_or_default(),
         }
     }
 }
 
 /// A snapshot of a secondary.
 #[repr(C)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct mirror_secondary_status {
     /// True while listening (between `mirror_secondary_serve` and `mirror_secondary_stop`).
     pub serving: bool,
@@ -407,6 +418,15 @@ pub struct mirror_secondary_status {
     pub bytes_received: u64,
     /// Bytes sent.
     pub bytes_sent: u64,
+    /// False while a resync that is not in write order is under way (or was cut off): the
+    /// secondary's volume is then not a usable image. Kept in its metadata record.
+    pub consistent: bool,
+    /// Scans this secondary led to their end (on connection and periodic).
+    pub lead_scans: u64,
+    /// True when `last_report` holds the last of them.
+    pub has_last_report: bool,
+    /// The last scan this secondary led; zeroed unless `has_last_report`.
+    pub last_report: mirror_report,
 }
 
 impl mirror_secondary_status {
@@ -419,6 +439,10 @@ impl mirror_secondary_status {
             writes_applied: s.writes_applied,
             bytes_received: s.bytes_received,
             bytes_sent: s.bytes_sent,
+            consistent: s.consistent,
+            lead_scans: s.lead_scans,
+            has_last_report: s.last_report.is_some(),
+            last_report: s.last_report.as_ref().map(Into::into).unwrap_or_default(),
         }
     }
 }
@@ -469,13 +493,15 @@ mod tests {
             bytes_received,
             connections,
             last_report,
+            has_last_secondary_report,
+            last_secondary_report,
         });
-        // `has_last_report` stands for the `Option` of `last_report`; `last_error` is a string,
-        // which `mirror_primary_last_link_error` copies out instead.
+        // `has_X` stands for the `Option` of `X`; `last_error` is a string, which
+        // `mirror_primary_last_link_error` copies out instead.
         let c: Vec<&str> = c
             .iter()
             .copied()
-            .filter(|&f| f != "has_last_report")
+            .filter(|&f| !f.starts_with("has_"))
             .collect();
         let core: Vec<&str> = Status::FIELDS
             .iter()

@@ -55,6 +55,31 @@ fn lib_dir() -> PathBuf {
     profile.to_path_buf()
 }
 
+/// A directory that holds this build's `libmirror.so` under the names a program linked to it
+/// uses: `libmirror.so` (what `-lmirror` finds at link time) and its SONAME `libmirror.so.0`
+/// (what the program then asks the loader for), as an installed library has them. Cargo's own
+/// output directories are left alone; the shared programs link with `-L` and a run path here.
+fn shared_lib_dir() -> &'static Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("c_api")
+            .join("lib");
+        std::fs::create_dir_all(&dir).unwrap();
+        let target = lib_dir().join("libmirror.so");
+        let soname = format!("libmirror.so.{}", env!("CARGO_PKG_VERSION_MAJOR"));
+        for name in [soname.as_str(), "libmirror.so"] {
+            // Made under a temporary name and renamed over the old link: a program another
+            // test process is running keeps a valid path throughout.
+            let tmp = dir.join(format!("{name}.{}", std::process::id()));
+            let _ = std::fs::remove_file(&tmp);
+            std::os::unix::fs::symlink(&target, &tmp).unwrap();
+            std::fs::rename(&tmp, dir.join(name)).unwrap();
+        }
+        dir
+    })
+}
+
 fn scratch(name: &str) -> PathBuf {
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join("c_api")
@@ -100,9 +125,10 @@ fn compile(program: &str, link: Link, dir: &Path) -> PathBuf {
         .arg(crate_dir().join("tests/c").join(format!("{program}.c")));
     match link {
         Link::Shared => {
-            cmd.arg(format!("-L{}", libs.display()))
+            let shared = shared_lib_dir();
+            cmd.arg(format!("-L{}", shared.display()))
                 .arg("-lmirror")
-                .arg(format!("-Wl,-rpath,{}", libs.display()));
+                .arg(format!("-Wl,-rpath,{}", shared.display()));
         }
         Link::Static => {
             cmd.arg(libs.join("libmirror.a"));
@@ -118,7 +144,25 @@ fn compile(program: &str, link: Link, dir: &Path) -> PathBuf {
     if link == Link::Static {
         assert_not_linked_to_libmirror_so(&out);
     }
+    if link == Link::Shared {
+        assert_needs_the_soname(&out);
+    }
     out
+}
+
+/// A program linked with `-lmirror` records the SONAME, not the unversioned link name.
+fn assert_needs_the_soname(exe: &Path) {
+    let Ok(out) = Command::new("readelf").arg("-d").arg(exe).output() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let soname = format!("[libmirror.so.{}]", env!("CARGO_PKG_VERSION_MAJOR"));
+    assert!(
+        text.lines()
+            .any(|l| l.contains("(NEEDED)") && l.contains(&soname)),
+        "{} does not need {soname}:\n{text}",
+        exe.display()
+    );
 }
 
 /// A statically linked program must not need libmirror.so at run time.
@@ -224,6 +268,11 @@ fn c_pair_link_cut_during_writes_resyncs_from_dirty_map_linked_static() {
 }
 
 #[test]
+fn c_secondary_belongs_to_one_volume_and_a_live_session_holds_it() {
+    run_program("identity", Link::Shared);
+}
+
+#[test]
 fn c_handles_are_thread_safe_linked_shared() {
     run_program("threads", Link::Shared);
 }
@@ -245,7 +294,7 @@ fn c_programs_run_clean_under_valgrind() {
     }
     let dir = scratch("valgrind");
     let supp = crate_dir().join("tests/c/valgrind.supp");
-    for program in ["misuse", "pair", "threads"] {
+    for program in ["misuse", "pair", "threads", "identity"] {
         let exe = compile(program, Link::Shared, &dir);
         let mut cmd = Command::new("valgrind");
         cmd.args([

@@ -17,6 +17,7 @@ fn class_name(kind: ErrorKind) -> &'static str {
     match kind {
         ErrorKind::InvalidArgument => "ConfigError",
         ErrorKind::Mismatch => "MismatchError",
+        ErrorKind::Busy => "BusyError",
         ErrorKind::Link => "LinkError",
         ErrorKind::Protocol => "ProtocolError",
         ErrorKind::Auth => "AuthError",

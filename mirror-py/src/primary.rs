@@ -128,6 +128,10 @@ impl Primary {
         durability = "flushed",
         on_disconnect = "degrade",
         suspend_timeout = 30.0,
+        meta = None,
+        adopt = false,
+        discard_secondary = false,
+        write_intent = false,
         tls_cert = None,
         tls_key = None,
         tls_trust = None,
@@ -153,12 +157,20 @@ impl Primary {
         durability: &str,
         on_disconnect: &str,
         suspend_timeout: f64,
+        meta: Option<PathBuf>,
+        adopt: bool,
+        discard_secondary: bool,
+        write_intent: bool,
         tls_cert: Option<PathBuf>,
         tls_key: Option<PathBuf>,
         tls_trust: Option<PathBuf>,
         allow_insecure: bool,
     ) -> PyResult<Self> {
         let mut config = PrimaryConfig::new(peer.clone());
+        config.meta = Some(meta.unwrap_or_else(|| mirror_core::meta::default_meta_path(&volume)));
+        config.adopt = adopt;
+        config.discard_secondary = discard_secondary;
+        config.write_intent = write_intent;
         if let Some(a) = algorithm {
             config.algorithm = named(a)?;
         }
@@ -177,18 +189,7 @@ impl Primary {
         config.on_disconnect =
             OnDisconnect::parse(on_disconnect, seconds("suspend_timeout", suspend_timeout)?)
                 .py()?;
-        config.periodic = match (interval, rate) {
-            (Some(i), r) => Some(PeriodicScan {
-                interval: seconds("interval", i)?,
-                rate_mib_s: r.unwrap_or(DEFAULT_RATE_MIB_S),
-            }),
-            (None, Some(_)) => {
-                return Err(invalid(
-                    "rate limits the periodic scan: give an interval too",
-                ))
-            }
-            (None, None) => None,
-        };
+        config.periodic = periodic_scan(interval, rate)?;
         if let Some(path) = &secret_file {
             config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
         }
@@ -240,6 +241,30 @@ impl Primary {
         let data = BufferView::get(data)?;
         self.check_open()?;
         let out = detached(py, || self.inner.replicate(offset, data.as_slice()))?;
+        Ok(outcome_name(out))
+    }
+
+    /// Makes bytes ``[offset, offset + length)`` zero locally and on the secondary,
+    /// replicated in order with writes, the storage kept allocated where the volumes can.
+    /// Same rules as :meth:`write` (block-aligned, whole blocks but the volume's last), bounded
+    /// only by the volume. Returns as :meth:`write` does.
+    fn write_zeroes(&self, py: Python<'_>, offset: i128, length: i128) -> PyResult<&'static str> {
+        let offset = unsigned("offset", offset)?;
+        let length = unsigned("length", length)?;
+        self.check_open()?;
+        let out = detached(py, || self.inner.write_zeroes(offset, length))?;
+        Ok(outcome_name(out))
+    }
+
+    /// Trims bytes ``[offset, offset + length)`` locally and on the secondary: the storage is
+    /// released where the volumes can (hole punching, discard) and the range reads as zeros
+    /// on both sides afterwards (trim is not advisory: the pair stays byte-equal). Same rules
+    /// and results as :meth:`write_zeroes`.
+    fn trim(&self, py: Python<'_>, offset: i128, length: i128) -> PyResult<&'static str> {
+        let offset = unsigned("offset", offset)?;
+        let length = unsigned("length", length)?;
+        self.check_open()?;
+        let out = detached(py, || self.inner.trim(offset, length))?;
         Ok(outcome_name(out))
     }
 
@@ -406,4 +431,23 @@ impl Primary {
             if self.closed() { " closed" } else { "" }
         )
     }
+}
+
+/// The periodic scan of `interval` seconds at `rate` MiB/s (default 64), or none.
+pub(crate) fn periodic_scan(
+    interval: Option<f64>,
+    rate: Option<f64>,
+) -> PyResult<Option<PeriodicScan>> {
+    Ok(match (interval, rate) {
+        (Some(i), r) => Some(PeriodicScan {
+            interval: seconds("interval", i)?,
+            rate_mib_s: r.unwrap_or(DEFAULT_RATE_MIB_S),
+        }),
+        (None, Some(_)) => {
+            return Err(invalid(
+                "rate limits the periodic scan: give an interval too",
+            ))
+        }
+        (None, None) => None,
+    })
 }

@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use crate::args::{named, seconds, unsigned};
 use crate::blocking::detached;
 use crate::errors::{to_py, IntoPyResult};
+use crate::primary::periodic_scan;
 use crate::types::SecondaryStatus;
 use crate::volume;
 
@@ -23,6 +24,12 @@ use crate::volume;
 /// ``tls_trust`` (PEM files) make the link mutual TLS 1.3. A non-loopback ``listen`` address
 /// without TLS is refused unless ``allow_insecure`` is true. Use it as a
 /// context manager, or call :meth:`close`.
+///
+/// The secondary can lead checksum scans of its own: ``scan_on_connect`` scans as soon as a
+/// primary's session is established, ``interval`` (seconds) repeats it at low priority, read
+/// at ``rate`` MiB/s (default 64). ``compare`` is the side that compares (``"secondary"``:
+/// it asks for the primary's digests and requests what differs; ``"primary"``: it streams its
+/// digests) and ``algorithm`` the digest. :meth:`status` reports the last such scan.
 #[pyclass(frozen, module = "mirror")]
 #[derive(Debug)]
 pub struct Secondary {
@@ -44,6 +51,12 @@ impl Secondary {
         create = None,
         allow_insecure = false,
         link_timeout = 5.0,
+        meta = None,
+        scan_on_connect = false,
+        interval = None,
+        rate = None,
+        compare = "secondary",
+        algorithm = None,
         tls_cert = None,
         tls_key = None,
         tls_trust = None,
@@ -59,6 +72,12 @@ impl Secondary {
         create: Option<i128>,
         allow_insecure: bool,
         link_timeout: f64,
+        meta: Option<PathBuf>,
+        scan_on_connect: bool,
+        interval: Option<f64>,
+        rate: Option<f64>,
+        compare: &str,
+        algorithm: Option<&str>,
         tls_cert: Option<PathBuf>,
         tls_key: Option<PathBuf>,
         tls_trust: Option<PathBuf>,
@@ -67,8 +86,15 @@ impl Secondary {
         let io: IoBackend = named(io)?;
         let create = create.map(|c| unsigned("create", c)).transpose()?;
         let mut config = SecondaryConfig::new(listen);
+        config.meta = Some(meta.unwrap_or_else(|| mirror_core::meta::default_meta_path(&volume)));
         config.allow_insecure = allow_insecure;
         config.link_timeout = seconds("link_timeout", link_timeout)?;
+        config.scan_on_connect = scan_on_connect;
+        config.periodic = periodic_scan(interval, rate)?;
+        config.compare = named(compare)?;
+        if let Some(a) = algorithm {
+            config.algorithm = named(a)?;
+        }
         if let Some(path) = &secret_file {
             config.secret = Some(py.detach(|| read_secret_file(path)).py()?);
         }

@@ -151,6 +151,8 @@ pub struct Status {
     last_error: Option<String>,
     /// The last resync or periodic scan, if any.
     last_report: Option<Report>,
+    /// The last scan the secondary led, as it reported it, if any.
+    last_secondary_report: Option<Report>,
 }
 
 // The class has every field of the engine's status, by the same name and in the same order:
@@ -168,6 +170,7 @@ const _: () = assert!(same_field_names(
         connections,
         last_error,
         last_report,
+        last_secondary_report,
     }),
     mirror_core::Status::FIELDS
 ));
@@ -186,6 +189,7 @@ impl From<&mirror_core::Status> for Status {
             connections: s.connections,
             last_error: s.last_error.clone(),
             last_report: s.last_report.as_ref().map(Report::from),
+            last_secondary_report: s.last_secondary_report.as_ref().map(Report::from),
         }
     }
 }
@@ -230,6 +234,16 @@ pub struct SecondaryStatus {
     bytes_sent: u64,
     /// The last connection error, if any.
     last_error: Option<String>,
+    /// False while a resync that is not in write order is under way: not a usable image.
+    consistent: bool,
+    /// The volume's identity (a UUID).
+    identity: String,
+    /// The primary volume it mirrors, if bound.
+    bound_to: Option<String>,
+    /// Scans this secondary led to their end.
+    lead_scans: u64,
+    /// The last of them, if any.
+    last_report: Option<Report>,
 }
 
 impl From<&mirror_core::SecondaryStatus> for SecondaryStatus {
@@ -242,6 +256,11 @@ impl From<&mirror_core::SecondaryStatus> for SecondaryStatus {
             bytes_received: s.bytes_received,
             bytes_sent: s.bytes_sent,
             last_error: s.last_error.clone(),
+            consistent: s.consistent,
+            identity: s.identity.to_string(),
+            bound_to: (!s.bound_to.is_none()).then(|| s.bound_to.to_string()),
+            lead_scans: s.lead_scans,
+            last_report: s.last_report.as_ref().map(Report::from),
         }
     }
 }
@@ -250,8 +269,12 @@ impl From<&mirror_core::SecondaryStatus> for SecondaryStatus {
 impl SecondaryStatus {
     fn __repr__(&self) -> String {
         format!(
-            "SecondaryStatus(peer={:?}, connections={}, rejected={}, writes_applied={})",
-            self.peer, self.connections, self.rejected, self.writes_applied
+            "SecondaryStatus(peer={:?}, connections={}, rejected={}, writes_applied={}, consistent={})",
+            self.peer,
+            self.connections,
+            self.rejected,
+            self.writes_applied,
+            if self.consistent { "True" } else { "False" }
         )
     }
 }

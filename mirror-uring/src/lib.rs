@@ -1,5 +1,6 @@
 //! Volumes for files and block devices, on io_uring where the kernel allows it, falling back
-//! to positioned reads and writes ([`mirror_core::FileVolume`]) where it does not.
+//! to positioned reads and writes ([`SyncVolume`], a [`mirror_core::FileVolume`] whose idle
+//! reads run in the idle I/O class) where it does not.
 //!
 //! Other crates call [`open_volume`] (or [`create_volume`] for a new sparse file) with
 //! [`VolumeOptions`]; [`open_volume_with_info`] also says which backend was used.
@@ -8,6 +9,7 @@
 mod align;
 mod probe;
 mod ring;
+mod sync;
 mod volume;
 
 use std::fs::OpenOptions;
@@ -18,6 +20,7 @@ use std::sync::Arc;
 use mirror_core::{BlockSize, Error, FileVolume, Result, Volume};
 
 pub use probe::{force_sync_fallback, uring_available, uring_unavailable_reason, ENV_VAR};
+pub use sync::{IdleClass, SyncVolume};
 pub use volume::{UringVolume, MAX_QUEUE_DEPTH};
 
 /// Which I/O backend a volume uses.
@@ -168,7 +171,7 @@ pub fn open_volume_with_info(
         direct: false,
         fallback,
     };
-    Ok((Arc::new(vol), info))
+    Ok((Arc::new(SyncVolume(vol)), info))
 }
 
 /// Creates a sparse file of `size` bytes at `path` (which must not exist) and opens it with

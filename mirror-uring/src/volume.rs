@@ -17,6 +17,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
+use mirror_core::storage::zero::{fallocate_zero, write_zero_chunks, ZeroHow};
 use mirror_core::volume::{check_io, volume_size};
 use mirror_core::{BlockSize, Error, IoPriority, ReadOp, Result, Volume};
 
@@ -340,6 +341,23 @@ impl UringVolume {
         Ok(())
     }
 
+    /// Zeros a range by fallocate on the file or device (the kernel writes back and drops
+    /// the cached pages of the range, so the buffered tail descriptor sees the zeros too), or
+    /// by writing zeros through the ring where the mode is not supported.
+    fn zero(&self, how: ZeroHow, offset: u64, len: u64) -> Result<()> {
+        check_io(&self.name, self.size, self.block_size, offset, len)?;
+        self.check_writable(offset)?;
+        if fallocate_zero(&self.file, &self.name, how, offset, len)? {
+            return Ok(());
+        }
+        if how == ZeroHow::Release
+            && fallocate_zero(&self.file, &self.name, ZeroHow::KeepAllocated, offset, len)?
+        {
+            return Ok(());
+        }
+        write_zero_chunks(self, offset, len)
+    }
+
     fn check_writable(&self, offset: u64) -> Result<()> {
         if self.read_only {
             return Err(io_err(
@@ -420,6 +438,14 @@ impl Volume for UringVolume {
             bounce: false,
         };
         self.run(&[seg], IoPriority::Normal)
+    }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.zero(ZeroHow::KeepAllocated, offset, len)
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.zero(ZeroHow::Release, offset, len)
     }
 
     fn read_batch(&self, ops: &mut [ReadOp<'_>], priority: IoPriority) -> Result<()> {

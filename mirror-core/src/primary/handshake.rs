@@ -1,16 +1,19 @@
 //! The primary's half of the handshake: mutual TLS when configured (plaintext only to
 //! loopback unless allowed), protocol version, the shared secret (we prove first, bound to
-//! the TLS session), then volume identity, size and block size against what the secondary was
-//! last coherent with. Nothing is replicated on a connection that has not passed it.
+//! the TLS session), then volume identity, generation history, size and block size against
+//! what the secondary was last coherent with (the secondary admits or refuses; the primary
+//! checks the answer too, so a refusal holds on both sides). Nothing is replicated on a
+//! connection that has not passed it.
 
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::Inner;
 use crate::config::check_plaintext;
+use crate::meta::{GenId, Lineage, VolumeId};
 use crate::protocol::auth;
 use crate::protocol::link::{self, Counters, FrameReader, FrameWriter, Transport};
 use crate::protocol::messages::{self as wire, Message};
@@ -140,19 +143,21 @@ impl Inner {
         }
         let vol = &*self.volume;
         let epoch = self.epoch.load(Ordering::SeqCst) + 1;
-        writer.send_now(&Message::Open {
-            volume_id: self.volume_id,
-            session: self.session,
-            epoch,
-            size: vol.size(),
-            block_size: vol.block_size().get(),
-        })?;
+        let (open, mine) = self
+            .durable
+            .open_message(&self.config, self.session, epoch, vol)?;
+        writer.send_now(&open)?;
         let last = match reader.recv()? {
             Message::OpenReply {
                 size,
                 block_size,
                 last_session,
                 last_epoch,
+                volume_id,
+                bound_to,
+                generation,
+                consistent,
+                history,
             } => {
                 if size != vol.size() || block_size != vol.block_size().get() {
                     return Err(Error::Mismatch(format!(
@@ -162,11 +167,23 @@ impl Inner {
                         vol.block_size()
                     )));
                 }
+                let theirs = Lineage {
+                    identity: VolumeId(volume_id),
+                    current: GenId(generation),
+                    history: wire::history_ids(&history).into_iter().map(GenId).collect(),
+                    bound_to: VolumeId(bound_to),
+                };
+                self.durable
+                    .check_reply(peer, &mine, &theirs, &self.config)?;
+                if !consistent {
+                    info!(%peer, "the secondary is not a consistent image until this resync ends");
+                }
                 Generation {
                     session: last_session,
                     epoch: last_epoch,
                 }
             }
+
             other => {
                 return Err(Error::protocol(
                     peer,

@@ -29,6 +29,11 @@ use crate::{Error, ErrorKind, Result};
 pub(super) const CHUNK_BLOCKS: u64 = 1024;
 /// Digest requests kept in flight ahead of the local scan.
 pub(super) const REQUESTS_AHEAD: u64 = 16;
+/// Checkpoints of a full scan: it runs in this many segments (at least
+/// [`MIN_SEGMENT_BLOCKS`] each), and a scan cut off resumes at the last one passed.
+const CHECKPOINTS: u64 = 64;
+/// Fewest blocks of a full-scan segment.
+const MIN_SEGMENT_BLOCKS: u64 = 256;
 /// Dirty regions taken per resync window.
 const WINDOW_REGIONS: usize = 256;
 /// Bytes of dirty regions taken per resync window.
@@ -86,7 +91,28 @@ impl Inner {
             let mut job = Job::new(ctl, &mut report, opts.progress, kind);
             match mode {
                 ResyncMode::FullScan | ResyncMode::Periodic => {
-                    job.compare(BlockRange::new(0, self.volume.blocks()))?;
+                    let blocks = self.volume.blocks();
+                    if mode == ResyncMode::FullScan {
+                        // In segments, each a checkpoint a cut-off scan resumes from.
+                        let mut at = match kind {
+                            JobKind::Auto => self.durable.checkpoint().unwrap_or(0).min(blocks),
+                            _ => 0,
+                        };
+                        if at > 0 {
+                            info!(from_block = at, "full scan resumes from its checkpoint");
+                        }
+                        let segment = (blocks / CHECKPOINTS).max(MIN_SEGMENT_BLOCKS);
+                        while at < blocks {
+                            let n = segment.min(blocks - at);
+                            job.compare(BlockRange::new(at, n))?;
+                            at += n;
+                            if at < blocks {
+                                self.durable.set_checkpoint(self.session, Some(at));
+                            }
+                        }
+                    } else {
+                        job.compare(BlockRange::new(0, blocks))?;
+                    }
                     if job.defer {
                         // Only blocks that still differ once the writes in flight to them
                         // have landed are counted and repaired.
@@ -97,6 +123,11 @@ impl Inner {
                     }
                     let w = self.barrier(&conn, Vec::new(), true)?;
                     self.wait_ack(&conn, &w)?;
+                    // The map is valid from here: the write-intent bits now cover this session.
+                    self.durable.map_valid(self.session);
+                    if mode == ResyncMode::FullScan && self.durable.checkpoint().is_some() {
+                        self.durable.set_checkpoint(self.session, None);
+                    }
                     job.dirty_passes()?;
                 }
                 ResyncMode::DirtyMap => job.dirty_passes()?,
@@ -106,8 +137,13 @@ impl Inner {
                 }
                 ResyncMode::None => {}
             }
-            // Everything queued before now is on the secondary.
-            let w = self.barrier(&conn, Vec::new(), false)?;
+            // Everything queued before now is on the secondary; after a resync it is a
+            // consistent image again, and says so durably before it acknowledges.
+            let w = if kind == JobKind::Verify {
+                self.barrier(&conn, Vec::new(), false)?
+            } else {
+                self.resync_done(&conn)?
+            };
             self.wait_ack(&conn, &w)
         };
         let result = if background {
@@ -131,6 +167,13 @@ impl Inner {
         match result {
             Ok(()) => {
                 info!(mode = %report.mode, blocks = report.blocks, mismatched = report.mismatched, bytes_sent = report.bytes_sent, seconds = report.seconds, "job done");
+                if matches!(kind, JobKind::Auto | JobKind::Full) {
+                    let g = crate::units::Generation {
+                        session: self.session,
+                        epoch: self.epoch.load(Ordering::SeqCst),
+                    };
+                    self.durable.coherent(g, &conn.peer);
+                }
                 *lock(&self.last_report) = Some(report.clone());
                 Ok(report)
             }
@@ -143,6 +186,53 @@ impl Inner {
                 Err(e)
             }
         }
+    }
+}
+
+impl Inner {
+    /// Sends the current contents of `run` as repair writes on the ordered stream, each piece
+    /// read and queued under its regions' locks: whichever side found the mismatch, a repair
+    /// block never overtakes a newer write.
+    pub(super) fn ship(&self, conn: &Conn, run: BlockRange, priority: IoPriority) -> Result<()> {
+        let vol = &*self.volume;
+        let bs = vol.block_size();
+        let per_piece = (wire::MAX_WRITE_DATA as u64 / bs.bytes()).max(1);
+        let mut next = run.start.0;
+        let mut buf = scan::AlignedBuf::default();
+        while next < run.end() {
+            let piece = BlockRange::new(next, per_piece.min(run.end() - next));
+            let (offset, len) = scan::byte_span(vol, piece);
+            buf.resize(len);
+            {
+                let _guards = self.locks.lock(offset, len as u64);
+                vol.read_batch(
+                    &mut [ReadOp {
+                        offset,
+                        buf: buf.as_mut_slice(),
+                    }],
+                    priority,
+                )?;
+                let queued = conn.submit(
+                    |seq| Message::Write {
+                        seq,
+                        offset,
+                        flags: write_flags::REPAIR,
+                        data: buf.as_slice().to_vec(),
+                    },
+                    PendingKind::Write {
+                        offset,
+                        len: len as u64,
+                    },
+                    None,
+                    false,
+                )?;
+                if !queued {
+                    return Err(conn.lost("link lost"));
+                }
+            }
+            next = piece.end();
+        }
+        Ok(())
     }
 }
 
@@ -303,48 +393,10 @@ impl<'a> Job<'a> {
 }
 
 impl Job<'_> {
-    /// Sends the current contents of `run`, each piece read and queued under its regions'
-    /// locks.
+    /// Sends the current contents of `run` ([`Inner::ship`]).
     pub(super) fn ship(&mut self, run: BlockRange) -> Result<()> {
-        let vol = &*self.inner.volume;
-        let bs = vol.block_size();
-        let per_piece = (wire::MAX_WRITE_DATA as u64 / bs.bytes()).max(1);
-        let mut next = run.start.0;
-        let mut buf = scan::AlignedBuf::default();
-        while next < run.end() {
-            let piece = BlockRange::new(next, per_piece.min(run.end() - next));
-            let (offset, len) = scan::byte_span(vol, piece);
-            buf.resize(len);
-            {
-                let _guards = self.inner.locks.lock(offset, len as u64);
-                vol.read_batch(
-                    &mut [ReadOp {
-                        offset,
-                        buf: buf.as_mut_slice(),
-                    }],
-                    self.priority,
-                )?;
-                let queued = self.conn.submit(
-                    |seq| Message::Write {
-                        seq,
-                        offset,
-                        flags: write_flags::REPAIR,
-                        data: buf.as_slice().to_vec(),
-                    },
-                    PendingKind::Write {
-                        offset,
-                        len: len as u64,
-                    },
-                    None,
-                    false,
-                )?;
-                if !queued {
-                    return Err(self.conn.lost("link lost"));
-                }
-            }
-            self.report.blocks_sent += piece.count;
-            next = piece.end();
-        }
+        self.inner.ship(self.conn, run, self.priority)?;
+        self.report.blocks_sent += run.count;
         Ok(())
     }
 

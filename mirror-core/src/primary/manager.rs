@@ -9,12 +9,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
+use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
 use super::conn::{Conn, PendingTable};
 use super::handshake::Handshaken;
+use super::lead::lead_server;
 use super::{Inner, JobKind, JobOptions};
 use crate::dirty::Region;
 use crate::protocol::link::{FrameReader, FrameWriter};
@@ -81,6 +82,7 @@ impl Inner {
             if self.errors.load(Ordering::SeqCst) != errors_before {
                 if let Some(
                     e @ (Error::Mismatch(_)
+                    | Error::Busy(_)
                     | Error::Auth { .. }
                     | Error::Protocol { .. }
                     | Error::InvalidArgument(_)),
@@ -94,6 +96,7 @@ impl Inner {
                 return Err(match lock(&self.last_error).clone() {
                     Some(
                         e @ (Error::Mismatch(_)
+                        | Error::Busy(_)
                         | Error::Auth { .. }
                         | Error::Protocol { .. }
                         | Error::InvalidArgument(_)),
@@ -159,16 +162,27 @@ pub(super) fn manager(inner: Arc<Inner>) {
         let prev = inner.epoch.swap(epoch, Ordering::SeqCst);
         let map_usable = {
             let mut d = lock(&inner.dirty);
-            let usable = d.is_valid()
-                && last
-                    == Generation {
-                        session: inner.session,
-                        epoch: prev,
-                    };
-            if !usable {
+            let follows = last
+                == Generation {
+                    session: inner.session,
+                    epoch: prev,
+                };
+            let usable = d.is_valid() && follows;
+            // A full scan of this session cut off by the link resumes from its checkpoint:
+            // what was written behind it meanwhile is in the map, kept.
+            let resume = !usable && follows && inner.durable.checkpoint().is_some();
+            if usable || resume {
+                usable
+            } else if inner.durable.seed(&mut d, last, inner.session) {
+                true
+            } else {
                 d.invalidate();
+                inner.durable.invalidated(inner.session);
+                if inner.durable.checkpoint().is_some() {
+                    inner.durable.set_checkpoint(inner.session, None);
+                }
+                false
             }
-            usable
         };
         info!(peer = %conn.peer, generation = %Generation { session: inner.session, epoch }, secondary_last = %last, map_usable, "connected");
         let ping = (inner.config.link_timeout / 5).min(Duration::from_secs(1));
@@ -178,13 +192,22 @@ pub(super) fn manager(inner: Arc<Inner>) {
                 .name("mirror-link-tx".into())
                 .spawn(move || writer_loop(&inner, &conn, writer, rx, ping))
         };
+        // Scans the secondary leads are served on a thread of their own, so the reader never
+        // waits on the link queue while acks are to be read.
+        let (lead_tx, lead_rx) = unbounded::<Message>();
         let r_thread = {
             let (inner, conn) = (inner.clone(), conn.clone());
             std::thread::Builder::new()
                 .name("mirror-link-rx".into())
-                .spawn(move || reader_loop(&inner, &conn, reader))
+                .spawn(move || reader_loop(&inner, &conn, reader, &lead_tx))
         };
-        let (Ok(w_thread), Ok(r_thread)) = (w_thread, r_thread) else {
+        let l_thread = {
+            let (inner, conn) = (inner.clone(), conn.clone());
+            std::thread::Builder::new()
+                .name("mirror-lead".into())
+                .spawn(move || lead_server(&inner, &conn, lead_rx))
+        };
+        let (Ok(w_thread), Ok(r_thread), Ok(l_thread)) = (w_thread, r_thread, l_thread) else {
             conn.fail(
                 &inner.dirty,
                 &Error::link(&conn.peer, "could not start link threads"),
@@ -195,7 +218,13 @@ pub(super) fn manager(inner: Arc<Inner>) {
         inner.connections.fetch_add(1, Ordering::Relaxed);
         inner.set_state(LinkState::Connected);
 
-        // The first resync of a connection, retried with backoff while the link stays up.
+        // The first resync of a connection, retried with backoff while the link stays up. A
+        // primary told of no writes makes it a full scan: its clean map proves nothing.
+        let mut connect_job = if inner.config.full_scan_on_connect {
+            JobKind::Full
+        } else {
+            JobKind::Auto
+        };
         let mut resync_due = inner.config.auto_resync.then(Instant::now);
         let mut resync_backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
         let mut healthy = !inner.config.auto_resync;
@@ -204,8 +233,9 @@ pub(super) fn manager(inner: Arc<Inner>) {
             let now = Instant::now();
             if let Some(t) = resync_due.filter(|t| *t <= now) {
                 let _ = t;
-                match inner.run_job(JobKind::Auto, &JobOptions::default(), None) {
+                match inner.run_job(connect_job, &JobOptions::default(), None) {
                     Ok(_) => {
+                        connect_job = JobKind::Auto;
                         resync_due = None;
                         resync_backoff.succeed();
                         healthy = true;
@@ -229,11 +259,16 @@ pub(super) fn manager(inner: Arc<Inner>) {
                         blocks = r.blocks,
                         "periodic scan done"
                     ),
-                    Err(e) => warn!(error = %e, "periodic scan failed"),
+                    Err(e) => {
+                        warn!(error = %e, "periodic scan failed; retrying while the link is up");
+                        next_periodic = Some(Instant::now() + Duration::from_secs(1));
+                        continue;
+                    }
                 }
                 next_periodic = inner.config.periodic.map(|p| Instant::now() + p.interval);
                 continue;
             }
+            inner.durable.tick(&inner, &conn);
             let has_dirty = {
                 let d = lock(&inner.dirty);
                 d.is_valid() && d.next_dirty(Region(0)).is_some()
@@ -255,8 +290,10 @@ pub(super) fn manager(inner: Arc<Inner>) {
         }
         // Tear down: the threads exit once the link is failed.
         conn.fail(&inner.dirty, &Error::link(&conn.peer, "link closed"));
+        inner.durable.detached();
         let _ = w_thread.join();
         let _ = r_thread.join();
+        let _ = l_thread.join();
         *lock(&inner.conn) = None;
         inner.totals.sent.fetch_add(
             conn.counters.sent.load(Ordering::Relaxed),
@@ -316,7 +353,7 @@ fn writer_loop(
     }
 }
 
-fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
+fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader, lead: &Sender<Message>) {
     let result = (|| -> Result<()> {
         loop {
             if conn.is_dead() {
@@ -339,6 +376,16 @@ fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader) {
                     // A late answer to a job that gave up is dropped.
                     if let Some(tx) = lock(&conn.routes).get(&req) {
                         let _ = tx.send(m);
+                    }
+                }
+                m @ (Message::LeadScan { .. }
+                | Message::LeadCompare { .. }
+                | Message::LeadDigests { .. }
+                | Message::RepairRequest { .. }
+                | Message::LeadEnd { .. }
+                | Message::LeadReport { .. }) => {
+                    if lead.send(m).is_err() {
+                        return Err(Error::link(&conn.peer, "secondary-led scan server stopped"));
                     }
                 }
                 other => {

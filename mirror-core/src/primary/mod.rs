@@ -3,7 +3,7 @@
 //! it is valid, by a full checksum scan when it is not — and runs the periodic scan.
 //!
 //! Invariants, and where they are kept:
-//! - **One ordered stream.** Replicated writes, repair blocks, barriers and scan requests all go
+//! - **One ordered stream.** Replicated writes and zeroings, repair blocks, barriers and scan requests all go
 //!   through one queue to one writer thread ([`Conn::tx`]); the secondary applies them in that
 //!   order.
 //! - **No stale block over a newer one.** A write takes the stripe locks of its regions
@@ -20,18 +20,25 @@
 //!   their blocks is acknowledged; a failure puts them back.
 //!
 //! Parts: [`conn`] (the link, its pending table and waiters), [`locks`] (region stripe locks),
-//! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`manager`]
+//! [`handshake`], [`job`] and [`compare`] (resync, periodic scan, verify), [`lead`] (scans
+//! the secondary leads: digests, comparing, repairs by the same locked path), [`manager`]
 //! (connecting, the writer and reader threads, [`backoff`] of retries), [`replicate`] (the
-//! write path, flush and the on-disconnect policy). This file is the public face, [`Primary`].
+//! write path — writes, write-zeroes and trim — flush and the on-disconnect policy), [`state`]
+//! (the metadata record, the write-intent map, the full-scan checkpoint), [`zero`]
+//! (write-zeroes and trim: a range carried without data). This file is the public face,
+//! [`Primary`].
 
 mod backoff;
 mod compare;
 mod conn;
 mod handshake;
 mod job;
+mod lead;
 mod locks;
 mod manager;
 mod replicate;
+mod state;
+mod zero;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -101,7 +108,7 @@ struct Inner {
     volume: Arc<dyn Volume>,
     config: PrimaryConfig,
     session: u128,
-    volume_id: u128,
+    durable: state::PrimaryState,
     dirty: Mutex<DirtyMap>,
     locks: RegionLocks,
     conn: Mutex<Option<Arc<Conn>>>,
@@ -118,6 +125,8 @@ struct Inner {
     /// Errors recorded since open (lets a waiter see a fresh one).
     errors: AtomicU64,
     last_report: Mutex<Option<Report>>,
+    /// The report of the last scan the secondary led.
+    last_secondary_report: Mutex<Option<Report>>,
     started: Instant,
     last_write_ms: AtomicU64,
     next_req: AtomicU64,
@@ -129,6 +138,15 @@ struct Inner {
 impl Inner {
     fn cancels(&self) -> u64 {
         self.cancels.load(Ordering::SeqCst)
+    }
+}
+
+/// Ends a write's hold on its write-intent chunks, however the write ends.
+struct IntentEnd<'a>(&'a Inner, u64, u64);
+
+impl Drop for IntentEnd<'_> {
+    fn drop(&mut self) {
+        self.0.durable.after_write(self.1, self.2);
     }
 }
 
@@ -160,17 +178,13 @@ impl Primary {
         }
         let dirty = DirtyMap::new(volume.size(), volume.block_size(), config.region_size)?;
         let session = auth::random_id()?;
-        let volume_id = if config.volume_id == 0 {
-            auth::random_id()?
-        } else {
-            config.volume_id
-        };
+        let durable = state::PrimaryState::open(&*volume, &config)?;
         let inner = Arc::new(Inner {
             locks: RegionLocks::new(config.region_size),
             volume,
             config,
             session,
-            volume_id,
+            durable,
             dirty: Mutex::new(dirty),
             conn: Mutex::new(None),
             state: Mutex::new(LinkState::Disconnected),
@@ -185,6 +199,7 @@ impl Primary {
             last_error: Mutex::new(None),
             errors: AtomicU64::new(0),
             last_report: Mutex::new(None),
+            last_secondary_report: Mutex::new(None),
             started: Instant::now(),
             last_write_ms: AtomicU64::new(0),
             next_req: AtomicU64::new(1),
@@ -230,7 +245,13 @@ impl Primary {
                 self.inner.volume.name()
             )));
         }
+        // The secondary lacks the range: the write-intent bits keep it across a crash.
+        let connected = lock(&self.inner.conn)
+            .as_ref()
+            .is_some_and(|c| !c.is_dead());
+        self.inner.durable.before_write(offset, len, connected)?;
         lock(&self.inner.dirty).mark(offset, len);
+        self.inner.durable.after_write(offset, len);
         self.inner.poke();
         Ok(())
     }
@@ -320,6 +341,7 @@ impl Primary {
             connections: inner.connections.load(Ordering::Relaxed),
             last_error: lock(&inner.last_error).as_ref().map(|e| e.to_string()),
             last_report: lock(&inner.last_report).clone(),
+            last_secondary_report: lock(&inner.last_secondary_report).clone(),
         }
     }
 

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, PendingKind, Waiter};
-use super::{JobKind, JobOptions, Primary, WriteOutcome};
+use super::zero::{Zeroing, ZERO_SPAN};
+use super::{IntentEnd, JobKind, JobOptions, Primary, WriteOutcome};
 use crate::config::ReplicationMode;
 use crate::durability::OnDisconnect;
 use crate::protocol::messages::{self as wire, Message};
@@ -30,19 +31,44 @@ struct InFlight {
     conn: Arc<Conn>,
 }
 
+/// What a replicated write carries: data, or a range made zero ([`zero`](super::zero)).
+#[derive(Clone, Copy)]
+pub(super) enum Payload<'a> {
+    /// Bytes to write.
+    Data(&'a [u8]),
+    /// `len` bytes of zeros, written or trimmed; the range travels without data.
+    Zero(Zeroing, u64),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Payload::Data(d) => d.len() as u64,
+            Payload::Zero(_, len) => *len,
+        }
+    }
+}
+
 impl Primary {
     pub(super) fn submit(&self, offset: u64, data: &[u8], local: bool) -> Result<WriteOutcome> {
+        self.submit_payload(offset, Payload::Data(data), local)
+    }
+
+    /// The write path of data and of zero ranges alike: write-intent, region locks, the local
+    /// write (when `local`), frames queued in order, the dirty map when the link is down, and
+    /// the on-disconnect policy.
+    pub(super) fn submit_payload(
+        &self,
+        offset: u64,
+        payload: Payload<'_>,
+        local: bool,
+    ) -> Result<WriteOutcome> {
         self.check_open()?;
         let inner = &*self.inner;
         let vol = &*inner.volume;
-        check_io(
-            vol.name(),
-            vol.size(),
-            vol.block_size(),
-            offset,
-            data.len() as u64,
-        )?;
-        if data.is_empty() {
+        let total = payload.len();
+        check_io(vol.name(), vol.size(), vol.block_size(), offset, total)?;
+        if total == 0 {
             return Ok(WriteOutcome::Replicated);
         }
         let started = Instant::now();
@@ -54,24 +80,54 @@ impl Primary {
         let flags = inner.config.durability.write_flags();
         let mut waiting = Vec::new();
         let mut degraded = false;
+        let connected = lock(&inner.conn).as_ref().is_some_and(|c| !c.is_dead());
+        // Write-intent first: the chunk's bit is durable before the local write proceeds.
+        inner.durable.before_write(offset, total, connected)?;
+        let _intent = IntentEnd(inner, offset, total);
         {
-            let _guards = inner.locks.lock(offset, data.len() as u64);
+            let _guards = inner.locks.lock(offset, total);
             if local {
-                vol.write_at(offset, data)?;
+                match payload {
+                    Payload::Data(data) => vol.write_at(offset, data)?,
+                    Payload::Zero(Zeroing::WriteZeroes, len) => vol.write_zeroes(offset, len)?,
+                    Payload::Zero(Zeroing::Trim, len) => vol.trim(offset, len)?,
+                }
             }
             let conn = lock(&inner.conn).clone().filter(|c| !c.is_dead());
+            let end = offset + total;
             let mut off = offset;
-            for chunk in data.chunks(wire::MAX_WRITE_DATA) {
-                let len = chunk.len() as u64;
+            while off < end {
+                let len = match payload {
+                    Payload::Data(_) => (end - off).min(wire::MAX_WRITE_DATA as u64),
+                    // ZERO_SPAN is a multiple of every block size, so each span stays aligned.
+                    Payload::Zero(..) => (end - off).min(ZERO_SPAN),
+                };
                 let queued = match &conn {
                     Some(c) => {
                         let w = sync.then(|| Arc::new(Waiter::default()));
                         let ok = c.submit(
-                            |seq| Message::Write {
-                                seq,
-                                offset: off,
-                                flags,
-                                data: chunk.to_vec(),
+                            |seq| match payload {
+                                Payload::Data(data) => {
+                                    let at = (off - offset) as usize;
+                                    Message::Write {
+                                        seq,
+                                        offset: off,
+                                        flags,
+                                        data: data[at..at + len as usize].to_vec(),
+                                    }
+                                }
+                                Payload::Zero(Zeroing::WriteZeroes, _) => Message::WriteZeroes {
+                                    seq,
+                                    offset: off,
+                                    len,
+                                    flags,
+                                },
+                                Payload::Zero(Zeroing::Trim, _) => Message::Trim {
+                                    seq,
+                                    offset: off,
+                                    len,
+                                    flags,
+                                },
                             },
                             PendingKind::Write { offset: off, len },
                             w.clone(),
@@ -95,6 +151,10 @@ impl Primary {
             }
         }
         if degraded {
+            if connected {
+                // The link went down under this write: it is apart from the secondary.
+                inner.durable.meta.before_write_apart()?;
+            }
             inner.poke();
         }
         let mut cause = None;
@@ -126,13 +186,14 @@ impl Primary {
                 )
             })),
             OnDisconnect::Suspend(timeout) => {
-                self.replicate_when_connected(offset, data.len() as u64, started + timeout, timeout)
+                self.replicate_when_connected(offset, total, started + timeout, timeout)
             }
         }
     }
 
     /// Suspended I/O: waits for the link, then sends the range again — read from the local
-    /// volume under its region locks, so a newer write to it is never overtaken — and waits
+    /// volume under its region locks, so a newer write to it is never overtaken (a zeroed range
+    /// travels as the zeros read back) — and waits
     /// for the secondary's ack, until `deadline`.
     fn replicate_when_connected(
         &self,

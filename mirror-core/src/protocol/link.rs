@@ -266,6 +266,7 @@ pub fn peer_error(peer: &str, code: u16, message: &str) -> Error {
     match code {
         code::VERSION | code::MISMATCH => Error::Mismatch(format!("{peer}: {message}")),
         code::AUTH => Error::auth(peer, message),
+        code::BUSY => Error::Busy(format!("{peer}: {message}")),
         code::IO | code::SHUTDOWN => Error::link(peer, msg),
         _ => Error::protocol(peer, msg),
     }
@@ -277,6 +278,7 @@ pub fn error_code(e: &Error) -> u16 {
     match e.kind() {
         ErrorKind::Mismatch => code::MISMATCH,
         ErrorKind::Auth => code::AUTH,
+        ErrorKind::Busy => code::BUSY,
         ErrorKind::Io | ErrorKind::RemoteIo => code::IO,
         ErrorKind::InvalidArgument => code::OUT_OF_RANGE,
         ErrorKind::Closed | ErrorKind::Cancelled => code::SHUTDOWN,

@@ -11,12 +11,25 @@
 //!                                     <--   HelloReply{version, auth, nonce_s}
 //! Auth{proof_p}        (secret set)   -->
 //!                                     <--   AuthReply{proof_s}  (only once proof_p verified)
-//! Open{volume, session, epoch, size, block_size}
-//!                                     <--   OpenReply{size, block_size, last session, epoch}
-//! Write / Flush / Barrier / Ping ...  -->   (applied in order)  <-- Ack{seq} / Pong
+//! Open{volume, session, epoch, size, block_size, generation, flags, history}
+//!                                     <--   OpenReply{size, block_size, last session, epoch,
+//!                                                     volume, bound to, generation,
+//!                                                     consistent, history}
+//!                                     (or Error{MISMATCH | BUSY}: refused, nothing written)
+//! Write / WriteZeroes / Trim / Flush / Barrier / ResyncDone / Ping ...
+//!                                     -->   (in order)  <-- Ack{seq} / Pong
 //! ScanRequest{req, range, level}      -->   <-- Digests{req, start, ...}* ScanEnd{req}
 //! CompareRequest{req, range}, Digests* , CompareEnd{req}
 //!                                     <--   BlockRequest{req, range}* CompareDone{req, n}
+//!
+//! The secondary may lead a scan of its own (request ids of its own numbering; the lead
+//! messages are apart from the primary-led ones, so neither side mistakes whose id it is):
+//!                                     <--   LeadScan{req, range, level}     (secondary compares)
+//! LeadDigests{req, start, ...}*       -->   <-- RepairRequest{req, range}*  ... LeadEnd{req}
+//!                                     <--   LeadCompare{req, range, level}, LeadDigests*,
+//!                                           LeadEnd{req}                    (primary compares)
+//! Write{REPAIR}* ... LeadDone{req, n} -->   (repairs ride the ordered stream, before LeadDone)
+//!                                     <--   LeadReport{req, ...}            (for its status)
 //! ```
 //!
 //! The primary proves the shared secret first; the secondary proves it only to a primary that
@@ -27,6 +40,18 @@
 //! Either side may send `Error{code, message}` and close. Before authentication its message is
 //! generic (what was wrong, never a path or other local detail). A version the secondary does not
 //! speak is answered with `Error{VERSION}` naming both versions.
+//!
+//! # Versions
+//!
+//! - 1: the first.
+//! - 2: `Open` and `OpenReply` carry each volume's identity, generation and history (the
+//!   newest [`MAX_WIRE_HISTORY`] generations, 16 bytes each, as the trailing bytes field) and
+//!   the primary's `--adopt`/`--discard-secondary` flags ([`open_flags`]); the secondary says
+//!   whether it is a consistent image. `ResyncDone` ends a resync. `Error{MISMATCH}` also
+//!   refuses another volume's primary or a split brain; `Error{BUSY}` a second primary
+//!   beside a live session. The primary proves the shared secret first (`Auth`), the
+//!   secondary answers with `AuthReply` (`HelloReply` carries no proof), and proofs cover the
+//!   TLS exporter. A version-1 peer is refused at `Hello` with `Error{VERSION}` naming both versions.
 //!
 //! The `level` byte of scan and compare requests selects what a digest covers: 0 is one block.
 //! Higher levels (a digest over 2^level consecutive block digests, for a hierarchical
@@ -54,11 +79,16 @@ pub use super::frame::{
 /// Protocol version this build speaks.
 ///
 /// Changes: 2 — the primary proves the shared secret first (`Auth`), the secondary answers
-/// with `AuthReply`; `HelloReply` carries no proof; proofs cover the TLS exporter. Version 1
-/// (the secondary proved first, to anyone) is no longer spoken.
+/// with `AuthReply`; `HelloReply` carries no proof; proofs cover the TLS exporter; `Open` and
+/// `OpenReply` carry identities and generation histories (see Versions above); `WriteZeroes`
+/// and `Trim` zero ranges. Version 1 (the secondary proved first, to anyone) is no longer
+/// spoken.
 pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// Most generations of history an Open or OpenReply carries (16 bytes each), which keeps
+/// both within the handshake's frame limit.
+pub const MAX_WIRE_HISTORY: usize = 8;
 /// Magic of the Hello message.
 pub const MAGIC: [u8; 4] = *b"MIRR";
 /// Most bytes of data one Write frame carries.
@@ -81,6 +111,36 @@ pub mod code {
     pub const OUT_OF_RANGE: u16 = 6;
     pub const UNSUPPORTED: u16 = 7;
     pub const SHUTDOWN: u16 = 8;
+    /// The secondary is held by another live session.
+    pub const BUSY: u16 = 9;
+}
+
+/// Flags of an Open message: what the primary's operator allowed to be discarded.
+pub mod open_flags {
+    /// Rebind a secondary bound to another volume (`--adopt`).
+    pub const ADOPT: u8 = 1;
+    /// Resolve a split brain in favour of this primary (`--discard-secondary`).
+    pub const DISCARD_SECONDARY: u8 = 2;
+    /// The primary keeps no metadata record: its identity and generation last one process,
+    /// so the secondary cannot hold it to a binding and admits it without one.
+    pub const EPHEMERAL: u8 = 4;
+    /// Every flag this version knows.
+    pub const ALL: u8 = ADOPT | DISCARD_SECONDARY | EPHEMERAL;
+}
+
+/// Generation ids as the 16-byte little-endian records of a history field.
+pub fn history_bytes(h: &[u128]) -> Vec<u8> {
+    h.iter()
+        .take(MAX_WIRE_HISTORY)
+        .flat_map(|g| g.to_le_bytes())
+        .collect()
+}
+
+/// The generation ids of a history field (its length was checked on decode).
+pub fn history_ids(b: &[u8]) -> Vec<u128> {
+    b.chunks_exact(16)
+        .map(|c| u128::from_le_bytes(c.try_into().expect("16 bytes")))
+        .collect()
 }
 
 /// Flags of a Write message.
@@ -93,6 +153,16 @@ pub mod write_flags {
     pub const RECEIVED: u8 = 4;
     /// Every flag this version knows.
     pub const ALL: u8 = FLUSH | REPAIR | RECEIVED;
+}
+
+/// Flags of the WriteZeroes and Trim messages.
+pub mod zero_flags {
+    /// Flush the secondary's volume before acknowledging.
+    pub const FLUSH: u8 = super::write_flags::FLUSH;
+    /// Acknowledge on arrival, before the range is zeroed (durability `received`).
+    pub const RECEIVED: u8 = super::write_flags::RECEIVED;
+    /// Every flag this version knows.
+    pub const ALL: u8 = FLUSH | RECEIVED;
 }
 
 /// Priority byte of scan and compare requests.
@@ -164,10 +234,12 @@ messages! {
     2 => HELLO_REPLY HelloReply { version: u16, auth_required: bool, nonce: [u8; 32] },
     /// Primary's proof of the shared secret.
     3 => AUTH Auth { proof: [u8; 32] },
-    /// Primary's volume and generation.
-    4 => OPEN Open { volume_id: u128, session: u128, epoch: u64, size: u64, block_size: u32 },
-    /// Secondary's volume and the generation it was last coherent with.
-    5 => OPEN_REPLY OpenReply { size: u64, block_size: u32, last_session: u128, last_epoch: u64 },
+    /// Primary's volume, session and connection, its generation and history, and what its
+    /// operator allowed to be discarded.
+    4 => OPEN Open { volume_id: u128, session: u128, epoch: u64, size: u64, block_size: u32, generation: u128, flags: u8, history: Vec<u8> },
+    /// Secondary's volume, the session and connection it last followed, its identity, the
+    /// volume it mirrors, its generation, whether it is a consistent image, and its history.
+    5 => OPEN_REPLY OpenReply { size: u64, block_size: u32, last_session: u128, last_epoch: u64, volume_id: u128, bound_to: u128, generation: u128, consistent: bool, history: Vec<u8> },
     /// Data to write at a byte offset.
     6 => WRITE Write { seq: u64, offset: u64, flags: u8, data: Vec<u8> },
     /// Acknowledges the Write, Flush or Barrier `seq`.
@@ -196,12 +268,40 @@ messages! {
     18 => PONG Pong { nonce: u64 },
     /// A fatal error; the sender closes the connection.
     19 => ERROR Error { code: u16, message: String },
+    /// A barrier that ends a whole resync: once everything before it is applied the
+    /// secondary is a consistent image again, durably, and then acknowledges.
+    20 => RESYNC_DONE ResyncDone { seq: u64 },
     /// The secondary's volume failed an I/O (`op` one of the [`io_op`] codes) with the OS
     /// error `errno`; the sender closes the connection. Sent instead of `Error{IO}` so the
     /// primary can tell the secondary's disk from the link.
     24 => IO_ERROR IoError { errno: u32, offset: u64, op: u8, volume: String },
+    /// Zeros over `len` bytes at a byte offset, storage kept allocated where the volume can.
+    /// Bounded by the volume, not by the frame: nothing of `len` is allocated.
+    25 => WRITE_ZEROES WriteZeroes { seq: u64, offset: u64, len: u64, flags: u8 },
+    /// Trim `len` bytes at a byte offset: storage released where the volume can, and the
+    /// range reads as zeros on every volume (trim is not advisory in mirror).
+    26 => TRIM Trim { seq: u64, offset: u64, len: u64, flags: u8 },
+    /// Secondary leads, and compares: send your digests of a range (as `LeadDigests`).
+    40 => LEAD_SCAN LeadScan { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    /// Secondary leads, the primary compares: the secondary's digests of a range follow (as
+    /// `LeadDigests`, then `LeadEnd`); repair what differs.
+    41 => LEAD_COMPARE LeadCompare { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange },
+    /// Digests of consecutive blocks from `start`, for the secondary-led request `req`.
+    42 => LEAD_DIGESTS LeadDigests { req: u64, algorithm: Algorithm, start: u64, digests: Vec<u8> },
+    /// Send these blocks: the primary reads them under their region locks and sends them as
+    /// repair writes on the ordered stream.
+    43 => REPAIR_REQUEST RepairRequest { req: u64, range: BlockRange },
+    /// The secondary sent everything of `req` (of its current `LeadCompare`, when comparing on
+    /// the primary); answered with `LeadDone`.
+    44 => LEAD_END LeadEnd { req: u64 },
+    /// Every repair write caused by `req` up to its `LeadEnd` is before this on the stream;
+    /// `repaired` blocks were sent since the previous `LeadDone` of `req`.
+    45 => LEAD_DONE LeadDone { req: u64, repaired: u64 },
+    /// The report of a secondary-led scan, for the primary's status. `mode` is 0 for a scan on
+    /// connection, 1 for a periodic one; `compare` 0 for the primary, 1 for the secondary.
+    46 => LEAD_REPORT LeadReport { req: u64, mode: u8, compare: u8, algorithm: Algorithm, blocks: u64, mismatched: u64, blocks_sent: u64, bytes_sent: u64, bytes_received: u64, micros: u64 },
     /// Secondary's proof of the shared secret, sent once the primary's has verified.
-    40 => AUTH_REPLY AuthReply { proof: [u8; 32] },
+    47 => AUTH_REPLY AuthReply { proof: [u8; 32] },
 }
 
 /// The operation of an `IoError` message (wire values; never reuse one).
@@ -267,6 +367,21 @@ impl Message {
     /// is bounded before anything acts on it.
     fn check(&self) -> Result<(), FrameError> {
         match self {
+            Message::Open { flags, history, .. }
+                if flags & !open_flags::ALL != 0 || !history_ok(history) =>
+            {
+                return Err(bad(format!(
+                    "Open with flags {flags:#x} and a history of {} bytes (known flags {:#x}; at most {MAX_WIRE_HISTORY} generations of 16 bytes)",
+                    history.len(),
+                    open_flags::ALL
+                )));
+            }
+            Message::OpenReply { history, .. } if !history_ok(history) => {
+                return Err(bad(format!(
+                    "OpenReply with a history of {} bytes (at most {MAX_WIRE_HISTORY} generations of 16 bytes)",
+                    history.len()
+                )));
+            }
             Message::Write { flags, data, .. } => {
                 if flags & !write_flags::ALL != 0 {
                     return Err(bad(format!("Write with unknown flags {flags:#x}")));
@@ -278,10 +393,37 @@ impl Message {
                     )));
                 }
             }
+            Message::WriteZeroes {
+                offset, len, flags, ..
+            }
+            | Message::Trim {
+                offset, len, flags, ..
+            } => {
+                if flags & !zero_flags::ALL != 0 {
+                    return Err(bad(format!(
+                        "{} with unknown flags {flags:#x}",
+                        self.name()
+                    )));
+                }
+                // The volume bounds the range (checked before any I/O by the receiver); here
+                // only what no volume could hold.
+                if *len == 0 || offset.checked_add(*len).is_none() {
+                    return Err(bad(format!(
+                        "{} of {len} bytes at {offset} (1 byte or more, within u64)",
+                        self.name()
+                    )));
+                }
+            }
             Message::ScanRequest {
                 priority, range, ..
             }
             | Message::CompareRequest {
+                priority, range, ..
+            }
+            | Message::LeadScan {
+                priority, range, ..
+            }
+            | Message::LeadCompare {
                 priority, range, ..
             } => {
                 if !request_range_ok(range) {
@@ -295,6 +437,12 @@ impl Message {
                 }
             }
             Message::Digests {
+                algorithm,
+                start,
+                digests,
+                ..
+            }
+            | Message::LeadDigests {
                 algorithm,
                 start,
                 digests,
@@ -314,16 +462,29 @@ impl Message {
                     return Err(bad("Digests reach past the largest block index"));
                 }
             }
-            Message::BlockRequest { range, .. } if !request_range_ok(range) => {
+            Message::BlockRequest { range, .. } | Message::RepairRequest { range, .. }
+                if !request_range_ok(range) =>
+            {
                 return Err(bad(format!(
-                    "BlockRequest for {} blocks at {}",
-                    range.count, range.start.0
+                    "{} for {} blocks at {}",
+                    self.name(),
+                    range.count,
+                    range.start.0
+                )));
+            }
+            Message::LeadReport { mode, compare, .. } if *mode > 1 || *compare > 1 => {
+                return Err(bad(format!(
+                    "LeadReport with mode {mode} and compare {compare} (0 or 1 each)"
                 )));
             }
             _ => {}
         }
         Ok(())
     }
+}
+
+fn history_ok(h: &[u8]) -> bool {
+    h.len() % 16 == 0 && h.len() <= 16 * MAX_WIRE_HISTORY
 }
 
 /// A scan, compare or block request covers 1 to [`MAX_REQUEST_BLOCKS`] blocks, all with an
@@ -463,13 +624,22 @@ mod tests {
                 epoch: 3,
                 size: 1 << 30,
                 block_size: 4096,
+                generation: 77,
+                flags: open_flags::ADOPT,
+                history: history_bytes(&[76, 75]),
             },
             OpenReply {
                 size: 1 << 30,
                 block_size: 4096,
                 last_session: 42,
                 last_epoch: 2,
+                volume_id: 1 << 90,
+                bound_to: 1 << 100,
+                generation: 76,
+                consistent: true,
+                history: history_bytes(&[75]),
             },
+            ResyncDone { seq: 12 },
             Write {
                 seq: 9,
                 offset: 8192,
@@ -515,6 +685,59 @@ mod tests {
                 code: code::MISMATCH,
                 message: "size differs".into(),
             },
+            WriteZeroes {
+                seq: 12,
+                offset: 1 << 40,
+                len: 1 << 35,
+                flags: zero_flags::FLUSH,
+            },
+            Trim {
+                seq: 13,
+                offset: 4096,
+                len: u64::MAX - 4096,
+                flags: 0,
+            },
+            LeadScan {
+                req: 3,
+                algorithm: Algorithm::Crc32,
+                level: 0,
+                priority: priority::IDLE,
+                range: BlockRange::new(0, 1024),
+            },
+            LeadCompare {
+                req: 4,
+                algorithm: Algorithm::Sha1,
+                level: 0,
+                priority: priority::NORMAL,
+                range: BlockRange::new(1024, 1024),
+            },
+            LeadDigests {
+                req: 4,
+                algorithm: Algorithm::Sha1,
+                start: 1024,
+                digests: vec![2; 40],
+            },
+            RepairRequest {
+                req: 3,
+                range: BlockRange::new(7, 3),
+            },
+            LeadEnd { req: 3 },
+            LeadDone {
+                req: 3,
+                repaired: 3,
+            },
+            LeadReport {
+                req: 3,
+                mode: 1,
+                compare: 1,
+                algorithm: Algorithm::Crc32,
+                blocks: 4096,
+                mismatched: 3,
+                blocks_sent: 3,
+                bytes_sent: 100,
+                bytes_received: 200,
+                micros: 1_500_000,
+            },
         ]
     }
 
@@ -546,21 +769,164 @@ mod tests {
 
     #[test]
     fn open_golden_bytes() {
+        // Version 2: identity, session, epoch, size, block size, generation, flags, history.
         let m = Message::Open {
             volume_id: 1,
             session: 2,
             epoch: 3,
             size: 4,
             block_size: 4096,
+            generation: 5,
+            flags: open_flags::DISCARD_SECONDARY,
+            history: history_bytes(&[6]),
         };
         let f = m.to_frame().unwrap();
-        let mut want = vec![52, 0, 0, 0, kind::OPEN, 0, 0, 0];
+        let mut want = vec![85, 0, 0, 0, kind::OPEN, 0, 0, 0];
         want.extend_from_slice(&1u128.to_le_bytes());
         want.extend_from_slice(&2u128.to_le_bytes());
         want.extend_from_slice(&3u64.to_le_bytes());
         want.extend_from_slice(&4u64.to_le_bytes());
         want.extend_from_slice(&4096u32.to_le_bytes());
+        want.extend_from_slice(&5u128.to_le_bytes());
+        want.push(2);
+        want.extend_from_slice(&6u128.to_le_bytes());
         assert_eq!(&f[..f.len() - 4], &want[..]);
+    }
+
+    #[test]
+    fn write_zeroes_and_trim_golden_bytes() {
+        for (m, k) in [
+            (
+                Message::WriteZeroes {
+                    seq: 1,
+                    offset: 8192,
+                    len: 1 << 32,
+                    flags: zero_flags::FLUSH,
+                },
+                kind::WRITE_ZEROES,
+            ),
+            (
+                Message::Trim {
+                    seq: 1,
+                    offset: 8192,
+                    len: 1 << 32,
+                    flags: zero_flags::FLUSH,
+                },
+                kind::TRIM,
+            ),
+        ] {
+            let f = m.to_frame().unwrap();
+            let mut want = vec![25, 0, 0, 0, k, 0, 0, 0];
+            want.extend_from_slice(&1u64.to_le_bytes());
+            want.extend_from_slice(&8192u64.to_le_bytes());
+            want.extend_from_slice(&(1u64 << 32).to_le_bytes());
+            want.push(1);
+            assert_eq!(&f[..f.len() - 4], &want[..]);
+            assert_eq!(f.len(), 8 + 25 + 4, "a zero range costs no payload");
+        }
+        assert_eq!((kind::WRITE_ZEROES, kind::TRIM), (25, 26));
+    }
+
+    #[test]
+    fn zero_ranges_that_no_volume_holds_are_refused() {
+        let zero = |k: u8, offset: u64, len: u64, flags: u8| {
+            let mut p = 7u64.to_le_bytes().to_vec();
+            p.extend_from_slice(&offset.to_le_bytes());
+            p.extend_from_slice(&len.to_le_bytes());
+            p.push(flags);
+            Message::decode(k, &p)
+        };
+        for k in [kind::WRITE_ZEROES, kind::TRIM] {
+            assert!(zero(k, 0, 4096, 0).is_ok());
+            assert!(
+                zero(k, 0, u64::MAX, 1).is_ok(),
+                "the volume bounds it, not the frame"
+            );
+            assert!(zero(k, 0, 0, 0).is_err(), "empty range");
+            assert!(zero(k, 4096, u64::MAX, 0).is_err(), "overflow");
+            assert!(
+                zero(k, 0, 4096, write_flags::REPAIR).is_err(),
+                "unknown flag"
+            );
+            assert!(zero(k, 0, 4096, 0x80).is_err(), "unknown flag");
+            // Truncated payload.
+            assert!(Message::decode(k, &[0; 24]).is_err());
+        }
+    }
+
+    #[test]
+    fn open_reply_golden_bytes() {
+        let m = Message::OpenReply {
+            size: 4,
+            block_size: 512,
+            last_session: 2,
+            last_epoch: 3,
+            volume_id: 7,
+            bound_to: 1,
+            generation: 5,
+            consistent: false,
+            history: Vec::new(),
+        };
+        let f = m.to_frame().unwrap();
+        let mut want = vec![85, 0, 0, 0, kind::OPEN_REPLY, 0, 0, 0];
+        want.extend_from_slice(&4u64.to_le_bytes());
+        want.extend_from_slice(&512u32.to_le_bytes());
+        want.extend_from_slice(&2u128.to_le_bytes());
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(&7u128.to_le_bytes());
+        want.extend_from_slice(&1u128.to_le_bytes());
+        want.extend_from_slice(&5u128.to_le_bytes());
+        want.push(0);
+        assert_eq!(&f[..f.len() - 4], &want[..]);
+    }
+
+    #[test]
+    fn the_largest_open_and_open_reply_fit_the_handshake_limit() {
+        let h = history_bytes(&[u128::MAX; 20]);
+        assert_eq!(h.len(), 16 * MAX_WIRE_HISTORY);
+        let open = Message::Open {
+            volume_id: 1,
+            session: 2,
+            epoch: 3,
+            size: 4,
+            block_size: 4096,
+            generation: 5,
+            flags: open_flags::ALL,
+            history: h.clone(),
+        };
+        let reply = Message::OpenReply {
+            size: 4,
+            block_size: 512,
+            last_session: 2,
+            last_epoch: 3,
+            volume_id: 7,
+            bound_to: 1,
+            generation: 5,
+            consistent: true,
+            history: h,
+        };
+        for m in [open, reply] {
+            let f = m.to_frame().unwrap();
+            assert!(
+                read_frame(&mut &f[..], MAX_HANDSHAKE_PAYLOAD).is_ok(),
+                "{}",
+                m.name()
+            );
+        }
+    }
+
+    #[test]
+    fn open_with_unknown_flags_or_a_ragged_history_is_refused() {
+        let open = |flags: u8, hist: usize| {
+            let mut p = vec![0u8; 16 + 16 + 8 + 8 + 4 + 16];
+            p.push(flags);
+            p.extend(std::iter::repeat_n(0u8, hist));
+            Message::decode(kind::OPEN, &p)
+        };
+        assert!(open(open_flags::ALL, 32).is_ok());
+        assert!(open(8, 0).is_err());
+        assert!(open(0, 15).is_err());
+        assert!(open(0, 16 * (MAX_WIRE_HISTORY + 1)).is_err());
     }
 
     #[test]
@@ -604,6 +970,47 @@ mod tests {
         assert!(
             matches!(read_frame(&mut &unknown[..], MAX_PAYLOAD), Err(FrameError::Malformed(m)) if m.contains("unknown message kind"))
         );
+    }
+
+    #[test]
+    fn lead_requests_keep_the_same_bounds_as_primary_led_ones() {
+        let too_many = Message::LeadScan {
+            req: 1,
+            algorithm: Algorithm::Crc32,
+            level: 0,
+            priority: 0,
+            range: BlockRange::new(0, MAX_REQUEST_BLOCKS + 1),
+        };
+        let f = too_many.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+        let repair = Message::RepairRequest {
+            req: 1,
+            range: BlockRange::new(u64::MAX, 2),
+        };
+        let f = repair.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+        let report = Message::LeadReport {
+            req: 1,
+            mode: 2,
+            compare: 0,
+            algorithm: Algorithm::Crc32,
+            blocks: 0,
+            mismatched: 0,
+            blocks_sent: 0,
+            bytes_sent: 0,
+            bytes_received: 0,
+            micros: 0,
+        };
+        let f = report.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+        let digests = Message::LeadDigests {
+            req: 1,
+            algorithm: Algorithm::Md5,
+            start: 0,
+            digests: vec![0; 15],
+        };
+        let f = digests.to_frame().unwrap();
+        assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
     }
 
     #[test]

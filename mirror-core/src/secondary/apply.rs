@@ -1,7 +1,7 @@
-//! The apply loop: frames of one session applied in stream order — writes, flushes and
-//! barriers acknowledged only once done (through the group commit, [`super::commit`]), every
-//! offset and length checked against the volume before any I/O — with scans and compares
-//! handed to the worker in that same order.
+//! The apply loop: frames of one session applied in stream order — writes, zeroings, flushes
+//! and barriers acknowledged only once done (through the group commit, [`super::commit`]),
+//! every offset and length checked against the volume before any I/O — with scans and
+//! compares handed to the worker in that same order.
 //!
 //! Crash ordering of a write: applied → its acknowledgement queued for the commit thread →
 //! (for `flushed`) one flush covering the batch → acknowledged. A `received` write is
@@ -14,7 +14,7 @@ use super::commit::Committer;
 use super::session::Session;
 use super::worker::Work;
 use crate::protocol::link::FrameReader;
-use crate::protocol::messages::{write_flags, Message};
+use crate::protocol::messages::{write_flags, zero_flags, Message};
 use crate::storage::volume::check_io;
 use crate::sync::lock;
 use crate::units::BlockRange;
@@ -25,6 +25,7 @@ impl Session<'_> {
         &self,
         reader: &mut FrameReader,
         work: &crossbeam_channel::Sender<Work>,
+        lead: Option<&crossbeam_channel::Sender<Message>>,
     ) -> Result<()> {
         let inner = self.inner.clone();
         let id = self.id;
@@ -39,7 +40,7 @@ impl Session<'_> {
                 }
             },
         )?;
-        let result = self.apply_frames(reader, work, &committer);
+        let result = self.apply_frames(reader, work, lead, &committer);
         // A failed commit is the cause; the link error it caused is not.
         match (committer.finish(), result) {
             (Some(e @ Error::Io { .. }), _) => Err(e),
@@ -51,6 +52,7 @@ impl Session<'_> {
         &self,
         reader: &mut FrameReader,
         work: &crossbeam_channel::Sender<Work>,
+        lead: Option<&crossbeam_channel::Sender<Message>>,
         committer: &Committer,
     ) -> Result<()> {
         let vol = &self.inner.volume;
@@ -83,6 +85,10 @@ impl Session<'_> {
                     flags,
                     data,
                 } => {
+                    if flags & write_flags::REPAIR != 0 {
+                        // Out of write order from here on: not a usable image, durably first.
+                        self.inner.meta.before_repair()?;
+                    }
                     if flags & write_flags::RECEIVED != 0 {
                         // Checked first: a write acknowledged on arrival must be one the
                         // volume can take.
@@ -108,8 +114,50 @@ impl Session<'_> {
                         committer.ack(seq)?;
                     }
                 }
+                Message::WriteZeroes {
+                    seq,
+                    offset,
+                    len,
+                    flags,
+                }
+                | Message::Trim {
+                    seq,
+                    offset,
+                    len,
+                    flags,
+                } => {
+                    // The range is checked against the volume before any I/O: its length came
+                    // off the wire and only the volume bounds it.
+                    check_io(vol.name(), vol.size(), vol.block_size(), offset, len)?;
+                    if flags & zero_flags::RECEIVED != 0 {
+                        lock(self.writer).send(&Message::Ack { seq })?;
+                        unflushed_acks = true;
+                    }
+                    if matches!(msg, Message::Trim { .. }) {
+                        vol.trim(offset, len)?;
+                    } else {
+                        vol.write_zeroes(offset, len)?;
+                    }
+                    self.inner
+                        .stats
+                        .writes_applied
+                        .fetch_add(1, Ordering::Relaxed);
+                    if flags & zero_flags::FLUSH != 0 {
+                        committer.durable(seq)?;
+                    } else if flags & zero_flags::RECEIVED == 0 {
+                        committer.ack(seq)?;
+                    }
+                }
                 Message::Flush { seq } => committer.durable(seq)?,
                 Message::Barrier { seq } => committer.ack(seq)?,
+                Message::ResyncDone { seq } => {
+                    // Everything before it is applied: this flush puts the resync's blocks on
+                    // the volume before the record says it is a usable image again; the ack
+                    // leaves after every earlier one, through the committer.
+                    vol.flush()?;
+                    self.inner.meta.resync_done()?;
+                    committer.ack(seq)?;
+                }
                 Message::Ping { nonce } => {
                     lock(self.writer).send(&Message::Pong { nonce })?;
                     unflushed_acks = true;
@@ -174,6 +222,28 @@ impl Session<'_> {
                 }
                 Message::CompareEnd { req } => {
                     send_work(work, Work::CompareEnd { req }, self.peer)?
+                }
+                // Answers to the scan this secondary leads, handed over in stream order: a
+                // LeadDone reaches the leader after every repair write before it is applied.
+                m @ (Message::LeadDigests { .. } | Message::LeadDone { .. }) => {
+                    let Some(lead) = lead else {
+                        return Err(Error::protocol(
+                            self.peer,
+                            format!("unexpected {} to a secondary that leads no scan", m.name()),
+                        ));
+                    };
+                    if let Message::LeadDigests {
+                        algorithm,
+                        start,
+                        digests,
+                        ..
+                    } = &m
+                    {
+                        let n = (digests.len() / algorithm.digest_len()) as u64;
+                        check_range(BlockRange::new(*start, n), "digests")?;
+                    }
+                    // A leader that has finished its scans takes nothing more: dropped.
+                    let _ = lead.send(m);
                 }
                 other => {
                     return Err(Error::protocol(

@@ -3,16 +3,14 @@
 //! Invariant: after a write or flush of this volume failed, the coherence record is forgotten
 //! before anything is told to the primary, so the next session compares every block — what was
 //! written since the last successful flush may be gone, and a resync from the primary's dirty
-//! map alone would never send it again. (The record lives in memory; forgetting it is what a
-//! restarted secondary does too.)
+//! map alone would never send it again; and the volume is marked inconsistent, durably where
+//! the record is on disk.
 
 use tracing::warn;
 
 use super::Inner;
 use crate::protocol::link;
 use crate::protocol::messages::{io_op, Message};
-use crate::sync::lock;
-use crate::units::Generation;
 use crate::Error;
 
 /// `EIO`, for an I/O error that carries no OS error number.
@@ -40,7 +38,9 @@ pub(super) fn error_message(e: &Error) -> Message {
 /// Forgets the coherence record after an I/O error of the volume; other errors leave it.
 pub(super) fn forget_coherence_after(inner: &Inner, e: &Error) {
     if let Error::Io { .. } = e {
-        *lock(&inner.coherent) = Generation::default();
+        if let Err(m) = inner.meta.forget_coherence() {
+            warn!(volume = inner.volume.name(), error = %m, "could not record the lost coherence on disk; this process forgets it");
+        }
         warn!(volume = inner.volume.name(), error = %e, "volume I/O failed: the next session compares every block");
     }
 }

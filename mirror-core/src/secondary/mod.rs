@@ -6,31 +6,40 @@
 //! - Nothing is written before the handshake (version, secret, volume size and block size)
 //!   has succeeded, and every offset and length is checked against the volume before any I/O;
 //!   a bad frame ends that connection with an `Error` message, never touches the volume.
-//! - One session at a time: a newly authenticated primary takes over (the old connection is
-//!   shut down and its handler finishes before the new one applies anything), so writes of two
-//!   connections never interleave.
-//! - The coherence record (which primary session and connection last attached) is reported
-//!   at every handshake, before it is replaced; the primary decides from it whether its dirty
-//!   map can drive the resync. It lives in memory: a restarted secondary reports none, which
-//!   forces a full checksum scan. After a write or flush of the volume failed it is forgotten
-//!   ([`failure`]), so the next session compares every block.
+//! - One session at a time, and a live one holds the volume: another primary session is
+//!   refused while the holder's link is alive; a connection of the same session takes over
+//!   (the old connection is shut down and its handler finishes before the new one applies
+//!   anything), so writes of two connections never interleave.
+//! - A secondary belongs to one volume: a primary is admitted only when the metadata record's
+//!   history allows it ([`crate::meta::SecondaryMeta`]); the record, with which primary session
+//!   and connection last attached, is on disk before the primary hears it was admitted, so a
+//!   restarted secondary lets the same session resync from its dirty map.
+//! - The record says inconsistent before the first out-of-order resync block is applied, and
+//!   consistent only at the `ResyncDone` that ends the resync. After a write or flush of the
+//!   volume failed, its coherence is forgotten and it is marked inconsistent ([`failure`]), so
+//!   the next session compares every block.
 //! - An acknowledgement promises what its write's durability asked: sent on arrival, after the
 //!   write, or after a flush that covers it ([`commit`]: one flush per batch).
 //!
-//! - Before authentication a connection costs a bounded, small amount ([`admission`]): a
+//! - Scans it leads of its own accord ([`lead`]) change its volume only through repair writes
+//!   of the primary's ordered stream, never by anything it reads or computes itself.
+//! - Before authentication a connection costs a bounded, small amount ([`gate`]): a
 //!   whole-handshake deadline, caps on connections in handshake and on sessions, an accept
 //!   loop that backs off when descriptors run out, a connection whose thread cannot start is
 //!   closed and logged, refusals are logged at warn with the peer's address, rate-limited.
 //!
-//! Parts: [`admission`] (what a connection may cost before it authenticates), [`session`]
-//! (TLS and the handshake), [`apply`] (the ordered apply loop), [`commit`] (group commit of
-//! acknowledgements), [`failure`] (telling errors), [`worker`] (scans and
-//! compares). This file is the public face, [`Secondary`], and the accept loop.
+//! Parts: [`gate`] (what a connection may cost before it authenticates), [`session`] (TLS
+//! and the handshake), [`admission`] (which primary may attach), [`apply`] (the ordered
+//! apply loop), [`commit`] (group commit of acknowledgements), [`failure`] (telling errors),
+//! [`worker`] (scans and compares the primary asks for), [`lead`] (scans the secondary
+//! leads). This file is the public face, [`Secondary`], and the accept loop.
 
-pub mod admission;
+mod admission;
 mod apply;
 mod commit;
 mod failure;
+pub mod gate;
+mod lead;
 mod session;
 mod worker;
 
@@ -43,10 +52,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
-use self::admission::{is_resource_exhaustion, Admission, Admitted, Backoff, RateLimit};
+use self::gate::{is_resource_exhaustion, Admission, Admitted, Backoff, RateLimit};
 use self::session::handle_connection;
 use crate::config::SecondaryConfig;
+use crate::meta::{MetaStore, SecondaryMeta};
 use crate::protocol::link::Counters;
+use crate::report::Report;
 use crate::storage::volume::Volume;
 use crate::sync::lock;
 use crate::units::Generation;
@@ -69,6 +80,16 @@ pub struct SecondaryStatus {
     pub bytes_sent: u64,
     /// The last connection error.
     pub last_error: Option<String>,
+    /// False while a resync that is not in write order is under way: not a usable image.
+    pub consistent: bool,
+    /// The volume's identity.
+    pub identity: crate::meta::VolumeId,
+    /// The primary volume it mirrors (none until bound).
+    pub bound_to: crate::meta::VolumeId,
+    /// Scans this secondary led to their end (on connection and periodic).
+    pub lead_scans: u64,
+    /// The report of the last of them, if any.
+    pub last_report: Option<Report>,
 }
 
 /// The secondary side of a mirrored pair: applies what a primary sends.
@@ -92,6 +113,8 @@ struct Stats {
     bytes_received: AtomicU64,
     bytes_sent: AtomicU64,
     last_error: Mutex<Option<String>>,
+    lead_scans: AtomicU64,
+    last_report: Mutex<Option<Report>>,
     peer: Mutex<Option<String>>,
     current: Mutex<Option<Arc<Counters>>>,
 }
@@ -100,7 +123,9 @@ struct Stats {
 struct Inner {
     volume: Arc<dyn Volume>,
     config: SecondaryConfig,
-    coherent: Mutex<Generation>,
+    meta: SecondaryMeta,
+    /// The session that holds the volume: its connection, session id and since when.
+    holder: Mutex<Option<admission::Holder>>,
     serving: Mutex<Option<Serving>>,
     /// Every open connection, so stop and takeover can shut them down.
     conns: Mutex<HashMap<u64, TcpStream>>,
@@ -110,6 +135,8 @@ struct Inner {
     /// Held by the handler of the active session while it applies frames.
     session: Mutex<()>,
     next_conn: AtomicU64,
+    /// Request ids of the scans this secondary leads.
+    next_lead_req: AtomicU64,
     stats: Stats,
     /// Connections in handshake and sessions, under their caps.
     admission: Arc<Admission>,
@@ -133,24 +160,37 @@ impl Inner {
     }
 }
 
+impl Inner {
+    fn record_lead_report(&self, report: Report) {
+        *lock(&self.stats.last_report) = Some(report);
+        self.stats.lead_scans.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
 impl Secondary {
     /// A secondary over `volume`; it listens once [`serve`](Self::serve) is called.
     pub fn new(volume: Arc<dyn Volume>, config: SecondaryConfig) -> Result<Secondary> {
         if let Some(s) = &config.secret {
             crate::config::check_secret(s)?;
         }
+        let meta = SecondaryMeta::open(config.meta.clone().map(MetaStore::new))?;
+        if let Some(p) = &config.periodic {
+            p.validate()?;
+        }
         let admission = Arc::new(Admission::new(config.limits));
         Ok(Secondary {
             inner: Arc::new(Inner {
                 volume,
                 config,
-                coherent: Mutex::new(Generation::default()),
+                meta,
+                holder: Mutex::new(None),
                 serving: Mutex::new(None),
                 conns: Mutex::new(HashMap::new()),
                 handlers: Mutex::new(Vec::new()),
                 active: Mutex::new(None),
                 session: Mutex::new(()),
                 next_conn: AtomicU64::new(1),
+                next_lead_req: AtomicU64::new(1),
                 stats: Stats::default(),
                 admission,
                 warnings: RateLimit::new(10, Duration::from_secs(10)),
@@ -220,12 +260,18 @@ impl Secondary {
 
     /// The generation the secondary was last attached to.
     pub fn generation(&self) -> Generation {
-        *lock(&self.inner.coherent)
+        self.inner.meta.record().last_coherent
+    }
+
+    /// A copy of the secondary's metadata record.
+    pub fn record(&self) -> crate::meta::MetaRecord {
+        self.inner.meta.record()
     }
 
     /// A snapshot.
     pub fn status(&self) -> SecondaryStatus {
         let s = &self.inner.stats;
+        let rec = self.inner.meta.record();
         let (mut sent, mut received) = (
             s.bytes_sent.load(Ordering::Relaxed),
             s.bytes_received.load(Ordering::Relaxed),
@@ -242,6 +288,11 @@ impl Secondary {
             bytes_received: received,
             bytes_sent: sent,
             last_error: lock(&s.last_error).clone(),
+            consistent: rec.consistent,
+            identity: rec.identity,
+            bound_to: rec.bound_to,
+            lead_scans: s.lead_scans.load(Ordering::SeqCst),
+            last_report: lock(&s.last_report).clone(),
         }
     }
 }

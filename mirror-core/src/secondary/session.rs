@@ -9,13 +9,15 @@ use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crossbeam_channel::bounded;
+use crossbeam_channel::{bounded, unbounded};
 use tracing::{debug, info, warn};
 
-use super::admission::SessionSlot;
 use super::failure::{error_message, forget_coherence_after};
+use super::gate::SessionSlot;
+use super::lead::Leader;
 use super::worker::{worker, Work};
 use super::Inner;
+use crate::meta::{GenId, Lineage, PrimaryClaim, Resolution, VolumeId};
 use crate::protocol::auth::{self, Binding};
 use crate::protocol::link::{self, Counters, FrameReader, FrameWriter, Transport};
 use crate::protocol::messages::{self as wire, code, Message};
@@ -175,39 +177,36 @@ pub(super) struct Session<'a> {
 
 impl Session<'_> {
     pub(super) fn run(&self, reader: &mut FrameReader) -> Result<()> {
-        let (open, _slot) = self.handshake(reader)?;
+        let (open, claim, _slot) = self.handshake(reader)?;
         reader.handshake_done();
 
-        // Take over from any earlier session: shut it down, then wait for its handler to let
-        // go of the session before anything of ours is applied.
-        {
-            let mut active = lock(&self.inner.active);
-            if let Some(old) = active.replace(self.id) {
-                if let Some(c) = lock(&self.inner.conns).get(&old) {
-                    info!(
-                        peer = self.peer,
-                        "new primary connection takes over from the previous one"
-                    );
-                    let _ = c.shutdown(std::net::Shutdown::Both);
-                }
-            }
-        }
+        // A live session of another primary holds the volume (refused); a stale connection of
+        // this one is shut down, and its handler lets go of the session before anything of
+        // ours is applied.
+        self.take_hold(open.session)?;
         let _session = lock(&self.inner.session);
         if *lock(&self.inner.active) != Some(self.id) {
             return Err(Error::link(self.peer, "superseded by a newer connection"));
         }
-        let last = {
-            let mut g = lock(&self.inner.coherent);
-            let last = *g;
-            *g = open;
-            last
+        let reply = match self.admit(open, &claim) {
+            Ok(r) => r,
+            Err(e) => {
+                self.release_hold();
+                return Err(e);
+            }
         };
-        self.send_now(&Message::OpenReply {
-            size: self.inner.volume.size(),
-            block_size: self.inner.volume.block_size().get(),
-            last_session: last.session,
-            last_epoch: last.epoch,
-        })?;
+        let last = match &reply {
+            Message::OpenReply {
+                last_session,
+                last_epoch,
+                ..
+            } => Generation {
+                session: *last_session,
+                epoch: *last_epoch,
+            },
+            _ => Generation::default(),
+        };
+        self.send_now(&reply)?;
         self.inner.stats.connections.fetch_add(1, Ordering::Relaxed);
         *lock(&self.inner.stats.peer) = Some(self.peer.to_owned());
         *lock(&self.inner.stats.current) = Some(self.counters.clone());
@@ -237,17 +236,43 @@ impl Session<'_> {
                 })
                 .map_err(|e| Error::link(self.peer, format!("spawn: {e}")))?
         };
-        let result = self.apply_loop(reader, &tx);
+        let (lead_tx, lead_thread) = if self.inner.config.leads() {
+            let (lead_tx, lead_rx) = unbounded::<Message>();
+            let inner = self.inner.clone();
+            let writer = self.writer.clone();
+            let closing = closing.clone();
+            let peer = self.peer.to_owned();
+            let counters = self.counters.clone();
+            let h = std::thread::Builder::new()
+                .name("mirror-secondary-lead".into())
+                .spawn(move || {
+                    Leader {
+                        inner: &inner,
+                        writer: &writer,
+                        rx: lead_rx,
+                        closing: &closing,
+                        peer: &peer,
+                        counters,
+                    }
+                    .run();
+                })
+                .map_err(|e| Error::link(self.peer, format!("spawn: {e}")))?;
+            (Some(lead_tx), Some(h))
+        } else {
+            (None, None)
+        };
+        let result = self.apply_loop(reader, &tx, lead_tx.as_ref());
         closing.store(true, Ordering::SeqCst);
         drop(tx);
+        drop(lead_tx);
         let _ = worker.join();
+        if let Some(h) = lead_thread {
+            let _ = h.join();
+        }
         if let Err(e) = self.inner.volume.flush() {
             forget_coherence_after(self.inner, &e);
         }
-        let mut active = lock(&self.inner.active);
-        if *active == Some(self.id) {
-            *active = None;
-        }
+        self.release_hold();
         result
     }
 
@@ -255,7 +280,10 @@ impl Session<'_> {
         lock(self.writer).send_now(m)
     }
 
-    pub(super) fn handshake(&self, reader: &mut FrameReader) -> Result<(Generation, SessionSlot)> {
+    pub(super) fn handshake(
+        &self,
+        reader: &mut FrameReader,
+    ) -> Result<(Generation, PrimaryClaim, SessionSlot)> {
         let vol = &self.inner.volume;
         let (version, nonce_p) = match reader.recv()? {
             Message::Hello {
@@ -338,11 +366,14 @@ impl Session<'_> {
         self.authenticated.store(true, Ordering::SeqCst);
         let open = match reader.recv()? {
             Message::Open {
+                volume_id,
                 session,
                 epoch,
                 size,
                 block_size,
-                ..
+                generation,
+                flags,
+                history,
             } => {
                 if block_size != vol.block_size().get() {
                     return Err(Error::Mismatch(format!(
@@ -358,10 +389,26 @@ impl Session<'_> {
                         vol.size()
                     )));
                 }
-                if session == 0 {
-                    return Err(Error::protocol(self.peer, "Open with session id 0"));
+                if session == 0 || volume_id == 0 || generation == 0 {
+                    return Err(Error::protocol(
+                        self.peer,
+                        "Open with a zero session, volume identity or generation",
+                    ));
                 }
-                Generation { session, epoch }
+                let claim = PrimaryClaim {
+                    lineage: Lineage {
+                        identity: VolumeId(volume_id),
+                        current: GenId(generation),
+                        history: wire::history_ids(&history).into_iter().map(GenId).collect(),
+                        bound_to: VolumeId(0),
+                    },
+                    resolution: Resolution {
+                        adopt: flags & wire::open_flags::ADOPT != 0,
+                        discard_secondary: flags & wire::open_flags::DISCARD_SECONDARY != 0,
+                    },
+                    ephemeral: flags & wire::open_flags::EPHEMERAL != 0,
+                };
+                (Generation { session, epoch }, claim)
             }
             other => {
                 return Err(Error::protocol(
@@ -370,6 +417,6 @@ impl Session<'_> {
                 ))
             }
         };
-        Ok((open, slot))
+        Ok((open.0, open.1, slot))
     }
 }

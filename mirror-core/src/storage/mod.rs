@@ -12,3 +12,4 @@ pub mod exclusive;
 pub mod fault;
 pub mod scan;
 pub mod volume;
+pub mod zero;

@@ -13,6 +13,7 @@ use std::os::unix::fs::{FileExt, FileTypeExt};
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
+use super::zero::{fallocate_zero, write_zero_chunks, ZeroHow};
 use crate::units::BlockSize;
 use crate::{Error, Result};
 
@@ -55,6 +56,23 @@ pub trait Volume: Send + Sync + fmt::Debug {
 
     /// Makes every completed write durable.
     fn flush(&self) -> Result<()>;
+
+    /// Makes `[offset, offset + len)` read as zeros, its storage kept allocated where the
+    /// backend can say so. The range follows the same contract as a write. The default writes
+    /// zeros in chunks of at most [`ZERO_CHUNK`](super::zero::ZERO_CHUNK) bytes; backends
+    /// that can zero without writing (fallocate, a device's write-zeroes) override it.
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        check_io(self.name(), self.size(), self.block_size(), offset, len)?;
+        super::zero::write_zero_chunks(self, offset, len)
+    }
+
+    /// Trims `[offset, offset + len)`: releases its storage where the backend can (punching
+    /// a hole, discarding), and in every case leaves the range reading as zeros. Trim is not
+    /// advisory here, so a trimmed range is the same bytes on every volume and scans compare
+    /// it exactly. The default is [`write_zeroes`](Self::write_zeroes).
+    fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.write_zeroes(offset, len)
+    }
 
     /// Reads a batch. Backends that can keep several reads in flight (io_uring) override it;
     /// the default reads one after another.
@@ -257,6 +275,31 @@ impl Volume for FileVolume {
             .sync_data()
             .map_err(|e| Error::io(&self.name, "flush", 0, e))
     }
+
+    fn write_zeroes(&self, offset: u64, len: u64) -> Result<()> {
+        self.zero(ZeroHow::KeepAllocated, offset, len)
+    }
+
+    fn trim(&self, offset: u64, len: u64) -> Result<()> {
+        self.zero(ZeroHow::Release, offset, len)
+    }
+}
+
+impl FileVolume {
+    /// Zeros a range by fallocate, or by writing zeros where the file system or device does
+    /// not support the mode.
+    fn zero(&self, how: ZeroHow, offset: u64, len: u64) -> Result<()> {
+        check_io(&self.name, self.size, self.block_size, offset, len)?;
+        if fallocate_zero(&self.file, &self.name, how, offset, len)? {
+            return Ok(());
+        }
+        if how == ZeroHow::Release
+            && fallocate_zero(&self.file, &self.name, ZeroHow::KeepAllocated, offset, len)?
+        {
+            return Ok(());
+        }
+        write_zero_chunks(self, offset, len)
+    }
 }
 
 /// A volume in memory, for tests and examples.
@@ -408,6 +451,50 @@ pub mod conformance {
         let mut after = vec![0u8; bs];
         vol.read_at(0, &mut after).unwrap();
         assert_eq!(before, after, "a refused write changed the volume");
+
+        // Write-zeroes and trim leave zeros, in whole blocks and in the partial last block,
+        // and refuse what a write would refuse.
+        for (i, zero) in [
+            (|v: &dyn Volume, o, l| v.write_zeroes(o, l))
+                as fn(&dyn Volume, u64, u64) -> Result<()>,
+            |v: &dyn Volume, o, l| v.trim(o, l),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let fill = vec![0x3Cu8 + i as u8; 3 * bs];
+            vol.write_at(0, &fill).unwrap();
+            vol.write_at(last, &pattern).unwrap();
+            zero(vol, bs as u64, bs as u64).expect("zero one block");
+            let mut got = vec![1u8; 3 * bs];
+            vol.read_at(0, &mut got).unwrap();
+            assert_eq!(got[..bs], fill[..bs], "zeroing reached before its range");
+            assert!(got[bs..2 * bs].iter().all(|&b| b == 0), "block not zeroed");
+            assert_eq!(
+                got[2 * bs..],
+                fill[2 * bs..],
+                "zeroing reached past its range"
+            );
+            zero(vol, last, size - last).expect("zero the partial last block");
+            let mut got = vec![1u8; tail];
+            vol.read_at(last, &mut got).unwrap();
+            assert!(got.iter().all(|&b| b == 0), "partial last block not zeroed");
+            assert_eq!(vol.size(), size, "zeroing changed the size");
+            for (o, l) in [
+                (1, bs as u64),
+                (0, bs as u64 + 1),
+                (last, 2 * bs as u64),
+                (u64::MAX - (bs as u64 - 1), bs as u64),
+            ] {
+                let err = zero(vol, o, l).unwrap_err();
+                assert_eq!(err.kind(), crate::ErrorKind::InvalidArgument, "{err}");
+            }
+            let mut after = vec![0u8; bs];
+            vol.read_at(0, &mut after).unwrap();
+            assert_eq!(after, fill[..bs], "a refused zeroing changed the volume");
+        }
+        // Callers check what the writes above left in the partial last block.
+        vol.write_at(last, &pattern).unwrap();
 
         vol.flush().expect("flush");
     }

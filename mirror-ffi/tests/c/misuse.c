@@ -112,6 +112,19 @@ static void configs_refuse_bad_values(const char *volume, uint32_t backend) {
               mirror_secondary_config_set_link_timeout_ms(sc, 99));
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_config_set_secret(sc, NULL, 1));
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_config_set_allow_insecure(NULL, true));
+    /* The scans the secondary leads. */
+    EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_config_set_scan_on_connect(NULL, true));
+    EXPECT_OK(mirror_secondary_config_set_scan_on_connect(sc, true));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_secondary_config_set_compare_side(sc, 0));
+    EXPECT_OK(mirror_secondary_config_set_compare_side(sc, MIRROR_COMPARE_SIDE_PRIMARY));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_secondary_config_set_algorithm(sc, 99));
+    EXPECT_OK(mirror_secondary_config_set_algorithm(sc, MIRROR_ALGORITHM_CRC32));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
+              mirror_secondary_config_set_periodic_scan(sc, 1000, -1.0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
+              mirror_secondary_config_set_periodic_scan(sc, 1000, 0.0 / 0.0));
+    EXPECT_OK(mirror_secondary_config_set_periodic_scan(sc, 1000, 8.0));
+    EXPECT_OK(mirror_secondary_config_set_periodic_scan(sc, 0, 0.0));
     mirror_secondary_config_free(sc);
 }
 
@@ -216,6 +229,14 @@ static void primary_refuses_misuse_and_use_after_close(const char *volume, uint3
               mirror_primary_write(p, UINT64_MAX - BLOCK + 1, block, BLOCK, &outcome));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
               mirror_primary_replicate(p, 4097, block, BLOCK, &outcome));
+    /* Write-zeroes and trim take the write's rules, bounded by the volume. */
+    EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_primary_write_zeroes(NULL, 0, BLOCK, NULL));
+    EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_primary_trim(NULL, 0, BLOCK, NULL));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_write_zeroes(p, 100, BLOCK, &outcome));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_trim(p, 0, 100, &outcome));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
+              mirror_primary_write_zeroes(p, VOLUME_SIZE - BLOCK, 2 * BLOCK, &outcome));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_trim(p, BLOCK, UINT64_MAX, &outcome));
     EXPECT(outcome == 0xdead);
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_mark_dirty(p, VOLUME_SIZE, 1));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_mark_dirty(p, UINT64_MAX, 2));
@@ -224,6 +245,9 @@ static void primary_refuses_misuse_and_use_after_close(const char *volume, uint3
     EXPECT_OK(mirror_primary_write(p, BLOCK, block, BLOCK, &outcome));
     EXPECT(outcome == MIRROR_WRITE_OUTCOME_DEGRADED);
     EXPECT_OK(mirror_primary_mark_dirty(p, 0, 512));
+    outcome = 0xdead;
+    EXPECT_OK(mirror_primary_trim(p, 2 * BLOCK, BLOCK, &outcome));
+    EXPECT(outcome == MIRROR_WRITE_OUTCOME_DEGRADED);
     mirror_status st;
     EXPECT_OK(mirror_primary_get_status(p, &st));
     EXPECT(st.state == MIRROR_LINK_STATE_DISCONNECTED);
@@ -264,6 +288,8 @@ static void primary_refuses_misuse_and_use_after_close(const char *volume, uint3
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_write(p, 0, block, BLOCK, &outcome));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_replicate(p, 0, block, BLOCK, &outcome));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_mark_dirty(p, 0, BLOCK));
+    EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_write_zeroes(p, 0, BLOCK, &outcome));
+    EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_trim(p, 0, BLOCK, NULL));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_flush(p));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_get_status(p, &st));
     EXPECT_RC(MIRROR_RESULT_CLOSED, mirror_primary_resync(p, 0, 0, &report));
@@ -324,6 +350,7 @@ static void secondary_refuses_misuse_and_use_after_close(const char *volume, uin
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_secondary_get_status(s, NULL));
     EXPECT_OK(mirror_secondary_get_status(s, &st));
     EXPECT(st.serving && !st.connected);
+    EXPECT(st.lead_scans == 0 && !st.has_last_report);
     EXPECT_OK(mirror_secondary_last_link_error(s, addr, sizeof addr, &addr_len));
     EXPECT(addr[0] == '\0' && addr_len == 0);
 

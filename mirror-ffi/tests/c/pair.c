@@ -125,6 +125,21 @@ int main(int argc, char **argv) {
     close(fd);
     EXPECT_OK(mirror_primary_flush(p));
 
+    /* Write-zeroes and trim: zero on the secondary before the call returns (sync mode). */
+    EXPECT_OK(mirror_primary_write_zeroes(p, 0, 2 * BLOCK, &outcome));
+    EXPECT(outcome == MIRROR_WRITE_OUTCOME_REPLICATED);
+    EXPECT_OK(mirror_primary_trim(p, 3 * BLOCK, BLOCK, &outcome));
+    EXPECT(outcome == MIRROR_WRITE_OUTCOME_REPLICATED);
+    {
+        size_t lz = 0;
+        uint8_t *z = read_file(svol, &lz);
+        int zero = lz == VOLUME_SIZE;
+        for (size_t i = 0; zero && i < 4 * BLOCK; i++)
+            zero = z[i] == 0;
+        EXPECT(zero);
+        free(z);
+    }
+
     mirror_secondary_status sst;
     EXPECT_OK(mirror_secondary_get_status(s, &sst));
     EXPECT(sst.connected && sst.writes_applied >= 72);

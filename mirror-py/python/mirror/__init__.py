@@ -10,6 +10,7 @@ Errors derive from :class:`MirrorError`; see ``mirror._errors`` for the hierarch
 
 from mirror._errors import (
     AuthError,
+    BusyError,
     ClosedError,
     ConfigError,
     LinkError,
@@ -32,6 +33,7 @@ from mirror._mirror import (
 
 __all__ = [
     "AuthError",
+    "BusyError",
     "ClosedError",
     "ConfigError",
     "LinkError",

@@ -2,6 +2,7 @@
 
 from mirror._errors import (
     AuthError as AuthError,
+    BusyError as BusyError,
     ClosedError as ClosedError,
     ConfigError as ConfigError,
     LinkError as LinkError,
@@ -24,6 +25,7 @@ from mirror._mirror import (
 
 __all__ = [
     "AuthError",
+    "BusyError",
     "ClosedError",
     "ConfigError",
     "LinkError",

@@ -9,7 +9,9 @@ Hierarchy::
     MirrorError
     ├── ConfigError (also ValueError)     bad argument or configuration value: offset,
     │   │                                 length, alignment, block size, names, secret
-    │   └── MismatchError                 the two volumes or peers do not match
+    │   └── MismatchError                 the two volumes or peers do not match: size, block
+    │                                     size, version, identity, or a split brain
+    ├── BusyError                         the secondary is held by another live session
     ├── LinkError (also ConnectionError)  the link could not be made, was lost, timed out
     ├── ProtocolError                     the peer broke the wire protocol
     ├── AuthError                         shared-secret authentication failed
@@ -30,6 +32,7 @@ __all__ = [
     "MirrorError",
     "ConfigError",
     "MismatchError",
+    "BusyError",
     "LinkError",
     "ProtocolError",
     "AuthError",
@@ -50,8 +53,15 @@ class ConfigError(MirrorError, ValueError):
 
 
 class MismatchError(ConfigError):
-    """The two volumes (size, block size) or the two peers (protocol version) do not
-    match; refused at handshake."""
+    """The two volumes (size, block size, identity) or the two peers (protocol version) do
+    not match, or their histories diverged (split brain); refused at handshake, nothing
+    written. ``adopt=True`` or ``discard_secondary=True`` on the Primary says which side
+    wins."""
+
+
+class BusyError(MirrorError):
+    """The secondary is held by another primary session whose link is alive; refused at
+    handshake without disturbing that session."""
 
 
 class LinkError(MirrorError, ConnectionError):

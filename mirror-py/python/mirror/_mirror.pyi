@@ -69,6 +69,8 @@ class Status:
     @property
     def last_report(self) -> Optional[Report]: ...
     @property
+    def last_secondary_report(self) -> Optional[Report]: ...
+    @property
     def degraded(self) -> bool: ...
 
 @final
@@ -89,6 +91,16 @@ class SecondaryStatus:
     def bytes_sent(self) -> int: ...
     @property
     def last_error(self) -> Optional[str]: ...
+    @property
+    def consistent(self) -> bool: ...
+    @property
+    def identity(self) -> str: ...
+    @property
+    def bound_to(self) -> Optional[str]: ...
+    @property
+    def lead_scans(self) -> int: ...
+    @property
+    def last_report(self) -> Optional[Report]: ...
 
 @final
 class ScanMap:
@@ -143,6 +155,10 @@ class Primary:
         durability: Literal["flushed", "written", "received"] = "flushed",
         on_disconnect: Literal["degrade", "fail", "suspend"] = "degrade",
         suspend_timeout: float = 30.0,
+        meta: Optional[_Path] = None,
+        adopt: bool = False,
+        discard_secondary: bool = False,
+        write_intent: bool = False,
         tls_cert: Optional[_Path] = None,
         tls_key: Optional[_Path] = None,
         tls_trust: Optional[_Path] = None,
@@ -150,6 +166,8 @@ class Primary:
     ) -> Self: ...
     def write(self, offset: int, data: Buffer) -> _Outcome: ...
     def replicate(self, offset: int, data: Buffer) -> _Outcome: ...
+    def write_zeroes(self, offset: int, length: int) -> _Outcome: ...
+    def trim(self, offset: int, length: int) -> _Outcome: ...
     def mark_dirty(self, offset: int, length: int) -> None: ...
     def flush(self) -> None: ...
     def scan(
@@ -201,6 +219,12 @@ class Secondary:
         create: Optional[int] = None,
         allow_insecure: bool = False,
         link_timeout: float = 5.0,
+        meta: Optional[_Path] = None,
+        scan_on_connect: bool = False,
+        interval: Optional[float] = None,
+        rate: Optional[float] = None,
+        compare: Literal["primary", "secondary"] = "secondary",
+        algorithm: Optional[_Algorithm] = None,
         tls_cert: Optional[_Path] = None,
         tls_key: Optional[_Path] = None,
         tls_trust: Optional[_Path] = None,

@@ -1,0 +1,96 @@
+//! The benchmarks behind `make bench` stay runnable: tiny sizes, one run, and the assertions
+//! the benchmarks make themselves (every sync leaves equal files, or they fail).
+
+use std::process::Command;
+
+fn mirror() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mirror"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+fn have_rsync() -> bool {
+    Command::new("rsync")
+        .arg("--version")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn bench_table_compares_with_rsync_and_prints_every_table() {
+    if !have_rsync() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "rsync is missing (the Debian package rsync; .ci/run installs it)"
+        );
+        eprintln!("skipped: rsync is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = mirror()
+        .args(["bench-table", "--size", "4M", "--runs", "1"])
+        .args(["--diff-percents", "0,1", "--wan-diff-percent", "1"])
+        .args([
+            "--wan-rtt-ms",
+            "10",
+            "--wan-mbit",
+            "1000",
+            "--rss-sizes",
+            "4M,8M",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {text}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "| 0 (0%) | mirror | crc32 |",
+        "| 10 (1%) | mirror | sha1 |",
+        "| 10 (1%) | rsync |",
+        "| sync | md5 |",
+        "| verify | crc32 |",
+        "| 8.00 MiB |",
+        "verify of an identical",
+        "peak RSS, 8.00 MiB pair",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn bench_replicate_prints_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mirror()
+        .args([
+            "bench-replicate",
+            "--size",
+            "8M",
+            "--bytes",
+            "4M",
+            "--runs",
+            "1",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {text}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for needle in [
+        "| local volume alone |",
+        "| sync-mode replication |",
+        "| sync-mode replication during that resync |",
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
