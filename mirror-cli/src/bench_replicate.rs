@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::HumanBytes;
-use mirror_core::{Primary, PrimaryConfig, Secondary, SecondaryConfig, Volume};
+use mirror_core::{Durability, ErrorKind, Primary, PrimaryConfig, Secondary, SecondaryConfig, Volume};
 use mirror_uring::{open_volume, IoBackend, VolumeOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -105,13 +105,26 @@ pub fn run(args: ReplicateBenchArgs) -> Result<u8> {
         SecondaryConfig::new("127.0.0.1:0"),
     )?;
     let addr = secondary.serve()?.to_string();
+    // The previous primary's session may still hold the secondary for a moment after its
+    // close returned (the secondary ends the session on its own thread): retried while busy.
     let open_primary = || -> Result<Primary> {
-        let mut config = PrimaryConfig::new(addr.clone());
-        config.auto_resync = false;
-        config.link_timeout = Duration::from_secs(30);
-        let primary = Primary::open(open_volume(&p_path, &vopts)?, config)?;
-        primary.wait_connected(Duration::from_secs(30))?;
-        Ok(primary)
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut config = PrimaryConfig::new(addr.clone());
+            config.auto_resync = false;
+            // Acknowledged once written, as the local row writes: the same durability.
+            config.durability = Durability::Written;
+            config.link_timeout = Duration::from_secs(30);
+            let primary = Primary::open(open_volume(&p_path, &vopts)?, config)?;
+            match primary.wait_connected(Duration::from_secs(30)) {
+                Ok(_) => return Ok(primary),
+                Err(e) if e.kind() == ErrorKind::Busy && Instant::now() < deadline => {
+                    let _ = primary.close();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
 
     let (mut local, mut replicated, mut during, mut resync_alone, mut resync_loaded) =
