@@ -15,7 +15,9 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::HumanBytes;
-use mirror_core::{Durability, ErrorKind, Primary, PrimaryConfig, Secondary, SecondaryConfig, Volume};
+use mirror_core::{
+    Durability, ErrorKind, Primary, PrimaryConfig, Secondary, SecondaryConfig, Volume,
+};
 use mirror_uring::{open_volume, IoBackend, VolumeOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};

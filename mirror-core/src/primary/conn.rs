@@ -2,6 +2,10 @@
 //! *before* it is queued, so when the link fails ([`Conn::fail`]) every write it carried is
 //! put in the dirty map, every taken region goes back, and every waiter wakes — before the
 //! link is reported down. A barrier's regions leave the map only when its ack arrives.
+//!
+//! Frames reach the socket in one order: they leave the queue only under the writer's lock,
+//! and a write sent directly from its caller's buffer ([`Conn::send_write_now`]) first sends
+//! everything queued before it, under that same lock.
 
 use std::collections::HashMap;
 use std::net::TcpStream;
@@ -15,7 +19,7 @@ use tracing::{debug, warn};
 use super::Inner;
 use crate::dirty::{DirtyMap, Region};
 use crate::durability::Durability;
-use crate::protocol::link::Counters;
+use crate::protocol::link::{Counters, FrameWriter};
 use crate::protocol::messages::Message;
 use crate::sync::lock;
 use crate::{Error, ErrorKind, Result};
@@ -84,6 +88,10 @@ pub(super) struct PendingTable {
 pub(super) struct Conn {
     pub(super) peer: String,
     pub(super) tx: Sender<Vec<u8>>,
+    /// The other end of `tx`: drained only under `writer`'s lock.
+    pub(super) queued: Receiver<Vec<u8>>,
+    /// The link's writing half, shared by the writer thread and direct senders.
+    pub(super) writer: Mutex<FrameWriter>,
     pub(super) seq: AtomicU64,
     pub(super) pending: Mutex<PendingTable>,
     pub(super) routes: Mutex<HashMap<u64, Sender<Message>>>,
@@ -142,6 +150,57 @@ impl Conn {
             lock(&self.pending).entries.remove(&seq);
         }
         Ok(sent)
+    }
+
+    /// Sends every queued frame, in order, and flushes.
+    pub(super) fn send_queued(&self) -> Result<()> {
+        let mut w = lock(&self.writer);
+        self.drain_queue(&mut w)?;
+        w.flush()
+    }
+
+    fn drain_queue(&self, w: &mut FrameWriter) -> Result<()> {
+        while let Ok(f) = self.queued.try_recv() {
+            if !f.is_empty() {
+                w.send_frame(&f)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a pending write and sends it now, its data from the caller's buffer (no
+    /// copy, no hand-off to the writer thread), after every frame queued before it. Ok(false)
+    /// when the link is down (nothing registered). A failed send is returned with the entry
+    /// registered: the caller fails the link, which accounts for it and wakes `waiter`.
+    pub(super) fn send_write_now(
+        &self,
+        offset: u64,
+        flags: u8,
+        data: &[u8],
+        waiter: Arc<Waiter>,
+    ) -> Result<bool> {
+        let mut w = lock(&self.writer);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut p = lock(&self.pending);
+            if p.dead {
+                return Ok(false);
+            }
+            let kind = PendingKind::Write {
+                offset,
+                len: data.len() as u64,
+            };
+            p.entries.insert(
+                seq,
+                PendingEntry {
+                    kind,
+                    waiter: Some(waiter),
+                },
+            );
+        }
+        self.drain_queue(&mut w)?;
+        w.send_write_now(seq, offset, flags, data)?;
+        Ok(true)
     }
 
     /// Queues a message that expects no ack.

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{bounded, unbounded, Receiver, Select, Sender};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
@@ -18,7 +18,7 @@ use super::handshake::Handshaken;
 use super::lead::lead_server;
 use super::{Inner, JobKind, JobOptions};
 use crate::dirty::Region;
-use crate::protocol::link::{FrameReader, FrameWriter};
+use crate::protocol::link::FrameReader;
 use crate::protocol::messages::Message;
 use crate::report::LinkState;
 use crate::sync::lock;
@@ -151,6 +151,8 @@ pub(super) fn manager(inner: Arc<Inner>) {
         let conn = Arc::new(Conn {
             peer: inner.config.peer.clone(),
             tx,
+            queued: rx.clone(),
+            writer: Mutex::new(writer),
             seq: AtomicU64::new(1),
             pending: Mutex::new(PendingTable::default()),
             routes: Mutex::new(HashMap::new()),
@@ -190,7 +192,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
             let (inner, conn) = (inner.clone(), conn.clone());
             std::thread::Builder::new()
                 .name("mirror-link-tx".into())
-                .spawn(move || writer_loop(&inner, &conn, writer, rx, ping))
+                .spawn(move || writer_loop(&inner, &conn, rx, ping))
         };
         // Scans the secondary leads are served on a thread of their own, so the reader never
         // waits on the link queue while acks are to be read.
@@ -311,36 +313,23 @@ pub(super) fn manager(inner: Arc<Inner>) {
     inner.set_state(LinkState::Closed);
 }
 
-fn writer_loop(
-    inner: &Inner,
-    conn: &Conn,
-    mut w: FrameWriter,
-    rx: Receiver<Vec<u8>>,
-    ping: Duration,
-) {
+fn writer_loop(inner: &Inner, conn: &Conn, rx: Receiver<Vec<u8>>, ping: Duration) {
     let mut nonce = 0u64;
     let result = (|| -> Result<()> {
         loop {
             if conn.is_dead() {
                 return Ok(());
             }
-            match rx.recv_timeout(ping) {
-                Ok(frame) => {
-                    if !frame.is_empty() {
-                        w.send_frame(&frame)?;
-                    }
-                    while let Ok(f) = rx.try_recv() {
-                        if !f.is_empty() {
-                            w.send_frame(&f)?;
-                        }
-                    }
-                    w.flush()?;
-                }
-                Err(RecvTimeoutError::Timeout) => {
+            // Waits for a frame without taking it: frames leave the queue under the writer's
+            // lock only, so a write its caller sends directly never overtakes a queued one.
+            let mut ready = Select::new();
+            ready.recv(&rx);
+            match ready.ready_timeout(ping) {
+                Ok(_) => conn.send_queued()?,
+                Err(_) => {
                     nonce += 1;
-                    w.send_now(&Message::Ping { nonce })?;
+                    lock(&conn.writer).send_now(&Message::Ping { nonce })?;
                 }
-                Err(RecvTimeoutError::Disconnected) => return Ok(()),
             }
         }
     })();

@@ -1,11 +1,16 @@
 //! The write path and its promises: replicating a write at the configured durability, what a
 //! sync-mode write does while there is no replica ([`OnDisconnect`]), and flushing both sides.
 //!
-//! Crash ordering of a sync-mode write: region locks → local write → pending entry registered
-//! → frame queued → locks released → the secondary's ack (at `flushed`: after its flush). A
-//! range is in the dirty map before the call returns whenever the secondary may lack it — link
-//! down, queue full, ack lost, the secondary's write failed — whatever the policy tells the
-//! caller.
+//! Crash ordering of a large sync-mode write of data: write-intent → region locks → pending entry
+//! registered → frame sent from the caller's buffer → local write → locks released → the
+//! secondary's ack (at `flushed`: after its flush). The secondary receives and writes while the
+//! local write runs, as DRBD submits both at once; the write-intent bit, durable before either,
+//! covers a crash between them, and a local write that fails after the frame left puts the range
+//! in the dirty map (the primary's content is what a resync makes both sides agree on). Zero
+//! ranges, small writes and async-mode writes go local write first, then their frame through the
+//! queue. A range is in the dirty map before the call returns whenever the secondary may lack
+//! it — link down, queue full, ack lost, the secondary's write failed, the local write failed
+//! after the frame left — whatever the policy tells the caller.
 //!
 //! `flush()` returns Ok only when everything written before it is on stable storage on both
 //! sides: a dirty range is resynced first, then a Flush is acknowledged by the secondary. With
@@ -24,6 +29,11 @@ use crate::protocol::messages::{self as wire, Message};
 use crate::storage::volume::check_io;
 use crate::sync::lock;
 use crate::{Error, Result};
+
+/// Sync-mode writes of at least this many bytes are sent by their caller, from its buffer
+/// (below it, copying into a queued frame costs less than giving up the writer thread's
+/// batching of many writers' frames into one send).
+const DIRECT_SEND_MIN: u64 = 64 << 10;
 
 /// One chunk of a write waiting for its ack.
 struct InFlight {
@@ -86,14 +96,21 @@ impl Primary {
         let _intent = IntentEnd(inner, offset, total);
         {
             let _guards = inner.locks.lock(offset, total);
-            if local {
+            let conn = lock(&inner.conn).clone().filter(|c| !c.is_dead());
+            // Large sync-mode data leaves first, straight from the caller's buffer, so that the
+            // secondary receives and writes it while the local write below runs. Small writes
+            // go through the queue, where the writer thread sends many in one system call.
+            let direct = sync
+                && conn.is_some()
+                && matches!(payload, Payload::Data(_))
+                && total >= DIRECT_SEND_MIN;
+            if local && !direct {
                 match payload {
                     Payload::Data(data) => vol.write_at(offset, data)?,
                     Payload::Zero(Zeroing::WriteZeroes, len) => vol.write_zeroes(offset, len)?,
                     Payload::Zero(Zeroing::Trim, len) => vol.trim(offset, len)?,
                 }
             }
-            let conn = lock(&inner.conn).clone().filter(|c| !c.is_dead());
             let end = offset + total;
             let mut off = offset;
             while off < end {
@@ -102,8 +119,41 @@ impl Primary {
                     // ZERO_SPAN is a multiple of every block size, so each span stays aligned.
                     Payload::Zero(..) => (end - off).min(ZERO_SPAN),
                 };
-                let queued = match &conn {
-                    Some(c) => {
+                let queued = match (&conn, payload) {
+                    (Some(c), Payload::Data(data)) if direct => {
+                        let at = (off - offset) as usize;
+                        let waiter = Arc::new(Waiter::default());
+                        let sent = c.send_write_now(
+                            off,
+                            flags,
+                            &data[at..at + len as usize],
+                            waiter.clone(),
+                        );
+                        match sent {
+                            Ok(false) => false,
+                            Ok(true) => {
+                                waiting.push(InFlight {
+                                    waiter,
+                                    conn: c.clone(),
+                                });
+                                true
+                            }
+                            Err(e) => {
+                                // Registered but not sent: failing the link marks it dirty
+                                // and wakes its waiter with the loss.
+                                if !c.is_dead() {
+                                    inner.record_error(&e);
+                                }
+                                c.fail(&inner.dirty, &e);
+                                waiting.push(InFlight {
+                                    waiter,
+                                    conn: c.clone(),
+                                });
+                                true
+                            }
+                        }
+                    }
+                    (Some(c), _) => {
                         let w = sync.then(|| Arc::new(Waiter::default()));
                         let ok = c.submit(
                             |seq| match payload {
@@ -141,13 +191,23 @@ impl Primary {
                         }
                         ok
                     }
-                    None => false,
+                    (None, _) => false,
                 };
                 if !queued {
                     lock(&inner.dirty).mark(off, len);
                     degraded = true;
                 }
                 off += len;
+            }
+            if let (true, Payload::Data(data)) = (local && direct, payload) {
+                if let Err(e) = vol.write_at(offset, data) {
+                    // The secondary may hold what this volume failed to take: apart until a
+                    // resync copies this side's content over.
+                    lock(&inner.dirty).mark(offset, total);
+                    inner.durable.meta.before_write_apart()?;
+                    inner.poke();
+                    return Err(e);
+                }
             }
         }
         if degraded {

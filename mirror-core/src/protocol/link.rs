@@ -5,12 +5,13 @@
 //! TLS adds what the CRC cannot give (integrity against a party on the path, secrecy,
 //! ordering and replay protection of the records).
 
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::protocol::frame::{read_frame_reusing, WriteFrameParts};
 use crate::protocol::messages::{self as wire, code, FrameError, Message};
 use crate::protocol::tls::{self, TlsReader, TlsStream, TlsWriter};
 use crate::{Error, Result};
@@ -60,6 +61,13 @@ impl Write for WriteHalf {
         }
     }
 
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            WriteHalf::Plain(s) => s.write_vectored(bufs),
+            WriteHalf::Tls(t) => t.write_vectored(bufs),
+        }
+    }
+
     fn flush(&mut self) -> io::Result<()> {
         match self {
             WriteHalf::Plain(s) => s.flush(),
@@ -95,6 +103,8 @@ pub struct FrameReader {
     counters: Arc<Counters>,
     max_payload: usize,
     timeout: Duration,
+    /// The buffer the next `Write`'s data is read into (see [`FrameReader::recycle`]).
+    spare: Vec<u8>,
 }
 
 impl FrameReader {
@@ -107,12 +117,14 @@ impl FrameReader {
         timeout: Duration,
     ) -> Result<Self> {
         Ok(FrameReader {
-            inner: BufReader::with_capacity(256 << 10, half),
+            // Small next to a Write's data, which is read past it straight into `spare`.
+            inner: BufReader::with_capacity(64 << 10, half),
             peer,
             role,
             counters,
             max_payload: wire::MAX_HANDSHAKE_PAYLOAD,
             timeout,
+            spare: Vec::new(),
         })
     }
 
@@ -123,7 +135,7 @@ impl FrameReader {
 
     /// The next message. A peer's `Error` message is returned as an error.
     pub fn recv(&mut self) -> Result<Message> {
-        match wire::read_frame(&mut self.inner, self.max_payload) {
+        match read_frame_reusing(&mut self.inner, self.max_payload, &mut self.spare) {
             Ok((Message::Error { code, message }, n)) => {
                 self.counters
                     .received
@@ -178,6 +190,13 @@ impl FrameReader {
         }
     }
 
+    /// Gives back the data buffer of a `Write` once applied: the next one is read into it.
+    pub fn recycle(&mut self, buf: Vec<u8>) {
+        if buf.capacity() > self.spare.capacity() {
+            self.spare = buf;
+        }
+    }
+
     /// True when a frame (or part of one) is already buffered.
     pub fn has_buffered(&self) -> bool {
         !self.inner.buffer().is_empty()
@@ -189,10 +208,31 @@ impl FrameReader {
     }
 }
 
-/// The writing half of a connection.
+/// Frames buffered before they are sent together.
+const SEND_BUFFER: usize = 256 << 10;
+
+/// Writes all of `bufs`, in as few vectored writes as the socket takes.
+fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// The writing half of a connection. Small frames gather in a buffer; a large one, and a
+/// `Write`'s data, go to the socket from where they are, with the buffered frames before
+/// them, in one vectored write.
 #[derive(Debug)]
 pub struct FrameWriter {
-    inner: BufWriter<WriteHalf>,
+    half: WriteHalf,
+    /// Encoded frames not sent yet, in order.
+    out: Vec<u8>,
     peer: String,
     role: &'static str,
     counters: Arc<Counters>,
@@ -203,7 +243,8 @@ impl FrameWriter {
     /// Writes to `half`, whose socket fails a write blocked longer than the link timeout.
     fn new(half: WriteHalf, peer: String, role: &'static str, counters: Arc<Counters>) -> Self {
         FrameWriter {
-            inner: BufWriter::with_capacity(256 << 10, half),
+            half,
+            out: Vec::with_capacity(SEND_BUFFER),
             peer,
             role,
             counters,
@@ -219,13 +260,40 @@ impl FrameWriter {
         self.send_raw_frame_buffered()
     }
 
-    /// Buffers an already encoded frame.
+    /// Buffers an already encoded frame (a large one is sent at once, after the buffer).
     pub fn send_frame(&mut self, frame: &[u8]) -> Result<()> {
-        self.inner.write_all(frame).map_err(|e| self.io_error(e))?;
+        if self.out.len() + frame.len() <= SEND_BUFFER {
+            self.out.extend_from_slice(frame);
+        } else {
+            self.send_parts(&[frame])?;
+        }
         self.counters
             .sent
             .fetch_add(frame.len() as u64, Ordering::Relaxed);
         Ok(())
+    }
+
+    /// Sends a `Write` of `data` now, its data from the caller's buffer: one vectored write
+    /// of whatever is buffered, the frame's head, the data and its checksum.
+    pub fn send_write_now(&mut self, seq: u64, offset: u64, flags: u8, data: &[u8]) -> Result<()> {
+        let parts = WriteFrameParts::new(seq, offset, flags, data)
+            .map_err(|e| Error::protocol(&self.peer, e.to_string()))?;
+        self.send_parts(&[&parts.head, data, &parts.trailer])?;
+        self.counters.sent.fetch_add(
+            (parts.head.len() + data.len() + parts.trailer.len()) as u64,
+            Ordering::Relaxed,
+        );
+        self.half.flush().map_err(|e| self.io_error(e))
+    }
+
+    /// Sends the buffered frames, then `parts`, in one vectored write where the socket takes it.
+    fn send_parts(&mut self, parts: &[&[u8]]) -> Result<()> {
+        let mut bufs = Vec::with_capacity(parts.len() + 1);
+        bufs.push(IoSlice::new(&self.out));
+        bufs.extend(parts.iter().map(|p| IoSlice::new(p)));
+        let r = write_all_vectored(&mut self.half, &mut bufs);
+        self.out.clear();
+        r.map_err(|e| self.io_error(e))
     }
 
     fn send_raw_frame_buffered(&mut self) -> Result<()> {
@@ -237,7 +305,10 @@ impl FrameWriter {
 
     /// Sends what is buffered.
     pub fn flush(&mut self) -> Result<()> {
-        self.inner.flush().map_err(|e| self.io_error(e))
+        if !self.out.is_empty() {
+            self.send_parts(&[])?;
+        }
+        self.half.flush().map_err(|e| self.io_error(e))
     }
 
     /// Sends one message now.

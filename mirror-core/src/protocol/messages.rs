@@ -365,7 +365,7 @@ impl Message {
 
     /// The rules a decoded message must keep beyond its field types: every length and count
     /// is bounded before anything acts on it.
-    fn check(&self) -> Result<(), FrameError> {
+    pub(crate) fn check(&self) -> Result<(), FrameError> {
         match self {
             Message::Open { flags, history, .. }
                 if flags & !open_flags::ALL != 0 || !history_ok(history) =>

@@ -104,6 +104,7 @@ impl Session<'_> {
                     }
                     // check_io inside write_at refuses a bad offset or length before any I/O.
                     vol.write_at(offset, &data)?;
+                    reader.recycle(data);
                     self.inner
                         .stats
                         .writes_applied
@@ -111,7 +112,7 @@ impl Session<'_> {
                     if flags & write_flags::FLUSH != 0 {
                         committer.durable(seq)?;
                     } else if flags & write_flags::RECEIVED == 0 {
-                        committer.ack(seq)?;
+                        unflushed_acks |= committer.ack(seq)?;
                     }
                 }
                 Message::WriteZeroes {
@@ -145,18 +146,18 @@ impl Session<'_> {
                     if flags & zero_flags::FLUSH != 0 {
                         committer.durable(seq)?;
                     } else if flags & zero_flags::RECEIVED == 0 {
-                        committer.ack(seq)?;
+                        unflushed_acks |= committer.ack(seq)?;
                     }
                 }
                 Message::Flush { seq } => committer.durable(seq)?,
-                Message::Barrier { seq } => committer.ack(seq)?,
+                Message::Barrier { seq } => unflushed_acks |= committer.ack(seq)?,
                 Message::ResyncDone { seq } => {
                     // Everything before it is applied: this flush puts the resync's blocks on
                     // the volume before the record says it is a usable image again; the ack
                     // leaves after every earlier one, through the committer.
                     vol.flush()?;
                     self.inner.meta.resync_done()?;
-                    committer.ack(seq)?;
+                    unflushed_acks |= committer.ack(seq)?;
                 }
                 Message::Ping { nonce } => {
                     lock(self.writer).send(&Message::Pong { nonce })?;

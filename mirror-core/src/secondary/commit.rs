@@ -4,20 +4,29 @@
 //! The apply loop writes each frame's data and hands its acknowledgement here, in stream order:
 //! [`Committer::ack`] for one that needs nothing more (a `written` write, a barrier),
 //! [`Committer::durable`] for one that needs a flush first (a `flushed` write, a Flush). The
-//! commit thread takes every acknowledgement queued so far as one batch, sends those before the
-//! batch's first durable one at once, flushes the volume **once** for the rest, then sends
-//! them. While it flushes, the apply loop goes on writing the next frames, which the next flush
-//! covers: many writers in flight pay for one `fdatasync`.
+//! commit thread takes every acknowledgement queued so far as one batch and starts **one**
+//! flush for the batch's durable part on a flusher thread; it does not wait for that flush to
+//! end before taking the next batch, so up to [`FLUSHES_IN_FLIGHT`] flushes overlap — as
+//! writers calling `fdatasync` at once on the file overlap, the file system sharing journal
+//! commits between them — while the apply loop goes on writing the next frames. Batches are
+//! acknowledged in order, each once its flush (and every earlier batch's) succeeded.
+//!
+//! When nothing is queued or in flight here, an acknowledgement that needs nothing more is sent
+//! by the apply loop itself ([`Committer::ack`] returns true): no hand-off to the commit thread
+//! for a `written` write while no flush is pending, and still none overtakes another.
 //!
 //! Crash ordering: write → (queued here) → flush → ack. An acknowledgement that needs a flush
-//! never leaves before a flush that started after its write completed. A flush that fails ends
-//! the session: no acknowledgement of the batch is sent, the error is kept for the session to
-//! report, and the connection's read side is shut so the apply loop stops.
+//! never leaves before a flush that started after its write completed, nor before every
+//! acknowledgement queued before it. A flush that fails ends the session: no acknowledgement of
+//! its batch or any later one is sent, the error is kept for the session to report, and the
+//! connection's read side is shut so the apply loop stops.
 
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Receiver, Select, Sender, TryRecvError};
 
 use crate::link::FrameWriter;
 use crate::volume::Volume;
@@ -28,6 +37,8 @@ use crate::{Error, Result};
 const MAX_BATCH: usize = 4096;
 /// Acknowledgements that may wait for the commit thread before the apply loop blocks.
 const QUEUE: usize = 8192;
+/// Flushes that may run at once (one flusher thread each).
+pub(crate) const FLUSHES_IN_FLIGHT: usize = 4;
 
 #[derive(Debug, Clone, Copy)]
 enum Pending {
@@ -35,6 +46,13 @@ enum Pending {
     Now(u64),
     /// Send once a flush that started after this point succeeded.
     Durable(u64),
+}
+
+impl Pending {
+    fn seq(self) -> u64 {
+        let (Pending::Now(seq) | Pending::Durable(seq)) = self;
+        seq
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -47,6 +65,9 @@ pub(crate) struct Committer {
     tx: Option<Sender<Pending>>,
     thread: Option<JoinHandle<()>>,
     failure: Arc<Mutex<Option<Error>>>,
+    /// Acknowledgements queued here and not sent yet (never decreases after a failure).
+    outstanding: Arc<AtomicUsize>,
+    writer: Arc<Mutex<FrameWriter>>,
     peer: String,
 }
 
@@ -60,11 +81,13 @@ impl Committer {
     ) -> Result<Self> {
         let (tx, rx) = bounded(QUEUE);
         let failure = Arc::new(Mutex::new(None));
-        let f = failure.clone();
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let (f, w, o) = (failure.clone(), writer.clone(), outstanding.clone());
+        let p = peer.to_owned();
         let thread = std::thread::Builder::new()
             .name("mirror-secondary-commit".into())
             .spawn(move || {
-                if let Err(e) = run(&*volume, &writer, &rx) {
+                if let Err(e) = run(volume, &w, &rx, &o, &p) {
                     *lock(&f) = Some(e);
                     on_failure();
                 }
@@ -74,11 +97,14 @@ impl Committer {
             tx: Some(tx),
             thread: Some(thread),
             failure,
+            outstanding,
+            writer,
             peer: peer.to_owned(),
         })
     }
 
     fn push(&self, p: Pending) -> Result<()> {
+        self.outstanding.fetch_add(1, Ordering::SeqCst);
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(p).is_ok());
         if sent {
             Ok(())
@@ -89,9 +115,17 @@ impl Committer {
         }
     }
 
-    /// Queues an acknowledgement that needs nothing more than the ones before it.
-    pub(crate) fn ack(&self, seq: u64) -> Result<()> {
-        self.push(Pending::Now(seq))
+    /// Acknowledges what needs nothing more than the acknowledgements before it: at once, from
+    /// the calling thread, when none waits here (returns true: the ack is buffered in the
+    /// writer, for the caller to flush), else queued behind them (false).
+    pub(crate) fn ack(&self, seq: u64) -> Result<bool> {
+        // Only the apply loop adds: zero stays zero until this call returns.
+        if self.outstanding.load(Ordering::SeqCst) == 0 {
+            lock(&self.writer).send(&Message::Ack { seq })?;
+            return Ok(true);
+        }
+        self.push(Pending::Now(seq))?;
+        Ok(false)
     }
 
     /// Queues an acknowledgement to send after a flush.
@@ -104,7 +138,7 @@ impl Committer {
         lock(&self.failure).clone()
     }
 
-    /// Commits what is queued (one last flush when a durable acknowledgement waits) and stops
+    /// Commits what is queued (a last flush when a durable acknowledgement waits) and stops
     /// the thread; returns its failure, if any.
     pub(crate) fn finish(&mut self) -> Option<Error> {
         self.tx = None;
@@ -121,10 +155,116 @@ impl Drop for Committer {
     }
 }
 
-fn run(volume: &dyn Volume, writer: &Mutex<FrameWriter>, rx: &Receiver<Pending>) -> Result<()> {
-    let mut batch = Vec::with_capacity(64);
-    while let Ok(first) = rx.recv() {
-        batch.clear();
+/// Acknowledgements waiting, in stream order, for the flush started for them (if any).
+struct Segment {
+    acks: Vec<Pending>,
+    flushed: Option<Receiver<Result<()>>>,
+}
+
+/// The flusher threads: each runs one flush at a time for whoever asks, answering on the
+/// channel that came with the request.
+struct Flushers {
+    jobs: Option<Sender<Sender<Result<()>>>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Flushers {
+    fn start(volume: &Arc<dyn Volume>, peer: &str) -> Result<Self> {
+        let (jobs, rx) = bounded::<Sender<Result<()>>>(FLUSHES_IN_FLIGHT);
+        let mut threads = Vec::with_capacity(FLUSHES_IN_FLIGHT);
+        for _ in 0..FLUSHES_IN_FLIGHT {
+            let (volume, rx) = (volume.clone(), rx.clone());
+            let t = std::thread::Builder::new()
+                .name("mirror-secondary-flush".into())
+                .spawn(move || {
+                    while let Ok(done) = rx.recv() {
+                        let _ = done.send(volume.flush());
+                    }
+                })
+                .map_err(|e| Error::link(peer, format!("spawn: {e}")))?;
+            threads.push(t);
+        }
+        Ok(Flushers {
+            jobs: Some(jobs),
+            threads,
+        })
+    }
+
+    /// Starts a flush; its result arrives on the returned channel.
+    fn flush(&self, peer: &str) -> Result<Receiver<Result<()>>> {
+        let (done, rx) = bounded(1);
+        match self.jobs.as_ref().map(|j| j.send(done)) {
+            Some(Ok(())) => Ok(rx),
+            _ => Err(Error::link(peer, "flusher threads stopped")),
+        }
+    }
+}
+
+impl Drop for Flushers {
+    fn drop(&mut self) {
+        self.jobs = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn run(
+    volume: Arc<dyn Volume>,
+    writer: &Mutex<FrameWriter>,
+    rx: &Receiver<Pending>,
+    outstanding: &AtomicUsize,
+    peer: &str,
+) -> Result<()> {
+    let flushers = Flushers::start(&volume, peer)?;
+    let mut segments: VecDeque<Segment> = VecDeque::new();
+    let mut flushing = 0usize;
+    let mut open = true;
+    while open || !segments.is_empty() {
+        // Acknowledge, in order, every segment whose flush is done (or needs none).
+        while let Some(front) = segments.front() {
+            match &front.flushed {
+                None => {}
+                Some(done) => match done.try_recv() {
+                    Ok(r) => {
+                        flushing -= 1;
+                        r?;
+                    }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        return Err(Error::link(peer, "a flusher thread stopped"))
+                    }
+                },
+            }
+            let seg = segments.pop_front().expect("front exists");
+            send(writer, &seg.acks)?;
+            outstanding.fetch_sub(seg.acks.len(), Ordering::SeqCst);
+        }
+        let take = open && flushing < FLUSHES_IN_FLIGHT;
+        let front_done = segments.front().and_then(|s| s.flushed.as_ref());
+        if !take && front_done.is_none() {
+            // Closed, and every segment acknowledged.
+            break;
+        }
+        // Wait for more acknowledgements or for the oldest flush, whichever comes first.
+        let mut sel = Select::new();
+        let new = take.then(|| sel.recv(rx));
+        if let Some(done) = front_done {
+            sel.recv(done);
+        }
+        let ready = sel.ready();
+        if new != Some(ready) {
+            continue;
+        }
+        let first = match rx.try_recv() {
+            Ok(p) => p,
+            Err(TryRecvError::Empty) => continue,
+            Err(TryRecvError::Disconnected) => {
+                open = false;
+                continue;
+            }
+        };
+        let mut batch = Vec::with_capacity(64);
         batch.push(first);
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -136,22 +276,33 @@ fn run(volume: &dyn Volume, writer: &Mutex<FrameWriter>, rx: &Receiver<Pending>)
             .iter()
             .position(|p| matches!(p, Pending::Durable(_)))
             .unwrap_or(batch.len());
-        if first_durable > 0 {
-            send(writer, &batch[..first_durable])?;
+        let durable = batch.split_off(first_durable);
+        if !batch.is_empty() {
+            segments.push_back(Segment {
+                acks: batch,
+                flushed: None,
+            });
         }
-        if first_durable < batch.len() {
-            volume.flush()?;
-            send(writer, &batch[first_durable..])?;
+        if !durable.is_empty() {
+            // Every write of this batch completed before it was queued: this flush covers it.
+            let flushed = flushers.flush(peer)?;
+            flushing += 1;
+            segments.push_back(Segment {
+                acks: durable,
+                flushed: Some(flushed),
+            });
         }
     }
     Ok(())
 }
 
 fn send(writer: &Mutex<FrameWriter>, acks: &[Pending]) -> Result<()> {
+    if acks.is_empty() {
+        return Ok(());
+    }
     let mut w = lock(writer);
     for p in acks {
-        let (Pending::Now(seq) | Pending::Durable(seq)) = *p;
-        w.send(&Message::Ack { seq })?;
+        w.send(&Message::Ack { seq: p.seq() })?;
     }
     w.flush()
 }
