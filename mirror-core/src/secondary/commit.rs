@@ -306,3 +306,141 @@ fn send(writer: &Mutex<FrameWriter>, acks: &[Pending]) -> Result<()> {
     }
     w.flush()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{TcpListener, TcpStream};
+    use std::sync::atomic::AtomicBool;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::link::{split, Transport};
+    use crate::units::BlockSize;
+    use crate::volume::MemVolume;
+    use crate::wire::{read_frame, MAX_PAYLOAD};
+
+    /// A volume whose flush takes a while and can be told to fail, counting how many run at once.
+    #[derive(Debug)]
+    struct SlowFlush {
+        mem: MemVolume,
+        running: AtomicUsize,
+        most: AtomicUsize,
+        flushes: AtomicUsize,
+        fail: AtomicBool,
+    }
+
+    impl Volume for SlowFlush {
+        fn size(&self) -> u64 {
+            self.mem.size()
+        }
+        fn block_size(&self) -> BlockSize {
+            self.mem.block_size()
+        }
+        fn name(&self) -> &str {
+            "slow-flush"
+        }
+        fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+            self.mem.read_at(offset, buf)
+        }
+        fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
+            self.mem.write_at(offset, data)
+        }
+        fn flush(&self) -> Result<()> {
+            let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(40));
+            self.running.fetch_sub(1, Ordering::SeqCst);
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            if self.fail.load(Ordering::SeqCst) {
+                return Err(Error::io(
+                    "slow-flush",
+                    "flush",
+                    0,
+                    std::io::Error::from_raw_os_error(5),
+                ));
+            }
+            Ok(())
+        }
+    }
+
+    /// A committer writing to one end of a loopback connection, and the other end.
+    fn committer(vol: &Arc<SlowFlush>) -> (Committer, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let near = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (far, _) = l.accept().unwrap();
+        let t = Duration::from_secs(30);
+        let (_r, w, _) = split(Transport::Plain(near), "test", "primary", t).unwrap();
+        let volume: Arc<dyn Volume> = vol.clone();
+        let c = Committer::start(volume, Arc::new(Mutex::new(w)), "test", || {}).unwrap();
+        far.set_read_timeout(Some(t)).unwrap();
+        (c, far)
+    }
+
+    fn slow_volume() -> Arc<SlowFlush> {
+        Arc::new(SlowFlush {
+            mem: MemVolume::new(1 << 20, BlockSize::new(4096).unwrap()),
+            running: AtomicUsize::new(0),
+            most: AtomicUsize::new(0),
+            flushes: AtomicUsize::new(0),
+            fail: AtomicBool::new(false),
+        })
+    }
+
+    fn next_ack(r: &mut TcpStream) -> u64 {
+        match read_frame(r, MAX_PAYLOAD).unwrap().0 {
+            Message::Ack { seq } => seq,
+            other => panic!("expected an Ack, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn flushes_overlap_and_acknowledgements_keep_stream_order() {
+        let vol = slow_volume();
+        let (mut c, mut far) = committer(&vol);
+        // Durable ones arriving while earlier flushes run, with plain ones between them.
+        for seq in 1..=24u64 {
+            if seq % 3 == 0 {
+                assert!(!c.ack(seq).unwrap(), "queued behind the flushes");
+            } else {
+                c.durable(seq).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for seq in 1..=24u64 {
+            assert_eq!(next_ack(&mut far), seq);
+        }
+        assert!(
+            vol.most.load(Ordering::SeqCst) > 1,
+            "no two flushes ran at once"
+        );
+        assert!(vol.most.load(Ordering::SeqCst) <= FLUSHES_IN_FLIGHT);
+        // Nothing waits any more: a plain acknowledgement is the caller's to send.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while c.outstanding.load(Ordering::SeqCst) != 0 {
+            assert!(std::time::Instant::now() < deadline);
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(c.ack(25).unwrap());
+        lock(&c.writer).flush().unwrap();
+        assert_eq!(next_ack(&mut far), 25);
+        assert!(c.finish().is_none());
+    }
+
+    #[test]
+    fn a_failed_flush_acknowledges_nothing_of_its_batch_or_after() {
+        let vol = slow_volume();
+        let (mut c, mut far) = committer(&vol);
+        c.durable(1).unwrap();
+        assert_eq!(next_ack(&mut far), 1);
+        vol.fail.store(true, Ordering::SeqCst);
+        c.durable(2).unwrap();
+        let _ = c.ack(3);
+        let _ = c.durable(4);
+        assert!(matches!(c.finish(), Some(Error::Io { .. })));
+        drop(c);
+        // The writer is gone: the stream ends with no acknowledgement after the first.
+        far.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        assert!(read_frame(&mut far, MAX_PAYLOAD).is_err());
+    }
+}
