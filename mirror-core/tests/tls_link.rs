@@ -404,3 +404,32 @@ fn the_shared_secret_is_bound_to_the_tls_session() {
     wait_coherent(&p);
     assert!(pair.equal());
 }
+
+#[test]
+fn large_sync_writes_sent_from_the_callers_buffer_arrive_whole_in_clear_and_under_tls() {
+    for with_tls in [false, true] {
+        let (pi, si) = identities();
+        let framing = if with_tls {
+            Framing::Tls
+        } else {
+            Framing::Mirror
+        };
+        let s = Setup::new(with_tls.then(|| tls(&si, &pi)), framing, 40);
+        let p = s.primary(with_tls.then(|| tls(&pi, &si)));
+        wait_coherent(&p);
+        let mut r = rng(41);
+        for len in [64usize << 10, SIZE as usize / 2, SIZE as usize] {
+            let offset = rand::Rng::gen_range(&mut r, 0..=(SIZE - len as u64) / BS) * BS;
+            let data = random_bytes(&mut r, len);
+            s.guarded.allow(offset, &data);
+            assert_eq!(
+                p.write(offset, &data).unwrap(),
+                mirror_core::WriteOutcome::Replicated,
+                "{len} bytes (tls: {with_tls})"
+            );
+        }
+        p.flush().unwrap();
+        assert!(s.equal(), "tls: {with_tls}");
+        assert!(s.guarded.foreign().is_empty());
+    }
+}
