@@ -14,6 +14,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{info, warn};
 
 use super::conn::{Conn, PendingKind, Waiter};
+use super::eta::Eta;
+use super::throttle::ResyncThrottle;
 use super::{Inner, JobKind, JobOptions, Progress};
 use crate::config::CompareSide;
 use crate::dirty::Region;
@@ -79,12 +81,25 @@ impl Inner {
             .periodic
             .filter(|_| background)
             .map(|p| Mutex::new(RateLimiter::new(p.rate_mib_s)));
+        // Resyncs and verifies yield to the application's writes; the periodic scan has its
+        // own rate and idle priority.
+        let throttle = (!background).then(|| {
+            let c = &self.config;
+            Mutex::new(ResyncThrottle::new(
+                c.resync_min_rate,
+                c.resync_max_rate,
+                c.resync_yield,
+                self.started.elapsed(),
+                self.writes.load(Ordering::Relaxed),
+            ))
+        });
         let ctl = Ctl {
             inner: self,
             conn: &conn,
             cancel: opts.cancel,
             called_at,
             rate: rate.as_ref(),
+            throttle: throttle.as_ref(),
             background,
         };
         let mut body = || -> Result<()> {
@@ -151,6 +166,12 @@ impl Inner {
         } else {
             body()
         };
+        if let Some(e) = lock(&self.job_eta).as_mut() {
+            match result {
+                Ok(()) => e.finish(),
+                Err(_) => e.halt(),
+            }
+        }
         if kind != JobKind::Verify && kind != JobKind::Periodic && !conn.is_dead() {
             self.set_state(if prev_state == LinkState::Resyncing {
                 LinkState::Connected
@@ -246,6 +267,8 @@ pub(super) struct Ctl<'a> {
     /// [`Inner::cancels`] when a caller asked for the job; None for the primary's own.
     called_at: Option<u64>,
     rate: Option<&'a Mutex<RateLimiter>>,
+    /// The yielding rate of a resync or verify ([`ResyncThrottle`]).
+    throttle: Option<&'a Mutex<ResyncThrottle>>,
     background: bool,
 }
 
@@ -267,9 +290,24 @@ impl Ctl<'_> {
         Ok(())
     }
 
-    /// Pacing of background reads: the rate limit, and a short yield while foreground writes
-    /// are arriving.
+    /// Pacing of a job's reads: for a resync or verify, the rate its controller sets from the
+    /// foreground writes; for a background job, the rate limit and a short yield while
+    /// foreground writes are arriving.
     pub(super) fn pace(&self, bytes: u64) -> Result<()> {
+        if let Some(t) = self.throttle {
+            let mut owed = bytes;
+            loop {
+                let wait = {
+                    let now = self.inner.started.elapsed();
+                    let mut t = lock(t);
+                    t.observe(now, self.inner.writes.load(Ordering::Relaxed));
+                    t.admit(now, &mut owed)
+                };
+                let Some(wait) = wait else { break };
+                std::thread::sleep(wait);
+                self.check_live()?;
+            }
+        }
         if self.background {
             if let Some(r) = self.rate {
                 lock(r).take(bytes);
@@ -315,6 +353,8 @@ impl<'a> Job<'a> {
             JobKind::Auto if lock(&inner.dirty).is_valid() => 0,
             _ => inner.volume.blocks(),
         };
+        let bs = inner.volume.block_size().bytes();
+        *lock(&inner.job_eta) = Some(Eta::start(total * bs, inner.started.elapsed()));
         Job {
             inner,
             conn: ctl.conn,
@@ -353,10 +393,20 @@ impl<'a> Job<'a> {
     pub(super) fn advance(&mut self, blocks: u64) {
         self.done += blocks;
         self.report.blocks += blocks;
+        let bs = self.inner.volume.block_size().bytes();
+        let eta = lock(&self.inner.job_eta).as_mut().and_then(|e| {
+            e.update(
+                self.done * bs,
+                self.total * bs,
+                self.inner.started.elapsed(),
+            );
+            e.seconds()
+        });
         if let Some(p) = self.progress {
             p(Progress {
                 done: self.done,
                 total: self.total.max(self.done),
+                eta: eta.map(Duration::from_secs_f64),
             });
         }
     }
@@ -437,8 +487,12 @@ impl Job<'_> {
                     break;
                 }
                 any = true;
-                self.total += runs.iter().map(|r| r.count).sum::<u64>();
-                let compared = self.compare_window(&runs);
+                let blocks_taken = runs.iter().map(|r| r.count).sum::<u64>();
+                self.total += blocks_taken;
+                let compared = self
+                    .ctl
+                    .pace(blocks_taken * bs.bytes())
+                    .and_then(|()| self.compare_window(&runs));
                 if let Err(e) = compared {
                     let mut d = lock(&self.inner.dirty);
                     taken.iter().for_each(|r| d.fail(*r));
