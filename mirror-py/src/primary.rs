@@ -140,7 +140,7 @@ impl Primary {
         tls_trust = None,
         allow_insecure = false,
         resync_yield = true,
-        resync_min_rate = mirror_core::config::DEFAULT_RESYNC_MIN_RATE,
+        resync_min_rate = 4.0,
         resync_max_rate = None,
     ))]
     #[allow(clippy::too_many_arguments)]
