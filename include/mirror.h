@@ -607,8 +607,8 @@ typedef struct mirror_status {
      */
     struct mirror_report last_secondary_report;
     /**
-     * Bytes the running resync or verify still has to compare (the last job's, zero at its
-     * end; zero before any).
+     * Bytes the running job (resync, verify or periodic scan) still has to compare (the last
+     * job's, zero at its end; zero before any).
      */
     uint64_t job_remaining_bytes;
     /**

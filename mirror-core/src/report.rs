@@ -166,8 +166,8 @@ pub struct Status {
     /// The last scan the secondary led (on connection or periodic), as the secondary
     /// reported it (its bytes are the secondary's), if any.
     pub last_secondary_report: Option<Report>,
-    /// Bytes the running resync or verify still has to compare (the last job's, zero at its
-    /// end; zero before any).
+    /// Bytes the running job (resync, verify or periodic scan) still has to compare (the last
+    /// job's, zero at its end; zero before any).
     pub job_remaining_bytes: u64,
     /// Seconds that job needs still, at its recent rate (smoothed): zero once it ended, None
     /// before any job or while no rate is measured yet.

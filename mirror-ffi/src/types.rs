@@ -374,8 +374,8 @@ pub struct mirror_status {
     /// The last scan the secondary led (on connection or periodic), as the secondary reported
     /// it; zeroed unless `has_last_secondary_report`.
     pub last_secondary_report: mirror_report,
-    /// Bytes the running resync or verify still has to compare (the last job's, zero at its
-    /// end; zero before any).
+    /// Bytes the running job (resync, verify or periodic scan) still has to compare (the last
+    /// job's, zero at its end; zero before any).
     pub job_remaining_bytes: u64,
     /// True when `job_eta_seconds` holds an estimate.
     pub has_job_eta_seconds: bool,

@@ -153,7 +153,8 @@ pub struct Status {
     last_report: Option<Report>,
     /// The last scan the secondary led, as it reported it, if any.
     last_secondary_report: Option<Report>,
-    /// Bytes the running resync or verify still has to compare (the last job's; 0 at its end).
+    /// Bytes the running job (resync, verify or periodic scan) still has to compare (the last
+    /// job's; 0 at its end).
     job_remaining_bytes: u64,
     /// Seconds that job needs still at its recent rate: 0.0 once it ended, ``None`` before
     /// any job or while no rate is known.

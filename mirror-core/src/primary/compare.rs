@@ -159,6 +159,9 @@ impl Job<'_> {
         let (Some(first), Some(last)) = (small.first(), small.last()) else {
             return Ok(());
         };
+        // The large runs were paced by their scans; the small ones are read here at once.
+        self.ctl
+            .pace(small.iter().map(|r| r.count).sum::<u64>() * bs)?;
         let span = BlockRange::new(first.start.0, last.end() - first.start.0);
         let req = self.next_req();
         let rx = self.conn.route(req);

@@ -487,12 +487,8 @@ impl Job<'_> {
                     break;
                 }
                 any = true;
-                let blocks_taken = runs.iter().map(|r| r.count).sum::<u64>();
-                self.total += blocks_taken;
-                let compared = self
-                    .ctl
-                    .pace(blocks_taken * bs.bytes())
-                    .and_then(|()| self.compare_window(&runs));
+                self.total += runs.iter().map(|r| r.count).sum::<u64>();
+                let compared = self.compare_window(&runs);
                 if let Err(e) = compared {
                     let mut d = lock(&self.inner.dirty);
                     taken.iter().for_each(|r| d.fail(*r));
