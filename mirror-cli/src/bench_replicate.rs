@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::HumanBytes;
-use mirror_core::{Primary, PrimaryConfig, Secondary, SecondaryConfig, Volume};
+use mirror_core::{ErrorKind, Primary, PrimaryConfig, Secondary, SecondaryConfig, Volume};
 use mirror_uring::{open_volume, IoBackend, VolumeOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -110,9 +110,20 @@ pub fn run(args: ReplicateBenchArgs) -> Result<u8> {
         config.auto_resync = false;
         config.resync_yield = resync_yield;
         config.link_timeout = Duration::from_secs(30);
-        let primary = Primary::open(open_volume(&p_path, &vopts)?, config)?;
-        primary.wait_connected(Duration::from_secs(30))?;
-        Ok(primary)
+        // The secondary may not have seen the previous primary's link end yet: it refuses
+        // another session while that one looks alive, so a refusal is waited out.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let primary = Primary::open(open_volume(&p_path, &vopts)?, config.clone())?;
+            match primary.wait_connected(Duration::from_secs(30)) {
+                Ok(()) => return Ok(primary),
+                Err(e) if e.kind() == ErrorKind::Busy && Instant::now() < deadline => {
+                    drop(primary);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
 
     let (mut local, mut replicated, mut resync_alone) = (Vec::new(), Vec::new(), Vec::new());
