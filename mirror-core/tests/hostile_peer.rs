@@ -167,13 +167,20 @@ fn corrupted_checksum_and_oversized_length_are_refused() {
 fn wrong_protocol_version_is_answered_with_both_versions() {
     let (pair, addr, before) = setup();
     let mut s = connect(addr);
-    hello(&mut s, 99);
+    hello(&mut s, 1);
     let (c, m) = read_error(&mut s).expect("an Error frame");
     assert_eq!(c, code::VERSION);
     assert!(
-        m.contains("99") && m.contains(&wire::PROTOCOL_VERSION.to_string()),
+        m.contains("1") && m.contains(&wire::PROTOCOL_VERSION.to_string()),
         "{m}"
     );
+    // A newer primary is answered with the version this secondary speaks.
+    let mut s = connect(addr);
+    hello(&mut s, 99);
+    match wire::read_frame(&mut s, wire::MAX_PAYLOAD).unwrap().0 {
+        Message::HelloReply { version, .. } => assert_eq!(version, wire::PROTOCOL_VERSION),
+        other => panic!("{other:?}"),
+    }
     still_serves(&pair, &before);
 }
 

@@ -38,6 +38,8 @@ mod locks;
 mod manager;
 mod replicate;
 mod state;
+mod tree;
+mod window;
 mod zero;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1151,10 +1151,19 @@ mod tests {
             nodes,
         };
         assert!(decode(req(3, 1000, bitmap(125, [3]))).is_ok());
-        assert!(decode(req(MAX_TREE_LEVEL + 1, 1000, vec![1])).is_err(), "level");
+        assert!(
+            decode(req(MAX_TREE_LEVEL + 1, 1000, vec![1])).is_err(),
+            "level"
+        );
         assert!(decode(req(255, 1000, vec![1])).is_err(), "level");
-        assert!(decode(req(3, 1000, vec![1; 17])).is_err(), "bitmap too long");
-        assert!(decode(req(3, 1000, vec![1; 15])).is_err(), "bitmap too short");
+        assert!(
+            decode(req(3, 1000, vec![1; 17])).is_err(),
+            "bitmap too long"
+        );
+        assert!(
+            decode(req(3, 1000, vec![1; 15])).is_err(),
+            "bitmap too short"
+        );
         assert!(decode(req(3, 1000, vec![0; 16])).is_err(), "no node");
         let mut past = bitmap(125, [3]);
         past[15] |= 0x20;
