@@ -101,11 +101,8 @@ impl Inner {
                 auth_required,
                 nonce,
             }) => (version, auth_required, nonce),
-            Ok(Message::Error { code, .. })
-                if code == wire::code::VERSION && offer > wire::MIN_PROTOCOL_VERSION =>
-            {
-                return Ok(None)
-            }
+            // Before Open, the only refusal named a mismatch is of the version we offered.
+            Err(Error::Mismatch(_)) if offer > wire::MIN_PROTOCOL_VERSION => return Ok(None),
             Ok(other) => {
                 return Err(Error::protocol(
                     peer,

@@ -103,8 +103,8 @@ pub(super) struct TreeServer<'a> {
 
 impl TreeServer<'_> {
     /// Serves `batch` (consecutive chunks of one request, the first ones of equal size),
-    /// reading the chunks missing from the cache as one run.
-    pub(super) fn serve(&mut self, batch: Vec<TreeWork>, more_queued: bool) -> Result<()> {
+    /// reading the chunks missing from the cache as one run, each answered as it is read.
+    pub(super) fn serve(&mut self, batch: Vec<TreeWork>) -> Result<()> {
         let Some(first) = batch.first() else {
             return Ok(());
         };
@@ -130,7 +130,7 @@ impl TreeServer<'_> {
                         };
                         debug_assert_eq!(map.range(), w.range);
                         self.cache.put(algorithm, w.range, map.into_bytes());
-                        self.one(w, true)?;
+                        self.one(w)?;
                         Ok(true)
                     },
                 )
@@ -142,17 +142,15 @@ impl TreeServer<'_> {
             }
         } else {
             for w in batch {
-                self.one(w, more_queued)?;
+                self.one(w)?;
             }
-        }
-        if !more_queued {
-            lock(self.writer).flush()?;
         }
         Ok(())
     }
 
-    /// Answers or compares one tree message.
-    fn one(&mut self, w: TreeWork, more_queued: bool) -> Result<()> {
+    /// Answers or compares one tree message. What it sends leaves at once: the primary's
+    /// descent of this chunk waits on it.
+    fn one(&mut self, w: TreeWork) -> Result<()> {
         check_chunk(self.vol, w.range, self.peer)?;
         let leaves = match self.cache.take(w.algorithm, w.range) {
             Some(l) => l,
@@ -218,9 +216,7 @@ impl TreeServer<'_> {
             // Nothing is below the leaves; above them the primary may descend.
             w.level > 0
         };
-        if !more_queued {
-            wr.flush()?;
-        }
+        wr.flush()?;
         drop(wr);
         if keep {
             self.cache.put(w.algorithm, w.range, leaves);

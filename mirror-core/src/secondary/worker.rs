@@ -110,8 +110,7 @@ pub(super) fn worker(
                         Err(_) => break,
                     }
                 }
-                let more = held.is_some() || !rx.is_empty();
-                trees.serve(batch, more)?;
+                trees.serve(batch)?;
             }
             Work::Scan {
                 req,
