@@ -36,8 +36,10 @@ struct Chunk {
     range: BlockRange,
     /// Our level-0 digests, once the local scan reached the chunk.
     leaves: Option<Vec<u8>>,
-    /// The level and nodes of the outstanding request (ours, or the digests we sent).
+    /// The level, group and bitmap of the outstanding request (ours, or the digests we
+    /// sent).
     level: u8,
+    group: u8,
     bitmap: Vec<u8>,
     /// The secondary's answer, when it came before our leaves.
     theirs: Option<Vec<u8>>,
@@ -164,6 +166,7 @@ impl Job<'_> {
                 req: st.req,
                 algorithm: st.algorithm,
                 level,
+                group: 0,
                 priority: st.priority,
                 range,
                 nodes: bitmap.clone(),
@@ -174,6 +177,7 @@ impl Job<'_> {
                     range,
                     leaves: None,
                     level,
+                    group: 0,
                     bitmap,
                     theirs: None,
                     asked: Some(Instant::now()),
@@ -217,11 +221,13 @@ impl Job<'_> {
         } else {
             let (level, bitmap) = st.top(range);
             let mut nodes = bitmap.clone();
-            nodes.extend(tree::node_digests(st.algorithm, &leaves, level, &bitmap));
+            let all = tree::nodes(range.count, level, 0, &bitmap);
+            nodes.extend(tree::node_digests(st.algorithm, &leaves, level, all));
             self.conn.send(&Message::TreeDigests {
                 req: st.req,
                 algorithm: st.algorithm,
                 level,
+                group: 0,
                 priority: st.priority,
                 range,
                 nodes,
@@ -232,6 +238,7 @@ impl Job<'_> {
                     range,
                     leaves: Some(leaves),
                     level,
+                    group: 0,
                     bitmap,
                     theirs: None,
                     asked: Some(Instant::now()),
@@ -266,6 +273,7 @@ impl Job<'_> {
             Message::TreeDigests {
                 algorithm,
                 level,
+                group,
                 range,
                 nodes,
                 ..
@@ -273,6 +281,7 @@ impl Job<'_> {
                 let Some(c) = st.pending.get_mut(&range.start.0).filter(|c| {
                     c.range == range
                         && c.level == level
+                        && c.group == group
                         && c.asked.is_some()
                         && nodes.starts_with(&c.bitmap)
                 }) else {
@@ -294,6 +303,7 @@ impl Job<'_> {
             Message::TreeRequest {
                 algorithm,
                 level,
+                group,
                 range,
                 nodes,
                 ..
@@ -310,8 +320,10 @@ impl Job<'_> {
                 };
                 let leaves = c.leaves.as_deref().unwrap_or_default();
                 let mut answer = nodes.clone();
-                answer.extend(tree::node_digests(st.algorithm, leaves, level, &nodes));
+                let marked = tree::nodes(range.count, level, group, &nodes);
+                answer.extend(tree::node_digests(st.algorithm, leaves, level, marked));
                 c.level = level;
+                c.group = group;
                 c.bitmap = nodes;
                 let now = Instant::now();
                 if let Some(asked) = c.asked.replace(now) {
@@ -321,6 +333,7 @@ impl Job<'_> {
                     req: st.req,
                     algorithm,
                     level,
+                    group,
                     priority: st.priority,
                     range,
                     nodes: answer,
@@ -370,19 +383,22 @@ impl Job<'_> {
             return Ok(());
         };
         let leaves = c.leaves.as_deref().unwrap_or_default();
-        let diff = tree::differing(st.algorithm, leaves, c.level, &c.bitmap, &theirs);
+        let nodes = tree::nodes(c.range.count, c.level, c.group, &c.bitmap);
+        let diff = tree::differing(st.algorithm, leaves, c.level, nodes, &theirs);
         match tree::next_level(c.level) {
             Some(child) if !diff.is_empty() => {
-                let bitmap = tree::children(c.range.count, c.level, child, &diff);
+                let (group, bitmap) = tree::children(c.range.count, c.level, child, &diff);
                 self.conn.send(&Message::TreeRequest {
                     req: st.req,
                     algorithm: st.algorithm,
                     level: child,
+                    group,
                     priority: st.priority,
                     range: c.range,
                     nodes: bitmap.clone(),
                 })?;
                 c.level = child;
+                c.group = group;
                 c.bitmap = bitmap;
                 c.asked = Some(Instant::now());
                 Ok(())

@@ -318,13 +318,15 @@ messages! {
     46 => LEAD_REPORT LeadReport { req: u64, mode: u8, compare: u8, algorithm: Algorithm, blocks: u64, mismatched: u64, blocks_sent: u64, bytes_sent: u64, bytes_received: u64, micros: u64 },
     /// Secondary's proof of the shared secret, sent once the primary's has verified.
     47 => AUTH_REPLY AuthReply { proof: [u8; 32] },
-    /// Send the digests at `level` of the nodes of the chunk `range` marked in the bitmap
-    /// `nodes` (see [`super::tree`]), as one `TreeDigests`. Version 3.
-    48 => TREE_REQUEST TreeRequest { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange, nodes: Vec<u8> },
-    /// Digests at `level` of the nodes of the chunk `range`: the node bitmap (as in
-    /// `TreeRequest`), then one digest per marked node, in order. From the secondary it
-    /// answers a `TreeRequest`; from the primary it asks the secondary to compare. Version 3.
-    49 => TREE_DIGESTS TreeDigests { req: u64, algorithm: Algorithm, level: u8, priority: u8, range: BlockRange, nodes: Vec<u8> },
+    /// Send the digests at `level` of the nodes of the chunk `range` in the groups of
+    /// 2^`group` nodes marked in the bitmap `nodes` (see [`super::tree`]), as one
+    /// `TreeDigests`. Version 3.
+    48 => TREE_REQUEST TreeRequest { req: u64, algorithm: Algorithm, level: u8, group: u8, priority: u8, range: BlockRange, nodes: Vec<u8> },
+    /// Digests at `level` of nodes of the chunk `range`: the group bitmap (as in
+    /// `TreeRequest`), then one digest per node of the marked groups, in order. From the
+    /// secondary it answers a `TreeRequest`; from the primary it asks the secondary to
+    /// compare. Version 3.
+    49 => TREE_DIGESTS TreeDigests { req: u64, algorithm: Algorithm, level: u8, group: u8, priority: u8, range: BlockRange, nodes: Vec<u8> },
     /// The secondary compared the chunk `range` of tree compare `req` to its leaves and asked
     /// for its `mismatched` differing blocks (`BlockRequest`s before this). Version 3.
     50 => TREE_DONE TreeDone { req: u64, range: BlockRange, mismatched: u64 },
@@ -501,6 +503,7 @@ impl Message {
             Message::TreeRequest {
                 algorithm,
                 level,
+                group,
                 priority,
                 range,
                 nodes,
@@ -509,6 +512,7 @@ impl Message {
             | Message::TreeDigests {
                 algorithm,
                 level,
+                group,
                 priority,
                 range,
                 nodes,
@@ -526,9 +530,9 @@ impl Message {
                 if *priority > priority::IDLE {
                     return Err(bad(format!("unknown priority {priority}")));
                 }
-                if *level > tree::MAX_TREE_LEVEL {
+                if u16::from(*level) + u16::from(*group) > u16::from(tree::MAX_TREE_LEVEL) {
                     return Err(bad(format!(
-                        "{} at tree level {level} (0 to {})",
+                        "{} at tree level {level} in groups of 2^{group} (0 to {} together)",
                         self.name(),
                         tree::MAX_TREE_LEVEL
                     )));
@@ -536,12 +540,12 @@ impl Message {
                 // A request is its bitmap; an answer its bitmap, then the digests.
                 let answer = matches!(self, Message::TreeDigests { .. });
                 let map = if answer {
-                    tree::bitmap_len(range.count, *level).min(nodes.len())
+                    tree::bitmap_len(range.count, *level, *group).min(nodes.len())
                 } else {
                     nodes.len()
                 };
                 let (bitmap, digests) = nodes.split_at(map);
-                let marked = tree::check_bitmap(range.count, *level, bitmap)
+                let marked = tree::check_bitmap(range.count, *level, *group, bitmap)
                     .map_err(|e| bad(format!("{}: {e}", self.name())))?;
                 if answer && digests.len() as u64 != marked * algorithm.digest_len() as u64 {
                     return Err(bad(format!(
@@ -715,6 +719,7 @@ mod tests {
                 req: 5,
                 algorithm: Algorithm::Sha1,
                 level: 3,
+                group: 0,
                 priority: priority::NORMAL,
                 range: BlockRange::new(1024, 1000),
                 nodes: crate::protocol::tree::bitmap(125, [0, 124]),
@@ -723,6 +728,7 @@ mod tests {
                 req: 5,
                 algorithm: Algorithm::Md5,
                 level: 10,
+                group: 0,
                 priority: priority::IDLE,
                 range: BlockRange::new(0, 1024),
                 nodes: [vec![1], vec![7; 16]].concat(),
@@ -1138,6 +1144,7 @@ mod tests {
             req: 1,
             algorithm: Algorithm::Crc32,
             level,
+            group: 0,
             priority: 0,
             range: BlockRange::new(64, count),
             nodes,
@@ -1146,6 +1153,7 @@ mod tests {
             req: 1,
             algorithm: Algorithm::Crc32,
             level,
+            group: 0,
             priority: 0,
             range: BlockRange::new(64, count),
             nodes,
@@ -1179,6 +1187,22 @@ mod tests {
             range: BlockRange::new(0, 10),
             mismatched,
         };
+        // Groups: leaves in groups of 8 under level-3 nodes 0 and 124 of 1,000 blocks.
+        let grouped = |group: u8, digests: usize| Message::TreeDigests {
+            req: 1,
+            algorithm: Algorithm::Crc32,
+            level: 0,
+            group,
+            priority: 0,
+            range: BlockRange::new(0, 1000),
+            nodes: [bitmap(125, [0, 124]), vec![0; 4 * digests]].concat(),
+        };
+        assert!(decode(grouped(3, 16)).is_ok());
+        assert!(decode(grouped(3, 2)).is_err());
+        assert!(
+            decode(grouped(MAX_TREE_LEVEL + 1, 16)).is_err(),
+            "group past the top"
+        );
         assert!(decode(done(10)).is_ok());
         assert!(decode(done(11)).is_err());
     }

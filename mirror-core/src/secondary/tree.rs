@@ -36,6 +36,8 @@ pub(super) struct TreeWork {
     pub(super) req: u64,
     pub(super) algorithm: Algorithm,
     pub(super) level: u8,
+    /// Each bit of the bitmap stands for 2^group nodes.
+    pub(super) group: u8,
     pub(super) priority: u8,
     pub(super) range: BlockRange,
     /// The node bitmap; for a `TreeDigests` the primary's digests follow it.
@@ -167,17 +169,21 @@ impl TreeServer<'_> {
         };
         let mut wr = lock(self.writer);
         let keep = if w.compare {
-            let (bitmap, theirs) = w.nodes.split_at(tree::bitmap_len(w.range.count, w.level));
-            let diff = tree::differing(w.algorithm, &leaves, w.level, bitmap, theirs);
+            let count = w.range.count;
+            let (bitmap, theirs) = w.nodes.split_at(tree::bitmap_len(count, w.level, w.group));
+            let nodes = tree::nodes(count, w.level, w.group, bitmap);
+            let diff = tree::differing(w.algorithm, &leaves, w.level, nodes, theirs);
             match tree::next_level(w.level) {
                 Some(child) if !diff.is_empty() => {
+                    let (group, nodes) = tree::children(count, w.level, child, &diff);
                     wr.send(&Message::TreeRequest {
                         req: w.req,
                         algorithm: w.algorithm,
                         level: child,
+                        group,
                         priority: w.priority,
                         range: w.range,
-                        nodes: tree::children(w.range.count, w.level, child, &diff),
+                        nodes,
                     })?;
                     true
                 }
@@ -202,13 +208,15 @@ impl TreeServer<'_> {
                 }
             }
         } else {
-            let digests = tree::node_digests(w.algorithm, &leaves, w.level, &w.nodes);
+            let marked = tree::nodes(w.range.count, w.level, w.group, &w.nodes);
+            let digests = tree::node_digests(w.algorithm, &leaves, w.level, marked);
             let mut nodes = w.nodes;
             nodes.extend_from_slice(&digests);
             wr.send(&Message::TreeDigests {
                 req: w.req,
                 algorithm: w.algorithm,
                 level: w.level,
+                group: w.group,
                 priority: w.priority,
                 range: w.range,
                 nodes,
