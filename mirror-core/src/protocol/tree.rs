@@ -17,13 +17,18 @@
 //! the children of the nodes that differ, down to level 0, whose differing nodes are the
 //! blocks to repair. A request names the nodes it wants as a bitmap of groups of 2^`group`
 //! nodes — the parents whose children it wants — so asking for the leaves under 10
-//! differing level-3 nodes of a chunk costs 16 bytes of bitmap, not 128. Modelled with 1% of 4 KiB blocks differing at random (sha1, 20 bytes,
-//! and ~80 bytes of frames per request and answer), digest bytes over differing bytes:
-//! levels 10,6,3,0 (fan-out 8–16, 4 round trips) 8.1%; 10,7,4,2,0 7.3% (5); 10,8,6,4,2,0
-//! 7.4% (6); 10,5,3,0 7.8% (4). Fan-out 4 saves less than a point over 8 and costs one or two
-//! round trips more per chunk, which a 50 ms link feels, so the descent is 10, 6, 3, 0:
-//! measured on a 1 GiB pair with 1% differing, sha1 sync puts about 1.09 bytes on the wire
-//! per differing byte (see docs/benchmarks.md).
+//! differing level-2 nodes of a chunk costs 32 bytes of bitmap, not 128.
+//!
+//! Modelled with 1% of 4 KiB blocks differing at random, and 80 bytes of frames per request
+//! and answer, sha1 digest and frame bytes over differing bytes: levels 10,6,3,0 (fan-out
+//! 8–16, 4 round trips) 8.3%; 10,6,4,2,0 (fan-out 4–16, 5) 7.2%; 10,7,4,2,0 7.5%;
+//! 10,8,6,4,2,0 (6) 7.5%; 10,5,2,0 (4) 7.9%. Measured on a 1 GiB pair (`mirror bench-table`),
+//! 10,6,3,0 put 1.096 bytes on the wire per differing byte with sha1 (the repair writes'
+//! frames and acknowledgements add about 1.3%), too close to 1.10; 10,6,4,2,0 saves about a
+//! point for one round trip more per chunk, which the window overlaps across chunks, so a job
+//! pays it once. A top of level 10 keeps an identical chunk at one digest: an identical 1 GiB
+//! pair costs 22–26 KiB on the wire with any algorithm. Finer fan-outs than 4 cost more
+//! nodes than they save.
 
 use crate::storage::digest::Algorithm;
 
@@ -34,7 +39,7 @@ pub const MAX_TREE_BLOCKS: u64 = 4096;
 /// groups.
 pub const MAX_TREE_LEVEL: u8 = 12;
 /// Levels a descent visits, top first; the last is 0.
-pub const DESCENT: [u8; 4] = [10, 6, 3, 0];
+pub const DESCENT: [u8; 5] = [10, 6, 4, 2, 0];
 
 /// Nodes at `level` of a chunk of `count` blocks.
 pub fn nodes_at(count: u64, level: u8) -> u64 {
@@ -241,9 +246,11 @@ mod tests {
     #[test]
     fn the_descent_ends_at_the_leaves() {
         assert_eq!(next_level(10), Some(6));
-        assert_eq!(next_level(6), Some(3));
-        assert_eq!(next_level(3), Some(0));
+        assert_eq!(next_level(6), Some(4));
+        assert_eq!(next_level(4), Some(2));
+        assert_eq!(next_level(3), Some(2));
         assert_eq!(next_level(2), Some(0));
+        assert_eq!(next_level(1), Some(0));
         assert_eq!(next_level(0), None);
         assert_eq!(*DESCENT.last().unwrap_or(&1), 0);
     }
