@@ -51,13 +51,53 @@ struct Chunk {
     requested: u64,
 }
 
+/// The chunks of a list of runs, by index, without a list of them (a 16 TiB volume has four
+/// million).
+struct Chunks {
+    runs: Vec<BlockRange>,
+    /// Index of each run's first chunk.
+    first: Vec<usize>,
+    len: usize,
+}
+
+impl Chunks {
+    fn new(runs: &[BlockRange]) -> Self {
+        let runs: Vec<BlockRange> = runs.iter().copied().filter(|r| !r.is_empty()).collect();
+        let mut first = Vec::with_capacity(runs.len());
+        let mut len = 0;
+        for r in &runs {
+            first.push(len);
+            len += r.count.div_ceil(CHUNK_BLOCKS) as usize;
+        }
+        Chunks { runs, first, len }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, i: usize) -> Option<BlockRange> {
+        if i >= self.len {
+            return None;
+        }
+        let r = self.first.partition_point(|f| *f <= i).checked_sub(1)?;
+        let run = self.runs[r];
+        let start = run.start.0 + (i - self.first[r]) as u64 * CHUNK_BLOCKS;
+        Some(BlockRange::new(start, CHUNK_BLOCKS.min(run.end() - start)))
+    }
+
+    fn last(&self) -> Option<BlockRange> {
+        self.len.checked_sub(1).and_then(|i| self.get(i))
+    }
+}
+
 /// A tree compare of a list of runs.
 struct TreeState {
     req: u64,
     algorithm: Algorithm,
     priority: u8,
     here: bool,
-    chunks: Vec<BlockRange>,
+    chunks: Chunks,
     /// Index in `chunks` of the first chunk not asked for (primary compares) or not sent
     /// (secondary compares).
     next: usize,
@@ -96,15 +136,8 @@ impl Job<'_> {
         runs: &[BlockRange],
         checkpoints: Option<(u64, u64)>,
     ) -> Result<()> {
-        let chunks: Vec<BlockRange> = runs
-            .iter()
-            .flat_map(|r| {
-                (r.start.0..r.end())
-                    .step_by(CHUNK_BLOCKS as usize)
-                    .map(move |s| BlockRange::new(s, CHUNK_BLOCKS.min(r.end() - s)))
-            })
-            .collect();
-        if chunks.is_empty() {
+        let chunks = Chunks::new(runs);
+        if chunks.len() == 0 {
             return Ok(());
         }
         let req = self.next_req();
@@ -160,7 +193,9 @@ impl Job<'_> {
     fn tree_ask_ahead(&mut self, st: &mut TreeState, upto: usize) -> Result<()> {
         let window = st.window.size();
         while st.next < st.chunks.len() && (st.next <= upto || st.pending.len() < window) {
-            let range = st.chunks[st.next];
+            let Some(range) = st.chunks.get(st.next) else {
+                break;
+            };
             let (level, bitmap) = st.top(range);
             self.conn.send(&Message::TreeRequest {
                 req: st.req,
@@ -199,7 +234,7 @@ impl Job<'_> {
     ) -> Result<()> {
         let range = batch.range();
         let idx = st.scan_next;
-        if st.chunks.get(idx) != Some(&range) {
+        if st.chunks.get(idx) != Some(range) {
             return Err(Error::invalid(format!(
                 "scan batch {range} is not the next chunk"
             )));
@@ -440,5 +475,26 @@ impl Job<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_of_runs_are_found_by_index() {
+        let c = Chunks::new(&[
+            BlockRange::new(0, 2048),
+            BlockRange::new(5000, 0),
+            BlockRange::new(9000, 1500),
+        ]);
+        assert_eq!(c.len(), 4);
+        assert_eq!(c.get(1), Some(BlockRange::new(1024, 1024)));
+        assert_eq!(c.get(2), Some(BlockRange::new(9000, 1024)));
+        assert_eq!(c.get(3), Some(BlockRange::new(10024, 476)));
+        assert_eq!(c.last(), c.get(3));
+        assert_eq!(c.get(4), None);
+        assert_eq!(Chunks::new(&[]).last(), None);
     }
 }
