@@ -2,6 +2,11 @@
 //! the configuration names (the primary, or the secondary, which then asks for the blocks
 //! that differ). Requests run a few chunks ahead of the local scan so comparing overlaps
 //! scanning.
+//!
+//! These are the flat passes, one digest per block: what a secondary of protocol version 2
+//! speaks, and what the windows of a dirty-map resync use with any secondary (their blocks
+//! were written and mostly differ, so a tree would only add its nodes). Full scans, verifies
+//! and periodic scans with a version-3 secondary descend trees instead ([`super::tree`]).
 
 use std::collections::VecDeque;
 

@@ -117,6 +117,14 @@ impl Inner {
                             info!(from_block = at, "full scan resumes from its checkpoint");
                         }
                         let segment = (blocks / CHECKPOINTS).max(MIN_SEGMENT_BLOCKS);
+                        if conn.tree && at < blocks {
+                            // One pipelined descent; it sets the checkpoints as it passes them.
+                            job.compare_tree(
+                                &[BlockRange::new(at, blocks - at)],
+                                Some((segment, at)),
+                            )?;
+                            at = blocks;
+                        }
                         while at < blocks {
                             let n = segment.min(blocks - at);
                             job.compare(BlockRange::new(at, n))?;
@@ -430,6 +438,9 @@ impl<'a> Job<'a> {
     pub(super) fn compare(&mut self, range: BlockRange) -> Result<()> {
         if range.is_empty() {
             return Ok(());
+        }
+        if self.conn.tree {
+            return self.compare_tree(&[range], None);
         }
         let req = self.next_req();
         let rx = self.conn.route(req);

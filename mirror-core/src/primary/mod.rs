@@ -41,6 +41,8 @@ mod manager;
 mod replicate;
 mod state;
 mod throttle;
+mod tree;
+mod window;
 mod zero;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
