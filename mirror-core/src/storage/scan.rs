@@ -11,6 +11,7 @@ use rayon::prelude::*;
 
 use crate::protocol::messages::{Message, MAX_DIGESTS_PER_FRAME};
 use crate::storage::digest::{hex, Algorithm};
+use crate::storage::idle;
 use crate::storage::volume::{IoPriority, ReadOp, Volume};
 use crate::units::{BlockIndex, BlockRange, BlockSize};
 use crate::{Error, Result};
@@ -196,9 +197,21 @@ pub struct ScanOptions {
     pub batch_bytes: usize,
     /// Bytes per read submitted (a batch is read as several reads in flight).
     pub read_bytes: usize,
-    /// Hash on every core (foreground), or on the calling thread alone (background jobs, so
-    /// a core stays free for foreground work).
-    pub parallel: bool,
+    /// Where the blocks are hashed.
+    pub hashing: Hashing,
+}
+
+/// Where a scan's blocks are hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashing {
+    /// On every core, at the caller's priority (foreground scans: as fast as possible).
+    AllCores,
+    /// On the `SCHED_IDLE` background threads, in slices of `slice_bytes` with a yield between
+    /// them (background jobs: foreground threads get a core the moment they wake).
+    Idle {
+        /// Bytes hashed between two yields (whole blocks, at least one).
+        slice_bytes: usize,
+    },
 }
 
 impl ScanOptions {
@@ -209,14 +222,16 @@ impl ScanOptions {
             priority: IoPriority::Normal,
             batch_bytes: 4 << 20,
             read_bytes: 1 << 20,
-            parallel: true,
+            hashing: Hashing::AllCores,
         }
     }
 
-    /// The same, as a background job: idle I/O priority, hashing on one thread.
+    /// The same, as a background job: idle I/O priority, hashing on the idle threads in slices.
     pub fn background(mut self) -> Self {
         self.priority = IoPriority::Idle;
-        self.parallel = false;
+        self.hashing = Hashing::Idle {
+            slice_bytes: idle::SLICE_BYTES,
+        };
         self
     }
 
@@ -250,7 +265,7 @@ pub fn check_range(vol: &dyn Volume, range: BlockRange) -> Result<()> {
 
 /// Digests of every block of `data`, which starts on a block boundary, on every core.
 pub fn hash_blocks(algorithm: Algorithm, bs: BlockSize, data: &[u8], out: &mut Vec<u8>) {
-    hash_blocks_with(algorithm, bs, data, out, true)
+    hash_blocks_with(algorithm, bs, data, out, Hashing::AllCores)
 }
 
 fn hash_blocks_with(
@@ -258,18 +273,15 @@ fn hash_blocks_with(
     bs: BlockSize,
     data: &[u8],
     out: &mut Vec<u8>,
-    parallel: bool,
+    hashing: Hashing,
 ) {
+    if let Hashing::Idle { slice_bytes } = hashing {
+        return idle::hash_blocks(algorithm, bs, data, out, slice_bytes);
+    }
     let w = algorithm.digest_len();
     let n = data.len().div_ceil(bs.as_usize());
     let start = out.len();
     out.resize(start + n * w, 0);
-    if !parallel {
-        for (d, block) in out[start..].chunks_mut(w).zip(data.chunks(bs.as_usize())) {
-            algorithm.digest_into(block, d);
-        }
-        return;
-    }
     out[start..]
         .par_chunks_mut(w)
         .zip(data.par_chunks(bs.as_usize()))
@@ -359,7 +371,7 @@ pub fn scan_range(
             bs,
             buf.as_slice(),
             &mut digests,
-            opts.parallel,
+            opts.hashing,
         );
         sink(ScanMap::new(opts.algorithm, range.start, digests)?)?;
         return Ok(());
@@ -395,7 +407,7 @@ pub fn scan_range(
                     bs,
                     buf.as_slice(),
                     &mut digests,
-                    opts.parallel,
+                    opts.hashing,
                 );
                 let _ = free_tx.send(buf);
                 if !sink(ScanMap::new(opts.algorithm, first, digests)?)? {
