@@ -5,6 +5,8 @@
 //! batch before the next is made. Nobody ever holds a whole large volume's digest list to start
 //! comparing; callers that want the whole list (the `scan` verb) concatenate batches.
 
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -376,9 +378,9 @@ pub fn scan_range(
         sink(ScanMap::new(opts.algorithm, range.start, digests)?)?;
         return Ok(());
     }
-    let (free_tx, free_rx) = crossbeam_channel::bounded::<AlignedBuf>(3);
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<AlignedBuf>(BUFFERS);
     let (full_tx, full_rx) = crossbeam_channel::bounded::<Result<(BlockIndex, AlignedBuf)>>(2);
-    for _ in 0..3 {
+    for _ in 0..BUFFERS {
         let _ = free_tx.send(AlignedBuf::default());
     }
     std::thread::scope(|s| {
@@ -399,6 +401,9 @@ pub fn scan_range(
             }
         });
         let result = (|| {
+            if opts.hashing == Hashing::AllCores {
+                return hash_pipelined(opts.algorithm, bs, &full_rx, &free_tx, &mut sink);
+            }
             for item in full_rx.iter() {
                 let (first, buf) = item?;
                 let mut digests = Vec::new();
@@ -420,6 +425,75 @@ pub fn scan_range(
         drop(full_rx);
         drop(free_tx);
         result
+    })
+}
+
+/// Batch buffers of a streaming scan: one being read, up to [`HASH_AHEAD`] held by the
+/// hashing, the rest waiting in the channels.
+const BUFFERS: usize = HASH_AHEAD + 2;
+
+/// Batches a foreground scan hashes at once. With two, the next batch's blocks are already
+/// queued on the pool when the current batch's last blocks finish: no core idles at a batch
+/// boundary waiting for the consumer to wake, take the digests and hand it more — on a busy
+/// machine each of those wake-ups can cost a scheduler slice.
+const HASH_AHEAD: usize = 2;
+
+/// A hashed batch: its sequence number, first block, digests (or the hashing's panic) and buffer.
+type Hashed = (u64, BlockIndex, std::thread::Result<Vec<u8>>, AlignedBuf);
+
+/// The consumer of a foreground scan: hands each batch read to the pool as soon as it arrives
+/// (at most [`HASH_AHEAD`] outstanding, so it holds at most one buffer when it waits for the
+/// reader) and passes the digests to `sink` in block order. Each batch is hashed in place in the
+/// buffer it was read into; only its digests move.
+fn hash_pipelined(
+    algorithm: Algorithm,
+    bs: BlockSize,
+    full_rx: &crossbeam_channel::Receiver<Result<(BlockIndex, AlignedBuf)>>,
+    free_tx: &crossbeam_channel::Sender<AlignedBuf>,
+    sink: &mut impl FnMut(ScanMap) -> Result<bool>,
+) -> Result<()> {
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Hashed>();
+    rayon::in_place_scope(|scope| {
+        let mut ready: BTreeMap<u64, (BlockIndex, Vec<u8>, AlignedBuf)> = BTreeMap::new();
+        let (mut sent, mut next, mut reading) = (0u64, 0u64, true);
+        loop {
+            while reading && sent - next < HASH_AHEAD as u64 {
+                let Ok(item) = full_rx.recv() else {
+                    reading = false;
+                    break;
+                };
+                let (first, buf) = item?;
+                let (seq, done_tx) = (sent, done_tx.clone());
+                scope.spawn(move |_| {
+                    let digests = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        let mut d = Vec::new();
+                        hash_blocks(algorithm, bs, buf.as_slice(), &mut d);
+                        d
+                    }));
+                    let _ = done_tx.send((seq, first, digests, buf));
+                });
+                sent += 1;
+            }
+            if next == sent {
+                return Ok(());
+            }
+            // Batches may finish out of order; they are handed on in order.
+            let (first, digests, buf) = loop {
+                if let Some(b) = ready.remove(&next) {
+                    break b;
+                }
+                let Ok((seq, first, digests, buf)) = done_rx.recv() else {
+                    unreachable!("this scope holds a sender")
+                };
+                let digests = digests.unwrap_or_else(|p| std::panic::resume_unwind(p));
+                ready.insert(seq, (first, digests, buf));
+            };
+            next += 1;
+            let _ = free_tx.send(buf);
+            if !sink(ScanMap::new(algorithm, first, digests)?)? {
+                return Ok(());
+            }
+        }
     })
 }
 
@@ -511,6 +585,31 @@ mod tests {
         assert_eq!(starts.first(), Some(&(10, 7)));
         assert_eq!(starts.iter().map(|s| s.1).sum::<usize>(), 100);
         assert!(starts.windows(2).all(|w| w[0].0 + w[0].1 as u64 == w[1].0));
+    }
+
+    #[test]
+    fn a_scan_its_sink_stops_ends_there_on_every_hashing_path() {
+        let vol = patterned(4096 * 300);
+        for background in [false, true] {
+            let mut opts = ScanOptions::new(Algorithm::Md5);
+            if background {
+                opts = opts.background();
+            }
+            opts.batch_bytes = 4096 * 10;
+            let mut seen = Vec::new();
+            scan_range(
+                &vol,
+                BlockRange::new(0, 300),
+                opts,
+                |_| Ok(()),
+                |b| {
+                    seen.push(b.first().0);
+                    Ok(seen.len() < 3)
+                },
+            )
+            .unwrap();
+            assert_eq!(seen, vec![0, 10, 20], "background: {background}");
+        }
     }
 
     #[test]
