@@ -201,6 +201,11 @@ pub struct ScanOptions {
     pub read_bytes: usize,
     /// Where the blocks are hashed.
     pub hashing: Hashing,
+    /// Batches hashed at once on every core ([`Hashing::AllCores`]), at least one. With two
+    /// (the default) the next batch is already queued on the pool when the current one's last
+    /// blocks finish, so no core idles at a batch boundary waiting for the consumer to wake
+    /// and hand it more — on a busy machine each such wake-up can cost a scheduler slice.
+    pub hash_ahead: usize,
 }
 
 /// Where a scan's blocks are hashed.
@@ -225,6 +230,7 @@ impl ScanOptions {
             batch_bytes: 4 << 20,
             read_bytes: 1 << 20,
             hashing: Hashing::AllCores,
+            hash_ahead: 2,
         }
     }
 
@@ -378,9 +384,12 @@ pub fn scan_range(
         sink(ScanMap::new(opts.algorithm, range.start, digests)?)?;
         return Ok(());
     }
-    let (free_tx, free_rx) = crossbeam_channel::bounded::<AlignedBuf>(BUFFERS);
+    // Buffers: one being read, up to `ahead` held by the hashing, the rest in the channels.
+    let ahead = opts.hash_ahead.max(1);
+    let buffers = ahead + 2;
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<AlignedBuf>(buffers);
     let (full_tx, full_rx) = crossbeam_channel::bounded::<Result<(BlockIndex, AlignedBuf)>>(2);
-    for _ in 0..BUFFERS {
+    for _ in 0..buffers {
         let _ = free_tx.send(AlignedBuf::default());
     }
     std::thread::scope(|s| {
@@ -402,7 +411,7 @@ pub fn scan_range(
         });
         let result = (|| {
             if opts.hashing == Hashing::AllCores {
-                return hash_pipelined(opts.algorithm, bs, &full_rx, &free_tx, &mut sink);
+                return hash_pipelined(opts.algorithm, bs, ahead, &full_rx, &free_tx, &mut sink);
             }
             for item in full_rx.iter() {
                 let (first, buf) = item?;
@@ -428,26 +437,17 @@ pub fn scan_range(
     })
 }
 
-/// Batch buffers of a streaming scan: one being read, up to [`HASH_AHEAD`] held by the
-/// hashing, the rest waiting in the channels.
-const BUFFERS: usize = HASH_AHEAD + 2;
-
-/// Batches a foreground scan hashes at once. With two, the next batch's blocks are already
-/// queued on the pool when the current batch's last blocks finish: no core idles at a batch
-/// boundary waiting for the consumer to wake, take the digests and hand it more — on a busy
-/// machine each of those wake-ups can cost a scheduler slice.
-const HASH_AHEAD: usize = 2;
-
 /// A hashed batch: its sequence number, first block, digests (or the hashing's panic) and buffer.
 type Hashed = (u64, BlockIndex, std::thread::Result<Vec<u8>>, AlignedBuf);
 
 /// The consumer of a foreground scan: hands each batch read to the pool as soon as it arrives
-/// (at most [`HASH_AHEAD`] outstanding, so it holds at most one buffer when it waits for the
+/// (at most `ahead` outstanding, so it holds at most one buffer when it waits for the
 /// reader) and passes the digests to `sink` in block order. Each batch is hashed in place in the
 /// buffer it was read into; only its digests move.
 fn hash_pipelined(
     algorithm: Algorithm,
     bs: BlockSize,
+    ahead: usize,
     full_rx: &crossbeam_channel::Receiver<Result<(BlockIndex, AlignedBuf)>>,
     free_tx: &crossbeam_channel::Sender<AlignedBuf>,
     sink: &mut impl FnMut(ScanMap) -> Result<bool>,
@@ -457,7 +457,7 @@ fn hash_pipelined(
         let mut ready: BTreeMap<u64, (BlockIndex, Vec<u8>, AlignedBuf)> = BTreeMap::new();
         let (mut sent, mut next, mut reading) = (0u64, 0u64, true);
         loop {
-            while reading && sent - next < HASH_AHEAD as u64 {
+            while reading && sent - next < ahead as u64 {
                 let Ok(item) = full_rx.recv() else {
                     reading = false;
                     break;
@@ -553,6 +553,7 @@ mod tests {
                 opts = opts.background();
             }
             opts.batch_bytes = 64 << 10; // many batches
+            opts.hash_ahead = 1 + alg as usize % 3;
             let map = scan_all(&vol, BlockRange::new(0, vol.blocks()), opts).unwrap();
             assert_eq!(map.len(), 1001);
             for (i, chunk) in bytes.chunks(4096).enumerate() {
@@ -590,12 +591,13 @@ mod tests {
     #[test]
     fn a_scan_its_sink_stops_ends_there_on_every_hashing_path() {
         let vol = patterned(4096 * 300);
-        for background in [false, true] {
+        for (background, ahead) in [(false, 1), (false, 2), (false, 3), (true, 2)] {
             let mut opts = ScanOptions::new(Algorithm::Md5);
             if background {
                 opts = opts.background();
             }
             opts.batch_bytes = 4096 * 10;
+            opts.hash_ahead = ahead;
             let mut seen = Vec::new();
             scan_range(
                 &vol,
@@ -608,7 +610,11 @@ mod tests {
                 },
             )
             .unwrap();
-            assert_eq!(seen, vec![0, 10, 20], "background: {background}");
+            assert_eq!(
+                seen,
+                vec![0, 10, 20],
+                "background: {background}, ahead {ahead}"
+            );
         }
     }
 
