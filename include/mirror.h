@@ -606,6 +606,20 @@ typedef struct mirror_status {
      * it; zeroed unless `has_last_secondary_report`.
      */
     struct mirror_report last_secondary_report;
+    /**
+     * Bytes the running job (resync, verify or periodic scan) still has to compare (the last
+     * job's, zero at its end; zero before any).
+     */
+    uint64_t job_remaining_bytes;
+    /**
+     * True when `job_eta_seconds` holds an estimate.
+     */
+    bool has_job_eta_seconds;
+    /**
+     * Seconds that job needs still at its recent rate (smoothed); zero once it ended, zero
+     * too and `has_job_eta_seconds` false before any job or while no rate is known.
+     */
+    double job_eta_seconds;
 } mirror_status;
 
 /**
@@ -1207,6 +1221,38 @@ mirror_result mirror_primary_config_set_discard_secondary(struct mirror_primary_
  */
 mirror_result mirror_primary_config_set_write_intent(struct mirror_primary_config *config,
                                                      bool write_intent);
+
+/**
+ * Sets how fast a resync or verify may read, in MiB/s: `min_mib_s` is the floor it keeps
+ * while the application's writes arrive (default 4; like DRBD's `c-min-rate`), `max_mib_s`
+ * the ceiling it never exceeds (0: none, the default; like `c-max-rate`).
+ * `MIRROR_RESULT_INVALID_ARGUMENT`, the config unchanged, unless the floor is a positive
+ * finite number, the ceiling zero or a positive finite number, and the floor not above it.
+ *
+ * Ownership: only the values are kept. Thread safety: a config is used by one thread at a
+ * time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_resync_rates(struct mirror_primary_config *config,
+                                                     double min_mib_s,
+                                                     double max_mib_s);
+
+/**
+ * Makes resyncs and verifies yield to the application (default true): while replicated
+ * writes arrive they slow to the floor set by `mirror_primary_config_set_resync_rates`, and
+ * speed up again within a fraction of a second once the writes stop. False: they read at the
+ * ceiling whatever the load.
+ *
+ * Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+ * time; distinct configs are independent.
+ *
+ * # Safety
+ * `config` is NULL or a live config used by no other thread.
+ */
+mirror_result mirror_primary_config_set_resync_yield(struct mirror_primary_config *config,
+                                                     bool yield_to_writes);
 
 /**
  * Makes the secondary lead a full checksum scan of its volume as soon as a primary's session

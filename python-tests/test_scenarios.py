@@ -437,3 +437,35 @@ def test_report_fields_are_those_of_the_command_json_report(
     assert set(report) == set(cli) - {"command"}
     for key in ("mode", "blocks", "mismatched", "coherent", "mismatched_ranges", "algorithm"):
         assert report[key] == cli[key], key
+
+
+def test_a_resync_beside_writes_yields_and_its_eta_is_in_the_status(
+    pair: Pair, rng: random.Random
+) -> None:
+    path, secondary, proxy = pair
+    corrupt(path, list(range(0, BLOCKS, 7)), rng)
+    with open_primary(path, proxy, resync_min_rate=2.0, resync_max_rate=64.0) as p:
+        st = p.status()
+        assert st.job_remaining_bytes == 0 and st.job_eta_seconds is None
+        random_writes(p, path, rng, 20)
+        report = p.resync()
+        assert report.mode == "full-scan" and report.blocks == BLOCKS
+        random_writes(p, path, rng, 20)
+        st = p.status()
+        assert st.job_remaining_bytes == 0 and st.job_eta_seconds == 0.0
+    assert_equal(path, secondary.volume)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"resync_min_rate": 0.0},
+        {"resync_min_rate": float("nan")},
+        {"resync_min_rate": 64.0, "resync_max_rate": 8.0},
+        {"resync_max_rate": -1.0},
+    ],
+)
+def test_bad_resync_rates_are_refused(pair: Pair, kwargs: dict[str, float]) -> None:
+    path, _, proxy = pair
+    with pytest.raises(mirror.ConfigError):
+        mirror.Primary(path, peer=proxy.address, **kwargs)  # type: ignore[arg-type]

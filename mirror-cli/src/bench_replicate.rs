@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use indicatif::HumanBytes;
-use mirror_core::{Primary, PrimaryConfig, Secondary, SecondaryConfig, Volume};
+use mirror_core::{ErrorKind, Primary, PrimaryConfig, Secondary, SecondaryConfig, Volume};
 use mirror_uring::{open_volume, IoBackend, VolumeOptions};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
@@ -105,17 +105,31 @@ pub fn run(args: ReplicateBenchArgs) -> Result<u8> {
         SecondaryConfig::new("127.0.0.1:0"),
     )?;
     let addr = secondary.serve()?.to_string();
-    let open_primary = || -> Result<Primary> {
+    let open_primary = |resync_yield: bool| -> Result<Primary> {
         let mut config = PrimaryConfig::new(addr.clone());
         config.auto_resync = false;
+        config.resync_yield = resync_yield;
         config.link_timeout = Duration::from_secs(30);
-        let primary = Primary::open(open_volume(&p_path, &vopts)?, config)?;
-        primary.wait_connected(Duration::from_secs(30))?;
-        Ok(primary)
+        // The secondary may not have seen the previous primary's link end yet: it refuses
+        // another session while that one looks alive, so a refusal is waited out.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let primary = Primary::open(open_volume(&p_path, &vopts)?, config.clone())?;
+            match primary.wait_connected(Duration::from_secs(30)) {
+                Ok(()) => return Ok(primary),
+                Err(e) if e.kind() == ErrorKind::Busy && Instant::now() < deadline => {
+                    drop(primary);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
     };
 
-    let (mut local, mut replicated, mut during, mut resync_alone, mut resync_loaded) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut local, mut replicated, mut resync_alone) = (Vec::new(), Vec::new(), Vec::new());
+    // Writes during the resync, and its seconds: [yielding, not yielding].
+    let mut during = [Vec::new(), Vec::new()];
+    let mut resync_loaded = [Vec::new(), Vec::new()];
     for round in 0..args.runs {
         eprintln!("bench-replicate: round {}", round + 1);
         // The local volume alone.
@@ -132,7 +146,7 @@ pub fn run(args: ReplicateBenchArgs) -> Result<u8> {
         }
         // A first full-scan resync with nothing else running.
         {
-            let primary = open_primary()?;
+            let primary = open_primary(true)?;
             let report = primary.resync()?;
             resync_alone.push(report.seconds);
             // Sync-mode replication of the same writes, the pair coherent.
@@ -149,9 +163,10 @@ pub fn run(args: ReplicateBenchArgs) -> Result<u8> {
             replicated.push(rate);
             primary.close()?;
         }
-        // The same writes while a new primary's first full-scan resync runs.
-        {
-            let primary = open_primary()?;
+        // The same writes while a new primary's first full-scan resync runs, yielding to them
+        // and not.
+        for (i, resync_yield) in [true, false].into_iter().enumerate() {
+            let primary = open_primary(resync_yield)?;
             let resync_done = AtomicBool::new(false);
             let (rate, resync_s) = std::thread::scope(|s| -> Result<(f64, f64)> {
                 let job = s.spawn(|| {
@@ -174,21 +189,23 @@ pub fn run(args: ReplicateBenchArgs) -> Result<u8> {
                     .map_err(|_| CliError::Check("the resync thread panicked".into()))??;
                 Ok((written?.0, report.seconds))
             })?;
-            during.push(rate);
-            resync_loaded.push(resync_s);
+            during[i].push(rate);
+            resync_loaded[i].push(resync_s);
             primary.close()?;
         }
     }
     secondary.stop();
 
-    let (local, replicated, during) = (median(local), median(replicated), median(during));
-    let (resync_alone, resync_loaded) = (median(resync_alone), median(resync_loaded));
+    let (local, replicated) = (median(local), median(replicated));
+    let [during, during_unyielding] = during.map(median);
+    let resync_alone = median(resync_alone);
+    let [resync_loaded, resync_unyielding] = resync_loaded.map(median);
     println!(
         "### Replication of 1 MiB writes, one writer, {} volumes (median of {} rounds)\n",
         HumanBytes(args.size),
         args.runs
     );
-    println!("Random 1 MiB-aligned offsets; up to {} per row. \"During resync\" writes only while a new primary's first full-scan resync (sha1) runs; its resync seconds are next to those of the same resync alone.\n", HumanBytes(args.bytes));
+    println!("Random 1 MiB-aligned offsets; up to {} per row. \"During resync\" writes only while a new primary's first full-scan resync (sha1) runs, which yields to the writes (default) or not (`resync_yield` off); its resync seconds are next to those of the same resync alone.\n", HumanBytes(args.bytes));
     println!("| row | MiB/s | ÷ local alone | ÷ replicated alone | resync s |");
     println!("|---|---:|---:|---:|---:|");
     println!("| local volume alone | {local:.0} | 1.00 | – | – |");
@@ -198,9 +215,14 @@ pub fn run(args: ReplicateBenchArgs) -> Result<u8> {
     );
     println!("| first full-scan resync alone | – | – | – | {resync_alone:.2} |");
     println!(
-        "| sync-mode replication during that resync | {during:.0} | {:.2} | {:.2} | {resync_loaded:.2} |",
+        "| sync-mode replication during that resync, yielding | {during:.0} | {:.2} | {:.2} | {resync_loaded:.2} |",
         during / local,
         during / replicated
+    );
+    println!(
+        "| sync-mode replication during that resync, not yielding | {during_unyielding:.0} | {:.2} | {:.2} | {resync_unyielding:.2} |",
+        during_unyielding / local,
+        during_unyielding / replicated
     );
     println!();
     println!("| what | now | target | |");

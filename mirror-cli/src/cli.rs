@@ -123,6 +123,20 @@ pub struct LinkArgs {
     /// Resolve a split brain in favour of this primary, discarding the secondary's writes.
     #[arg(long)]
     pub discard_secondary: bool,
+
+    /// Floor of a resync or verify while the application writes, in MiB/s (suffixes as for
+    /// --rate): it slows to this while replicated writes arrive, so a busy volume still
+    /// converges, and speeds up again when they stop.
+    #[arg(long, value_name = "MIB_S", default_value = "4", value_parser = parse_rate)]
+    pub resync_min_rate: f64,
+
+    /// Ceiling of a resync's or verify's reads, in MiB/s, whatever the load (default: none).
+    #[arg(long, value_name = "MIB_S", value_parser = parse_rate)]
+    pub resync_max_rate: Option<f64>,
+
+    /// Resyncs and verifies do not yield to replicated writes (they read at the ceiling).
+    #[arg(long)]
+    pub no_resync_yield: bool,
 }
 
 /// `mirror serve`.

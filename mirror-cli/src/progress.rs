@@ -27,12 +27,13 @@ impl Bar {
         }
         let pb = ProgressBar::new(size);
         let style = ProgressStyle::with_template(
-            "{msg:8} [{bar:40}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {eta} left)",
+            "{prefix:8} [{bar:40}] {binary_bytes}/{binary_total_bytes} ({binary_bytes_per_sec}, {msg})",
         )
         .unwrap_or_else(|_| ProgressStyle::default_bar())
         .progress_chars("=> ");
         pb.set_style(style);
-        pb.set_message(what.to_owned());
+        pb.set_prefix(what.to_owned());
+        pb.set_message(eta_text(None));
         Bar {
             pb: Some(pb),
             block,
@@ -53,6 +54,7 @@ impl Bar {
                 pb.set_length(total);
             }
             pb.set_position(self.bytes(p.done));
+            pb.set_message(eta_text(p.eta));
         }
     }
 
@@ -68,6 +70,18 @@ impl Bar {
         if let Some(pb) = &self.pb {
             pb.finish_and_clear();
         }
+    }
+}
+
+/// The engine's estimate of the time left (its recent rate, smoothed, so it holds steady
+/// while the job yields to the application's writes).
+fn eta_text(eta: Option<std::time::Duration>) -> String {
+    match eta {
+        Some(d) => format!(
+            "{} left",
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+        ),
+        None => "estimating".to_owned(),
     }
 }
 

@@ -23,6 +23,10 @@ pub fn primary_config(peer: &str, link: &LinkArgs) -> Result<PrimaryConfig> {
     config.durability = link.durability;
     config.adopt = link.adopt;
     config.discard_secondary = link.discard_secondary;
+    config.resync_yield = !link.no_resync_yield;
+    config.resync_min_rate = link.resync_min_rate;
+    config.resync_max_rate = link.resync_max_rate;
+    mirror_core::config::check_resync_rates(config.resync_min_rate, config.resync_max_rate)?;
     if let Some(f) = &link.secret_file {
         config.secret = Some(mirror_core::config::read_secret_file(f)?);
     }

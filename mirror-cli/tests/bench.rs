@@ -89,7 +89,8 @@ fn bench_replicate_prints_its_rows() {
     for needle in [
         "| local volume alone |",
         "| sync-mode replication |",
-        "| sync-mode replication during that resync |",
+        "| sync-mode replication during that resync, yielding |",
+        "| sync-mode replication during that resync, not yielding |",
     ] {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }

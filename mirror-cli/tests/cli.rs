@@ -244,6 +244,18 @@ fn bad_arguments_give_one_line_errors_and_exit_2() {
             "-3",
         ],
         vec!["demo", "--size", "1000"],
+        vec!["sync", p, "--peer", "127.0.0.1:1", "--resync-min-rate", "0"],
+        // A floor above the ceiling.
+        vec![
+            "sync",
+            p,
+            "--peer",
+            "127.0.0.1:1",
+            "--resync-min-rate",
+            "64",
+            "--resync-max-rate",
+            "8",
+        ],
     ];
     for args in cases {
         let o = run(&args);

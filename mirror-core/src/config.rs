@@ -154,7 +154,19 @@ pub struct PrimaryConfig {
     pub write_intent: bool,
     /// Chunk of the write-intent map, bytes (a power of two, at least 4 KiB).
     pub intent_chunk: u64,
+    /// Resyncs and verifies yield to the application: while replicated writes arrive their
+    /// reads slow to `resync_min_rate`, and speed up again when the writes stop.
+    pub resync_yield: bool,
+    /// Floor of a yielding resync, MiB/s: what it keeps reading under load, so a busy
+    /// volume still converges (like DRBD's `c-min-rate`).
+    pub resync_min_rate: f64,
+    /// Ceiling of a resync's or verify's reads, MiB/s, whatever the load (like DRBD's
+    /// `c-max-rate`); None: as fast as the link and the disks go.
+    pub resync_max_rate: Option<f64>,
 }
+
+/// Default floor of a yielding resync, MiB/s.
+pub const DEFAULT_RESYNC_MIN_RATE: f64 = 4.0;
 
 impl PrimaryConfig {
     /// Defaults for a secondary at `peer`.
@@ -181,6 +193,9 @@ impl PrimaryConfig {
             discard_secondary: false,
             write_intent: false,
             intent_chunk: crate::meta::DEFAULT_INTENT_CHUNK,
+            resync_yield: true,
+            resync_min_rate: DEFAULT_RESYNC_MIN_RATE,
+            resync_max_rate: None,
         }
     }
 
@@ -213,8 +228,31 @@ impl PrimaryConfig {
                 self.intent_chunk
             )));
         }
-        Ok(())
+        check_resync_rates(self.resync_min_rate, self.resync_max_rate)
     }
+}
+
+/// Checks a resync's floor and ceiling, MiB/s: positive numbers, the floor not above the
+/// ceiling.
+pub fn check_resync_rates(min: f64, max: Option<f64>) -> Result<()> {
+    if !(min.is_finite() && min > 0.0) {
+        return Err(Error::invalid(format!(
+            "resync minimum rate {min} is not a positive number of MiB/s"
+        )));
+    }
+    if let Some(max) = max {
+        if !(max.is_finite() && max > 0.0) {
+            return Err(Error::invalid(format!(
+                "resync maximum rate {max} is not a positive number of MiB/s"
+            )));
+        }
+        if min > max {
+            return Err(Error::invalid(format!(
+                "resync minimum rate {min} MiB/s is above the maximum, {max} MiB/s"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Configuration of a [`Secondary`](crate::Secondary).

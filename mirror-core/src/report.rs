@@ -166,6 +166,12 @@ pub struct Status {
     /// The last scan the secondary led (on connection or periodic), as the secondary
     /// reported it (its bytes are the secondary's), if any.
     pub last_secondary_report: Option<Report>,
+    /// Bytes the running job (resync, verify or periodic scan) still has to compare (the last
+    /// job's, zero at its end; zero before any).
+    pub job_remaining_bytes: u64,
+    /// Seconds that job needs still, at its recent rate (smoothed): zero once it ended, None
+    /// before any job or while no rate is measured yet.
+    pub job_eta_seconds: Option<f64>,
 }
 
 impl Status {
@@ -183,6 +189,8 @@ impl Status {
         "last_error",
         "last_report",
         "last_secondary_report",
+        "job_remaining_bytes",
+        "job_eta_seconds",
     ];
 }
 
@@ -261,6 +269,8 @@ mod tests {
             last_error,
             last_report,
             last_secondary_report,
+            job_remaining_bytes,
+            job_eta_seconds,
         });
         assert_eq!(names, Status::FIELDS);
     }

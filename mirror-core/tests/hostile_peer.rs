@@ -167,13 +167,20 @@ fn corrupted_checksum_and_oversized_length_are_refused() {
 fn wrong_protocol_version_is_answered_with_both_versions() {
     let (pair, addr, before) = setup();
     let mut s = connect(addr);
-    hello(&mut s, 99);
+    hello(&mut s, 1);
     let (c, m) = read_error(&mut s).expect("an Error frame");
     assert_eq!(c, code::VERSION);
     assert!(
-        m.contains("99") && m.contains(&wire::PROTOCOL_VERSION.to_string()),
+        m.contains("1") && m.contains(&wire::PROTOCOL_VERSION.to_string()),
         "{m}"
     );
+    // A newer primary is answered with the version this secondary speaks.
+    let mut s = connect(addr);
+    hello(&mut s, 99);
+    match wire::read_frame(&mut s, wire::MAX_PAYLOAD).unwrap().0 {
+        Message::HelloReply { version, .. } => assert_eq!(version, wire::PROTOCOL_VERSION),
+        other => panic!("{other:?}"),
+    }
     still_serves(&pair, &before);
 }
 
@@ -274,6 +281,65 @@ fn writes_and_scans_past_the_end_or_unaligned_are_refused_before_any_io() {
             "{m:?} changed the volume"
         );
     }
+    still_serves(&pair, &before);
+}
+
+#[test]
+fn malformed_or_unasked_tree_messages_are_refused_before_any_io() {
+    let (pair, addr, before) = setup();
+    let request = |level: u8, range: BlockRange, nodes: Vec<u8>| Message::TreeRequest {
+        req: 1,
+        algorithm: Algorithm::Sha1,
+        level,
+        group: 0,
+        priority: 0,
+        range,
+        nodes,
+    };
+    let chunk = BlockRange::new(0, 200);
+    let cases = [
+        // A level above any a chunk holds.
+        request(13, chunk, vec![1]),
+        // A bitmap longer than the level's nodes (200 blocks at level 3: 25 nodes, 4 bytes).
+        request(3, chunk, vec![1; 5]),
+        // Nodes past the chunk's last: unaligned with the level.
+        request(3, chunk, vec![0, 0, 0, 0x02]),
+        // Nothing asked for.
+        request(3, chunk, vec![0; 4]),
+        // A chunk past the end of the volume (256 blocks).
+        request(0, BlockRange::new(200, 100), vec![0xff; 13]),
+        // A chunk longer than any tree message names.
+        request(12, BlockRange::new(0, 8192), vec![0b11]),
+        // Digests that do not match the bitmap.
+        Message::TreeDigests {
+            req: 1,
+            algorithm: Algorithm::Crc32,
+            level: 6,
+            group: 0,
+            priority: 0,
+            range: chunk,
+            nodes: vec![0b11, 1, 2, 3],
+        },
+    ];
+    for m in cases {
+        let mut s = opened(addr);
+        send(&mut s, &m);
+        let (c, msg) = read_error(&mut s).unwrap_or_else(|| panic!("no Error frame for {m:?}"));
+        assert_ne!(c, 0, "{msg}");
+        assert_eq!(
+            read(&pair.secondary_path),
+            before,
+            "{m:?} changed the volume"
+        );
+    }
+    // A session of protocol version 2 speaks no trees.
+    let mut s = connect(addr);
+    hello(&mut s, 2);
+    match wire::read_frame(&mut s, wire::MAX_PAYLOAD).unwrap().0 {
+        Message::HelloReply { version, .. } => assert_eq!(version, 2),
+        other => panic!("{other:?}"),
+    }
+    drop(s);
     still_serves(&pair, &before);
 }
 

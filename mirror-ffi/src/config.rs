@@ -1153,6 +1153,59 @@ pub unsafe extern "C" fn mirror_primary_config_set_write_intent(
     }
 }
 
+/// Sets how fast a resync or verify may read, in MiB/s: `min_mib_s` is the floor it keeps
+/// while the application's writes arrive (default 4; like DRBD's `c-min-rate`), `max_mib_s`
+/// the ceiling it never exceeds (0: none, the default; like `c-max-rate`).
+/// `MIRROR_RESULT_INVALID_ARGUMENT`, the config unchanged, unless the floor is a positive
+/// finite number, the ceiling zero or a positive finite number, and the floor not above it.
+///
+/// Ownership: only the values are kept. Thread safety: a config is used by one thread at a
+/// time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_resync_rates(
+    config: *mut mirror_primary_config,
+    min_mib_s: f64,
+    max_mib_s: f64,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            let max = (max_mib_s != 0.0).then_some(max_mib_s);
+            mirror_core::config::check_resync_rates(min_mib_s, max)?;
+            c.core.resync_min_rate = min_mib_s;
+            c.core.resync_max_rate = max;
+            Ok(())
+        })
+    }
+}
+
+/// Makes resyncs and verifies yield to the application (default true): while replicated
+/// writes arrive they slow to the floor set by `mirror_primary_config_set_resync_rates`, and
+/// speed up again within a fraction of a second once the writes stop. False: they read at the
+/// ceiling whatever the load.
+///
+/// Ownership: only the value is kept. Thread safety: a config is used by one thread at a
+/// time; distinct configs are independent.
+///
+/// # Safety
+/// `config` is NULL or a live config used by no other thread.
+#[no_mangle]
+pub unsafe extern "C" fn mirror_primary_config_set_resync_yield(
+    config: *mut mirror_primary_config,
+    yield_to_writes: bool,
+) -> mirror_result {
+    // SAFETY: forwarded contract.
+    unsafe {
+        with_config(config, |c| {
+            c.core.resync_yield = yield_to_writes;
+            Ok(())
+        })
+    }
+}
+
 /// Makes the secondary lead a full checksum scan of its volume as soon as a primary's session
 /// is established (a new or a re-established link); default false. The blocks that differ
 /// are sent by the primary on the replication stream, and the scan's report is shown by

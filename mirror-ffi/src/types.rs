@@ -374,6 +374,14 @@ pub struct mirror_status {
     /// The last scan the secondary led (on connection or periodic), as the secondary reported
     /// it; zeroed unless `has_last_secondary_report`.
     pub last_secondary_report: mirror_report,
+    /// Bytes the running job (resync, verify or periodic scan) still has to compare (the last
+    /// job's, zero at its end; zero before any).
+    pub job_remaining_bytes: u64,
+    /// True when `job_eta_seconds` holds an estimate.
+    pub has_job_eta_seconds: bool,
+    /// Seconds that job needs still at its recent rate (smoothed); zero once it ended, zero
+    /// too and `has_job_eta_seconds` false before any job or while no rate is known.
+    pub job_eta_seconds: f64,
 }
 
 impl From<&Status> for mirror_status {
@@ -396,6 +404,9 @@ impl From<&Status> for mirror_status {
                 .as_ref()
                 .map(Into::into)
                 .unwrap_or_default(),
+            job_remaining_bytes: s.job_remaining_bytes,
+            has_job_eta_seconds: s.job_eta_seconds.is_some(),
+            job_eta_seconds: s.job_eta_seconds.unwrap_or(0.0),
         }
     }
 }
@@ -495,6 +506,9 @@ mod tests {
             last_report,
             has_last_secondary_report,
             last_secondary_report,
+            job_remaining_bytes,
+            has_job_eta_seconds,
+            job_eta_seconds,
         });
         // `has_X` stands for the `Option` of `X`; `last_error` is a string, which
         // `mirror_primary_last_link_error` copies out instead.

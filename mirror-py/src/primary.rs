@@ -42,6 +42,9 @@ pub(crate) const DEFAULT_RATE_MIB_S: f64 = 64.0;
 /// ``"received"``. ``on_disconnect`` says what a sync-mode write does with the link down:
 /// ``"degrade"`` (default: return ``"degraded"``), ``"fail"`` (raise ``LinkError``) or
 /// ``"suspend"`` (wait up to ``suspend_timeout`` seconds for the link, then raise).
+/// ``resync_yield`` (default true) makes resyncs and verifies yield to replicated writes:
+/// while they arrive the job reads at ``resync_min_rate`` MiB/s (default 4), and speeds up
+/// again once they stop, never past ``resync_max_rate`` MiB/s (default: no limit).
 ///
 /// Every method releases the GIL while it waits; long jobs (``scan``, ``resync``, ``verify``,
 /// ``wait_connected``) can be interrupted with Ctrl-C. Use it as a context manager, or call
@@ -136,6 +139,9 @@ impl Primary {
         tls_key = None,
         tls_trust = None,
         allow_insecure = false,
+        resync_yield = true,
+        resync_min_rate = 4.0,
+        resync_max_rate = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -165,8 +171,14 @@ impl Primary {
         tls_key: Option<PathBuf>,
         tls_trust: Option<PathBuf>,
         allow_insecure: bool,
+        resync_yield: bool,
+        resync_min_rate: f64,
+        resync_max_rate: Option<f64>,
     ) -> PyResult<Self> {
         let mut config = PrimaryConfig::new(peer.clone());
+        config.resync_yield = resync_yield;
+        config.resync_min_rate = resync_min_rate;
+        config.resync_max_rate = resync_max_rate;
         config.meta = Some(meta.unwrap_or_else(|| mirror_core::meta::default_meta_path(&volume)));
         config.adopt = adopt;
         config.discard_secondary = discard_secondary;

@@ -153,6 +153,12 @@ pub struct Status {
     last_report: Option<Report>,
     /// The last scan the secondary led, as it reported it, if any.
     last_secondary_report: Option<Report>,
+    /// Bytes the running job (resync, verify or periodic scan) still has to compare (the last
+    /// job's; 0 at its end).
+    job_remaining_bytes: u64,
+    /// Seconds that job needs still at its recent rate: 0.0 once it ended, ``None`` before
+    /// any job or while no rate is known.
+    job_eta_seconds: Option<f64>,
 }
 
 // The class has every field of the engine's status, by the same name and in the same order:
@@ -171,6 +177,8 @@ const _: () = assert!(same_field_names(
         last_error,
         last_report,
         last_secondary_report,
+        job_remaining_bytes,
+        job_eta_seconds,
     }),
     mirror_core::Status::FIELDS
 ));
@@ -190,6 +198,8 @@ impl From<&mirror_core::Status> for Status {
             last_error: s.last_error.clone(),
             last_report: s.last_report.as_ref().map(Report::from),
             last_secondary_report: s.last_secondary_report.as_ref().map(Report::from),
+            job_remaining_bytes: s.job_remaining_bytes,
+            job_eta_seconds: s.job_eta_seconds,
         }
     }
 }

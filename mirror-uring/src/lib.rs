@@ -70,7 +70,7 @@ pub struct VolumeOptions {
     /// Reads in flight at once at [`mirror_core::IoPriority::Idle`] (background scans, resync
     /// reads), at most `queue_depth`. A device serves what it was handed in order whatever its
     /// priority, so every idle read queued ahead of a foreground write delays it: keep this
-    /// small. See the write-latency table in the README.
+    /// small. See the write-latency tables in docs/benchmarks.md.
     pub idle_queue_depth: u32,
     /// Open read-only.
     pub read_only: bool,

@@ -2,6 +2,11 @@
 //! the configuration names (the primary, or the secondary, which then asks for the blocks
 //! that differ). Requests run a few chunks ahead of the local scan so comparing overlaps
 //! scanning.
+//!
+//! These are the flat passes, one digest per block: what a secondary of protocol version 2
+//! speaks, and what the windows of a dirty-map resync use with any secondary (their blocks
+//! were written and mostly differ, so a tree would only add its nodes). Full scans, verifies
+//! and periodic scans with a version-3 secondary descend trees instead ([`super::tree`]).
 
 use std::collections::VecDeque;
 
@@ -159,6 +164,9 @@ impl Job<'_> {
         let (Some(first), Some(last)) = (small.first(), small.last()) else {
             return Ok(());
         };
+        // The large runs were paced by their scans; the small ones are read here at once.
+        self.ctl
+            .pace(small.iter().map(|r| r.count).sum::<u64>() * bs)?;
         let span = BlockRange::new(first.start.0, last.end() - first.start.0);
         let req = self.next_req();
         let rx = self.conn.route(req);

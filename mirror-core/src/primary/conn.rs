@@ -92,6 +92,8 @@ pub(super) struct Conn {
     pub(super) dead: AtomicBool,
     /// Why the link died (the first failure), for callers woken by it.
     pub(super) cause: Mutex<Option<Error>>,
+    /// The secondary speaks hierarchical digests: full scans and verifies descend trees.
+    pub(super) tree: bool,
 }
 
 impl Conn {

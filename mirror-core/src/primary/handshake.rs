@@ -31,10 +31,34 @@ pub(super) struct Handshaken {
     pub(super) last: Generation,
     /// The epoch this connection opened.
     pub(super) epoch: u64,
+    /// The secondary speaks hierarchical digests (protocol version 3 or later).
+    pub(super) tree: bool,
 }
 
 impl Inner {
+    /// Connects offering our protocol version; a secondary too old for it refuses with
+    /// `Error{VERSION}`, and we connect again offering the oldest we speak.
     pub(super) fn connect(&self) -> Result<Handshaken> {
+        match self.connect_offering(wire::PROTOCOL_VERSION)? {
+            Some(h) => Ok(h),
+            None => {
+                debug!(peer = %self.config.peer, "secondary refused protocol version {}; offering {}", wire::PROTOCOL_VERSION, wire::MIN_PROTOCOL_VERSION);
+                self.connect_offering(wire::MIN_PROTOCOL_VERSION)?
+                    .ok_or_else(|| {
+                        Error::Mismatch(format!(
+                            "{}: the secondary speaks no protocol version of {}..={}",
+                            self.config.peer,
+                            wire::MIN_PROTOCOL_VERSION,
+                            wire::PROTOCOL_VERSION
+                        ))
+                    })
+            }
+        }
+    }
+
+    /// One connection offering protocol version `offer`; None when the secondary refused
+    /// that version and an older one is left to offer.
+    fn connect_offering(&self, offer: u16) -> Result<Option<Handshaken>> {
         let peer = &self.config.peer;
         let timeout = self.config.link_timeout;
         let addr = peer
@@ -68,7 +92,7 @@ impl Inner {
         let nonce_p = auth::nonce()?;
         writer.send_now(&Message::Hello {
             magic: wire::MAGIC,
-            version: wire::PROTOCOL_VERSION,
+            version: offer,
             nonce: nonce_p,
         })?;
         let (version, auth_required, nonce_s) = match reader.recv() {
@@ -77,6 +101,8 @@ impl Inner {
                 auth_required,
                 nonce,
             }) => (version, auth_required, nonce),
+            // Before Open, the only refusal named a mismatch is of the version we offered.
+            Err(Error::Mismatch(_)) if offer > wire::MIN_PROTOCOL_VERSION => return Ok(None),
             Ok(other) => {
                 return Err(Error::protocol(
                     peer,
@@ -93,10 +119,11 @@ impl Inner {
             }
             Err(e) => return Err(e),
         };
-        if version != wire::PROTOCOL_VERSION {
+        // The secondary answers the lower of both versions.
+        if !(wire::MIN_PROTOCOL_VERSION..=offer).contains(&version) {
             return Err(Error::Mismatch(format!(
-                "{peer}: protocol version mismatch: primary speaks {}, secondary answered {version}",
-                wire::PROTOCOL_VERSION
+                "{peer}: protocol version mismatch: primary speaks {}..={offer}, secondary answered {version}",
+                wire::MIN_PROTOCOL_VERSION
             )));
         }
         match (&self.config.secret, auth_required) {
@@ -192,13 +219,17 @@ impl Inner {
             }
         };
         reader.handshake_done();
-        Ok(Handshaken {
+        if version < wire::TREE_PROTOCOL_VERSION {
+            info!(%peer, version, "the secondary speaks no hierarchical digests: jobs compare flat");
+        }
+        Ok(Some(Handshaken {
             stream: shutdown,
             reader,
             writer,
             counters,
             last,
             epoch,
-        })
+            tree: version >= wire::TREE_PROTOCOL_VERSION,
+        }))
     }
 }

@@ -14,6 +14,8 @@ use crossbeam_channel::{Receiver, RecvTimeoutError};
 use tracing::{info, warn};
 
 use super::conn::{Conn, PendingKind, Waiter};
+use super::eta::Eta;
+use super::throttle::ResyncThrottle;
 use super::{Inner, JobKind, JobOptions, Progress};
 use crate::config::CompareSide;
 use crate::dirty::Region;
@@ -79,12 +81,25 @@ impl Inner {
             .periodic
             .filter(|_| background)
             .map(|p| Mutex::new(RateLimiter::new(p.rate_mib_s)));
+        // Resyncs and verifies yield to the application's writes; the periodic scan has its
+        // own rate and idle priority.
+        let throttle = (!background).then(|| {
+            let c = &self.config;
+            Mutex::new(ResyncThrottle::new(
+                c.resync_min_rate,
+                c.resync_max_rate,
+                c.resync_yield,
+                self.started.elapsed(),
+                self.writes.load(Ordering::Relaxed),
+            ))
+        });
         let ctl = Ctl {
             inner: self,
             conn: &conn,
             cancel: opts.cancel,
             called_at,
             rate: rate.as_ref(),
+            throttle: throttle.as_ref(),
             background,
         };
         let mut body = || -> Result<()> {
@@ -102,6 +117,14 @@ impl Inner {
                             info!(from_block = at, "full scan resumes from its checkpoint");
                         }
                         let segment = (blocks / CHECKPOINTS).max(MIN_SEGMENT_BLOCKS);
+                        if conn.tree && at < blocks {
+                            // One pipelined descent; it sets the checkpoints as it passes them.
+                            job.compare_tree(
+                                &[BlockRange::new(at, blocks - at)],
+                                Some((segment, at)),
+                            )?;
+                            at = blocks;
+                        }
                         while at < blocks {
                             let n = segment.min(blocks - at);
                             job.compare(BlockRange::new(at, n))?;
@@ -151,6 +174,12 @@ impl Inner {
         } else {
             body()
         };
+        if let Some(e) = lock(&self.job_eta).as_mut() {
+            match result {
+                Ok(()) => e.finish(),
+                Err(_) => e.halt(),
+            }
+        }
         if kind != JobKind::Verify && kind != JobKind::Periodic && !conn.is_dead() {
             self.set_state(if prev_state == LinkState::Resyncing {
                 LinkState::Connected
@@ -246,6 +275,8 @@ pub(super) struct Ctl<'a> {
     /// [`Inner::cancels`] when a caller asked for the job; None for the primary's own.
     called_at: Option<u64>,
     rate: Option<&'a Mutex<RateLimiter>>,
+    /// The yielding rate of a resync or verify ([`ResyncThrottle`]).
+    throttle: Option<&'a Mutex<ResyncThrottle>>,
     background: bool,
 }
 
@@ -267,9 +298,24 @@ impl Ctl<'_> {
         Ok(())
     }
 
-    /// Pacing of background reads: the rate limit, and a short yield while foreground writes
-    /// are arriving.
+    /// Pacing of a job's reads: for a resync or verify, the rate its controller sets from the
+    /// foreground writes; for a background job, the rate limit and a short yield while
+    /// foreground writes are arriving.
     pub(super) fn pace(&self, bytes: u64) -> Result<()> {
+        if let Some(t) = self.throttle {
+            let mut owed = bytes;
+            loop {
+                let wait = {
+                    let now = self.inner.started.elapsed();
+                    let mut t = lock(t);
+                    t.observe(now, self.inner.writes.load(Ordering::Relaxed));
+                    t.admit(now, &mut owed)
+                };
+                let Some(wait) = wait else { break };
+                std::thread::sleep(wait);
+                self.check_live()?;
+            }
+        }
         if self.background {
             if let Some(r) = self.rate {
                 lock(r).take(bytes);
@@ -315,6 +361,8 @@ impl<'a> Job<'a> {
             JobKind::Auto if lock(&inner.dirty).is_valid() => 0,
             _ => inner.volume.blocks(),
         };
+        let bs = inner.volume.block_size().bytes();
+        *lock(&inner.job_eta) = Some(Eta::start(total * bs, inner.started.elapsed()));
         Job {
             inner,
             conn: ctl.conn,
@@ -353,10 +401,20 @@ impl<'a> Job<'a> {
     pub(super) fn advance(&mut self, blocks: u64) {
         self.done += blocks;
         self.report.blocks += blocks;
+        let bs = self.inner.volume.block_size().bytes();
+        let eta = lock(&self.inner.job_eta).as_mut().and_then(|e| {
+            e.update(
+                self.done * bs,
+                self.total * bs,
+                self.inner.started.elapsed(),
+            );
+            e.seconds()
+        });
         if let Some(p) = self.progress {
             p(Progress {
                 done: self.done,
                 total: self.total.max(self.done),
+                eta: eta.map(Duration::from_secs_f64),
             });
         }
     }
@@ -380,6 +438,9 @@ impl<'a> Job<'a> {
     pub(super) fn compare(&mut self, range: BlockRange) -> Result<()> {
         if range.is_empty() {
             return Ok(());
+        }
+        if self.conn.tree {
+            return self.compare_tree(&[range], None);
         }
         let req = self.next_req();
         let rx = self.conn.route(req);

@@ -138,6 +138,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
             counters,
             last,
             epoch,
+            tree,
         } = match inner.connect() {
             Ok(h) => h,
             Err(e) => {
@@ -158,6 +159,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
             stream,
             dead: AtomicBool::new(false),
             cause: Mutex::new(None),
+            tree,
         });
         let prev = inner.epoch.swap(epoch, Ordering::SeqCst);
         let map_usable = {
@@ -365,12 +367,18 @@ fn reader_loop(inner: &Inner, conn: &Conn, mut r: FrameReader, lead: &Sender<Mes
                 m @ (Message::Digests { .. }
                 | Message::ScanEnd { .. }
                 | Message::BlockRequest { .. }
-                | Message::CompareDone { .. }) => {
+                | Message::CompareDone { .. }
+                | Message::TreeRequest { .. }
+                | Message::TreeDigests { .. }
+                | Message::TreeDone { .. }) => {
                     let req = match &m {
                         Message::Digests { req, .. }
                         | Message::ScanEnd { req }
                         | Message::BlockRequest { req, .. }
-                        | Message::CompareDone { req, .. } => *req,
+                        | Message::CompareDone { req, .. }
+                        | Message::TreeRequest { req, .. }
+                        | Message::TreeDigests { req, .. }
+                        | Message::TreeDone { req, .. } => *req,
                         _ => 0,
                     };
                     // A late answer to a job that gave up is dropped.

@@ -24,13 +24,15 @@
 //! the secondary leads: digests, comparing, repairs by the same locked path), [`manager`]
 //! (connecting, the writer and reader threads, [`backoff`] of retries), [`replicate`] (the
 //! write path — writes, write-zeroes and trim — flush and the on-disconnect policy), [`state`]
-//! (the metadata record, the write-intent map, the full-scan checkpoint), [`zero`]
+//! (the metadata record, the write-intent map, the full-scan checkpoint), [`throttle`] (the
+//! rate a resync yields to foreground writes at), [`eta`] (a job's time to completion), [`zero`]
 //! (write-zeroes and trim: a range carried without data). This file is the public face,
 //! [`Primary`].
 
 mod backoff;
 mod compare;
 mod conn;
+mod eta;
 mod handshake;
 mod job;
 mod lead;
@@ -38,6 +40,9 @@ mod locks;
 mod manager;
 mod replicate;
 mod state;
+mod throttle;
+mod tree;
+mod window;
 mod zero;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -80,6 +85,8 @@ pub struct Progress {
     pub done: u64,
     /// Blocks to compare.
     pub total: u64,
+    /// Time the job needs still at its recent rate (smoothed); None until a rate is known.
+    pub eta: Option<Duration>,
 }
 
 /// Options of one resync or verify.
@@ -129,6 +136,10 @@ struct Inner {
     last_secondary_report: Mutex<Option<Report>>,
     started: Instant,
     last_write_ms: AtomicU64,
+    /// Replicated writes since open: the foreground a resync yields to ([`throttle`]).
+    writes: AtomicU64,
+    /// Progress and estimated time to completion of the running (or last) job.
+    job_eta: Mutex<Option<eta::Eta>>,
     next_req: AtomicU64,
     /// Calls of [`Primary::cancel_jobs`] so far; a job asked for before the latest is
     /// cancelled.
@@ -202,6 +213,8 @@ impl Primary {
             last_secondary_report: Mutex::new(None),
             started: Instant::now(),
             last_write_ms: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            job_eta: Mutex::new(None),
             next_req: AtomicU64::new(1),
             cancels: AtomicU64::new(0),
         });
@@ -329,6 +342,9 @@ impl Primary {
             received += c.counters.received.load(Ordering::Relaxed);
             pending_writes = c.pending_writes();
         }
+        let (job_remaining_bytes, job_eta_seconds) = lock(&inner.job_eta)
+            .as_ref()
+            .map_or((0, None), |e| (e.remaining(), e.seconds()));
         Status {
             state: *lock(&inner.state),
             map_valid,
@@ -342,6 +358,8 @@ impl Primary {
             last_error: lock(&inner.last_error).as_ref().map(|e| e.to_string()),
             last_report: lock(&inner.last_report).clone(),
             last_secondary_report: lock(&inner.last_secondary_report).clone(),
+            job_remaining_bytes,
+            job_eta_seconds,
         }
     }
 

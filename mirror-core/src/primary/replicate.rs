@@ -76,6 +76,7 @@ impl Primary {
             inner.started.elapsed().as_millis() as u64 + 1,
             Ordering::Relaxed,
         );
+        inner.writes.fetch_add(1, Ordering::Relaxed);
         let sync = inner.config.mode == ReplicationMode::Sync;
         let flags = inner.config.durability.write_flags();
         let mut waiting = Vec::new();

@@ -55,8 +55,17 @@
 //!
 //! The `level` byte of scan and compare requests selects what a digest covers: 0 is one block.
 //! Higher levels (a digest over 2^level consecutive block digests, for a hierarchical
-//! Merkle-style descent) fit the same messages; a secondary refuses a level it does not know
-//! with `Error{UNSUPPORTED}`, so adding them needs no new protocol version.
+//! Merkle-style descent) travel in the tree messages of version 3, which name a chunk, a
+//! level and a bitmap of its nodes (see [`super::tree`]); scan and compare requests of any
+//! level but 0 are refused:
+//!
+//! ```text
+//! TreeRequest{req, level, chunk, bitmap}    -->  <-- TreeDigests{req, level, chunk, bitmap ‖ digests}
+//!                                                    (primary compares; one answer per request)
+//! TreeDigests{req, level, chunk, ...}       -->  <-- TreeRequest{req, lower level, chunk, children}
+//!                                                    (secondary compares) ... <-- BlockRequest*
+//!                                                    TreeDone{req, chunk, mismatched}
+//! ```
 //!
 //! # Payloads
 //!
@@ -68,6 +77,7 @@
 use std::io;
 
 use super::frame::{bad, encode_frame, Cursor};
+use super::tree;
 use crate::storage::digest::Algorithm;
 use crate::units::BlockRange;
 
@@ -83,7 +93,13 @@ pub use super::frame::{
 /// `OpenReply` carry identities and generation histories (see Versions above); `WriteZeroes`
 /// and `Trim` zero ranges. Version 1 (the secondary proved first, to anyone) is no longer
 /// spoken.
-pub const PROTOCOL_VERSION: u16 = 2;
+///
+/// 3 — hierarchical digests: `TreeRequest`, `TreeDigests` and `TreeDone` (see [`super::tree`]).
+/// A secondary answers `Hello` with the lower of both versions, and a primary refused at
+/// version 3 by an older secondary connects again at 2; at 2 jobs compare flat (level 0).
+pub const PROTOCOL_VERSION: u16 = 3;
+/// First protocol version with hierarchical digests.
+pub const TREE_PROTOCOL_VERSION: u16 = 3;
 /// Oldest protocol version this build speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 2;
 /// Most generations of history an Open or OpenReply carries (16 bytes each), which keeps
@@ -302,6 +318,18 @@ messages! {
     46 => LEAD_REPORT LeadReport { req: u64, mode: u8, compare: u8, algorithm: Algorithm, blocks: u64, mismatched: u64, blocks_sent: u64, bytes_sent: u64, bytes_received: u64, micros: u64 },
     /// Secondary's proof of the shared secret, sent once the primary's has verified.
     47 => AUTH_REPLY AuthReply { proof: [u8; 32] },
+    /// Send the digests at `level` of the nodes of the chunk `range` in the groups of
+    /// 2^`group` nodes marked in the bitmap `nodes` (see [`super::tree`]), as one
+    /// `TreeDigests`. Version 3.
+    48 => TREE_REQUEST TreeRequest { req: u64, algorithm: Algorithm, level: u8, group: u8, priority: u8, range: BlockRange, nodes: Vec<u8> },
+    /// Digests at `level` of nodes of the chunk `range`: the group bitmap (as in
+    /// `TreeRequest`), then one digest per node of the marked groups, in order. From the
+    /// secondary it answers a `TreeRequest`; from the primary it asks the secondary to
+    /// compare. Version 3.
+    49 => TREE_DIGESTS TreeDigests { req: u64, algorithm: Algorithm, level: u8, group: u8, priority: u8, range: BlockRange, nodes: Vec<u8> },
+    /// The secondary compared the chunk `range` of tree compare `req` to its leaves and asked
+    /// for its `mismatched` differing blocks (`BlockRequest`s before this). Version 3.
+    50 => TREE_DONE TreeDone { req: u64, range: BlockRange, mismatched: u64 },
 }
 
 /// The operation of an `IoError` message (wire values; never reuse one).
@@ -472,6 +500,68 @@ impl Message {
                     range.start.0
                 )));
             }
+            Message::TreeRequest {
+                algorithm,
+                level,
+                group,
+                priority,
+                range,
+                nodes,
+                ..
+            }
+            | Message::TreeDigests {
+                algorithm,
+                level,
+                group,
+                priority,
+                range,
+                nodes,
+                ..
+            } => {
+                if !tree_range_ok(range) {
+                    return Err(bad(format!(
+                        "{} for a chunk of {} blocks at {} (1 to {})",
+                        self.name(),
+                        range.count,
+                        range.start.0,
+                        tree::MAX_TREE_BLOCKS
+                    )));
+                }
+                if *priority > priority::IDLE {
+                    return Err(bad(format!("unknown priority {priority}")));
+                }
+                if u16::from(*level) + u16::from(*group) > u16::from(tree::MAX_TREE_LEVEL) {
+                    return Err(bad(format!(
+                        "{} at tree level {level} in groups of 2^{group} (0 to {} together)",
+                        self.name(),
+                        tree::MAX_TREE_LEVEL
+                    )));
+                }
+                // A request is its bitmap; an answer its bitmap, then the digests.
+                let answer = matches!(self, Message::TreeDigests { .. });
+                let map = if answer {
+                    tree::bitmap_len(range.count, *level, *group).min(nodes.len())
+                } else {
+                    nodes.len()
+                };
+                let (bitmap, digests) = nodes.split_at(map);
+                let marked = tree::check_bitmap(range.count, *level, *group, bitmap)
+                    .map_err(|e| bad(format!("{}: {e}", self.name())))?;
+                if answer && digests.len() as u64 != marked * algorithm.digest_len() as u64 {
+                    return Err(bad(format!(
+                        "TreeDigests with {} bytes of digests for {marked} {algorithm} nodes",
+                        digests.len()
+                    )));
+                }
+            }
+            Message::TreeDone {
+                range, mismatched, ..
+            } if !tree_range_ok(range) || *mismatched > range.count => {
+                return Err(bad(format!(
+                    "TreeDone of {mismatched} blocks for a chunk of {} blocks at {}",
+                    range.count, range.start.0
+                )));
+            }
             Message::LeadReport { mode, compare, .. } if *mode > 1 || *compare > 1 => {
                 return Err(bad(format!(
                     "LeadReport with mode {mode} and compare {compare} (0 or 1 each)"
@@ -481,6 +571,13 @@ impl Message {
         }
         Ok(())
     }
+}
+
+/// The chunk of a tree message covers 1 to [`tree::MAX_TREE_BLOCKS`] blocks, all with an index.
+fn tree_range_ok(range: &BlockRange) -> bool {
+    range.count != 0
+        && range.count <= tree::MAX_TREE_BLOCKS
+        && range.start.0.checked_add(range.count).is_some()
 }
 
 fn history_ok(h: &[u8]) -> bool {
@@ -618,6 +715,29 @@ mod tests {
             },
             Auth { proof: [3; 32] },
             AuthReply { proof: [9; 32] },
+            TreeRequest {
+                req: 5,
+                algorithm: Algorithm::Sha1,
+                level: 3,
+                group: 0,
+                priority: priority::NORMAL,
+                range: BlockRange::new(1024, 1000),
+                nodes: crate::protocol::tree::bitmap(125, [0, 124]),
+            },
+            TreeDigests {
+                req: 5,
+                algorithm: Algorithm::Md5,
+                level: 10,
+                group: 0,
+                priority: priority::IDLE,
+                range: BlockRange::new(0, 1024),
+                nodes: [vec![1], vec![7; 16]].concat(),
+            },
+            TreeDone {
+                req: 5,
+                range: BlockRange::new(0, 1024),
+                mismatched: 3,
+            },
             Open {
                 volume_id: 1 << 100,
                 session: 42,
@@ -760,7 +880,7 @@ mod tests {
         };
         let f = m.to_frame().unwrap();
         assert_eq!(&f[..8], &[38, 0, 0, 0, kind::HELLO, 0, 0, 0]);
-        assert_eq!(&f[8..14], b"MIRR\x02\x00");
+        assert_eq!(&f[8..14], b"MIRR\x03\x00");
         assert_eq!(&f[14..46], &[0xAB; 32]);
         let crc = crc32fast::hash(&f[..46]);
         assert_eq!(&f[46..], &crc.to_le_bytes());
@@ -1011,6 +1131,80 @@ mod tests {
         };
         let f = digests.to_frame().unwrap();
         assert!(read_frame(&mut &f[..], MAX_PAYLOAD).is_err());
+    }
+
+    #[test]
+    fn tree_messages_with_a_bad_level_bitmap_or_digest_count_are_refused() {
+        use crate::protocol::tree::{bitmap, MAX_TREE_BLOCKS, MAX_TREE_LEVEL};
+        let decode = |m: Message| {
+            let f = m.to_frame().unwrap();
+            read_frame(&mut &f[..], MAX_PAYLOAD).map(|(m, _)| m)
+        };
+        let req = |level: u8, count: u64, nodes: Vec<u8>| Message::TreeRequest {
+            req: 1,
+            algorithm: Algorithm::Crc32,
+            level,
+            group: 0,
+            priority: 0,
+            range: BlockRange::new(64, count),
+            nodes,
+        };
+        let answer = |level: u8, count: u64, nodes: Vec<u8>| Message::TreeDigests {
+            req: 1,
+            algorithm: Algorithm::Crc32,
+            level,
+            group: 0,
+            priority: 0,
+            range: BlockRange::new(64, count),
+            nodes,
+        };
+        assert!(decode(req(3, 1000, bitmap(125, [3]))).is_ok());
+        assert!(
+            decode(req(MAX_TREE_LEVEL + 1, 1000, vec![1])).is_err(),
+            "level"
+        );
+        assert!(decode(req(255, 1000, vec![1])).is_err(), "level");
+        assert!(
+            decode(req(3, 1000, vec![1; 17])).is_err(),
+            "bitmap too long"
+        );
+        assert!(
+            decode(req(3, 1000, vec![1; 15])).is_err(),
+            "bitmap too short"
+        );
+        assert!(decode(req(3, 1000, vec![0; 16])).is_err(), "no node");
+        let mut past = bitmap(125, [3]);
+        past[15] |= 0x20;
+        assert!(decode(req(3, 1000, past)).is_err(), "node past the chunk");
+        assert!(decode(req(0, MAX_TREE_BLOCKS + 1, vec![1; 513])).is_err());
+        assert!(decode(req(0, 0, vec![])).is_err());
+        assert!(decode(answer(6, 1000, [vec![0b11, 0], vec![0; 8]].concat())).is_ok());
+        assert!(decode(answer(6, 1000, [vec![0b11, 0], vec![0; 7]].concat())).is_err());
+        assert!(decode(answer(6, 1000, [vec![0b11, 0], vec![0; 12]].concat())).is_err());
+        assert!(decode(answer(6, 1000, vec![])).is_err());
+        let done = |mismatched: u64| Message::TreeDone {
+            req: 1,
+            range: BlockRange::new(0, 10),
+            mismatched,
+        };
+        // Groups: leaves in groups of 8 under level-3 nodes 0 and 124 of 1,000 blocks.
+        let grouped = |group: u8, digests: usize| Message::TreeDigests {
+            req: 1,
+            algorithm: Algorithm::Crc32,
+            level: 0,
+            group,
+            priority: 0,
+            range: BlockRange::new(0, 1000),
+            nodes: [bitmap(125, [0, 124]), vec![0; 4 * digests]].concat(),
+        };
+        assert!(decode(grouped(3, 16)).is_ok());
+        assert!(decode(grouped(3, 2)).is_err());
+        assert!(
+            decode(grouped(MAX_TREE_LEVEL + 1, 16)).is_err(),
+            "group past the top"
+        );
+        assert!(decode(done(10)).is_ok());
+        assert!(decode(done(11)).is_err());
     }
 
     #[test]

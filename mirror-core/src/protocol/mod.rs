@@ -7,6 +7,7 @@
 //! - [`auth`]: the shared-secret challenge–response of the handshake, bound to the session.
 //! - [`tls`]: mutual TLS 1.3 (rustls): identities, trust, the handshake and the stream the
 //!   frames ride in across anything but loopback.
+//! - [`tree`]: hierarchical digests — what a node covers, node bitmaps, the descent's levels.
 //!
 //! Invariants held here: every length, offset and count off the wire is bounded before any
 //! allocation or I/O (a bad frame is a protocol error that ends the connection); before the
@@ -18,3 +19,4 @@ pub mod frame;
 pub mod link;
 pub mod messages;
 pub mod tls;
+pub mod tree;

@@ -12,9 +12,10 @@ use std::sync::atomic::Ordering;
 
 use super::commit::Committer;
 use super::session::Session;
+use super::tree::TreeWork;
 use super::worker::Work;
 use crate::protocol::link::FrameReader;
-use crate::protocol::messages::{write_flags, zero_flags, Message};
+use crate::protocol::messages::{self as wire, write_flags, zero_flags, Message};
 use crate::storage::volume::check_io;
 use crate::sync::lock;
 use crate::units::BlockRange;
@@ -78,6 +79,7 @@ impl Session<'_> {
                 Ok(m) => m,
                 Err(e) => return Err(committer.failure().unwrap_or(e)),
             };
+            let (name, tree_digests) = (msg.name(), matches!(msg, Message::TreeDigests { .. }));
             match msg {
                 Message::Write {
                     seq,
@@ -217,6 +219,51 @@ impl Session<'_> {
                             start,
                             digests,
                         },
+                        self.peer,
+                    )?;
+                }
+                Message::TreeRequest {
+                    req,
+                    algorithm,
+                    level,
+                    group,
+                    priority,
+                    range,
+                    nodes,
+                }
+                | Message::TreeDigests {
+                    req,
+                    algorithm,
+                    level,
+                    group,
+                    priority,
+                    range,
+                    nodes,
+                } => {
+                    if !self.tree.load(Ordering::Relaxed) {
+                        return Err(Error::protocol(
+                            self.peer,
+                            format!(
+                                "{} on a session of protocol version {} (hierarchical digests need {})",
+                                name,
+                                wire::MIN_PROTOCOL_VERSION,
+                                wire::TREE_PROTOCOL_VERSION
+                            ),
+                        ));
+                    }
+                    check_range(range, "tree chunk")?;
+                    send_work(
+                        work,
+                        Work::Tree(TreeWork {
+                            req,
+                            algorithm,
+                            level,
+                            group,
+                            priority,
+                            range,
+                            nodes,
+                            compare: tree_digests,
+                        }),
                         self.peer,
                     )?;
                 }

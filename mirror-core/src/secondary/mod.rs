@@ -41,6 +41,7 @@ mod failure;
 pub mod gate;
 mod lead;
 mod session;
+mod tree;
 mod worker;
 
 use std::collections::HashMap;

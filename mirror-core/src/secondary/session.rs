@@ -101,6 +101,7 @@ pub(super) fn handle_connection(inner: &Arc<Inner>, id: u64, stream: TcpStream, 
         counters: counters.clone(),
         binding,
         authenticated: &authenticated,
+        tree: AtomicBool::new(false),
     }
     .run(&mut reader);
     let authenticated = authenticated.load(Ordering::SeqCst);
@@ -173,6 +174,8 @@ pub(super) struct Session<'a> {
     binding: Binding,
     /// Set once the primary has authenticated (TLS, and the secret when one is configured).
     authenticated: &'a AtomicBool,
+    /// The session speaks hierarchical digests (protocol version 3 or later).
+    pub(super) tree: AtomicBool,
 }
 
 impl Session<'_> {
@@ -306,7 +309,7 @@ impl Session<'_> {
                 ))
             }
         };
-        if !(wire::MIN_PROTOCOL_VERSION..=wire::PROTOCOL_VERSION).contains(&version) {
+        if version < wire::MIN_PROTOCOL_VERSION {
             let msg = format!(
                 "protocol version mismatch: primary speaks {version}, secondary speaks {}..={}",
                 wire::MIN_PROTOCOL_VERSION,
@@ -320,6 +323,10 @@ impl Session<'_> {
         }
         let secret = self.inner.config.secret.as_deref();
         let nonce_s = auth::nonce()?;
+        // The lower of both versions: a newer primary speaks ours.
+        let version = version.min(wire::PROTOCOL_VERSION);
+        self.tree
+            .store(version >= wire::TREE_PROTOCOL_VERSION, Ordering::Relaxed);
         self.send_now(&Message::HelloReply {
             version,
             auth_required: secret.is_some(),

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use crossbeam_channel::Receiver;
 use tracing::debug;
 
+use super::tree::{LeafCache, TreeServer, TreeWork, MAX_MERGED_TREE_BLOCKS};
 use super::Inner;
 use crate::protocol::link::FrameWriter;
 use crate::protocol::messages::{self as wire, Message};
@@ -41,6 +42,8 @@ pub(super) enum Work {
     CompareEnd {
         req: u64,
     },
+    /// A `TreeRequest` or `TreeDigests` ([`super::tree`]).
+    Tree(TreeWork),
 }
 
 /// Most blocks of queued scan requests merged into one scan.
@@ -72,8 +75,43 @@ pub(super) fn worker(
         }
     };
     let mut held: Option<Work> = None;
+    let mut trees = TreeServer {
+        vol,
+        writer,
+        peer,
+        cache: LeafCache::default(),
+    };
     while let Some(w) = held.take().or_else(|| rx.recv().ok()) {
         match w {
+            Work::Tree(t) => {
+                if closing.load(Ordering::Relaxed) {
+                    return Err(Error::Cancelled("scan"));
+                }
+                // Chunks queued behind this one that continue it, none of them read yet, are
+                // read as one run.
+                let first_count = t.range.count;
+                let mut batch = vec![t];
+                let mut blocks = first_count;
+                while !trees.cache.contains(batch[0].algorithm, batch[0].range)
+                    && blocks < MAX_MERGED_TREE_BLOCKS
+                {
+                    match rx.try_recv() {
+                        Ok(Work::Tree(next))
+                            if batch[batch.len() - 1].continued_by(&next, first_count)
+                                && !trees.cache.contains(next.algorithm, next.range) =>
+                        {
+                            blocks += next.range.count;
+                            batch.push(next);
+                        }
+                        Ok(other) => {
+                            held = Some(other);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                trees.serve(batch)?;
+            }
             Work::Scan {
                 req,
                 algorithm,

@@ -1,6 +1,7 @@
 //! A link the test drives frame by frame: a TCP proxy that forwards whole frames and can cut
 //! the connection at a chosen frame boundary in either direction (after the Nth frame, or
-//! before the next frame of a given kind), and be pointed at a restarted secondary.
+//! before the next frame of a given kind), and be pointed at a restarted secondary. It can also
+//! play a secondary of an older protocol version at `Hello`.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -42,6 +43,9 @@ struct State {
     plan: Mutex<Plan>,
     cuts: AtomicU64,
     frames: [AtomicU64; 2],
+    /// Refuse a Hello above this version as an older secondary would (0: pass every Hello).
+    max_version: AtomicU64,
+    refused: AtomicU64,
 }
 
 /// The proxy; dropping it closes everything.
@@ -63,6 +67,8 @@ impl FrameProxy {
             plan: Mutex::new(Plan::default()),
             cuts: AtomicU64::new(0),
             frames: [AtomicU64::new(0), AtomicU64::new(0)],
+            max_version: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         });
         let st = state.clone();
         std::thread::spawn(move || {
@@ -132,6 +138,19 @@ impl FrameProxy {
         *self.state.target.lock().unwrap() = target;
     }
 
+    /// Answers a `Hello` above `version` with `Error{VERSION}` and closes, as a secondary
+    /// that speaks no newer version does.
+    pub fn speak_at_most(&self, version: u16) {
+        self.state
+            .max_version
+            .store(u64::from(version), Ordering::SeqCst);
+    }
+
+    /// Hellos refused by [`speak_at_most`](Self::speak_at_most).
+    pub fn refused(&self) -> u64 {
+        self.state.refused.load(Ordering::SeqCst)
+    }
+
     pub fn cuts(&self) -> u64 {
         self.state.cuts.load(Ordering::SeqCst)
     }
@@ -192,6 +211,19 @@ fn pump(st: Arc<State>, mut from: TcpStream, mut to: TcpStream, dir: Dir) {
                 }
                 hit
             };
+            let max = st.max_version.load(Ordering::SeqCst);
+            if dir == Dir::Forward && kind == mirror_core::wire::kind::HELLO && max > 0 {
+                let version = u16::from_le_bytes([buf[12], buf[13]]);
+                if u64::from(version) > max {
+                    st.refused.fetch_add(1, Ordering::SeqCst);
+                    let refusal = mirror_core::wire::Message::Error {
+                        code: mirror_core::wire::code::VERSION,
+                        message: format!("protocol version mismatch: primary speaks {version}, secondary speaks 2..={max}"),
+                    };
+                    let _ = (&from).write_all(&refusal.to_frame().unwrap_or_default());
+                    break;
+                }
+            }
             if cut_here || !st.up.load(Ordering::SeqCst) {
                 cut(&st);
                 break;

@@ -73,6 +73,11 @@ int main(int argc, char **argv) {
     mirror_secondary_status sst;
     EXPECT_OK(mirror_secondary_get_status(s, &sst));
     EXPECT(sst.consistent);
+    /* The resync ended: nothing left, and its estimate says so. */
+    mirror_status pst;
+    EXPECT_OK(mirror_primary_get_status(pa, &pst));
+    EXPECT(pst.job_remaining_bytes == 0);
+    EXPECT(pst.has_job_eta_seconds && pst.job_eta_seconds == 0.0);
 
     /* B beside A's live session: refused, BUSY, and A's session goes on. */
     mirror_primary *pb = open_primary(b, meta_b, peer, backend, true);

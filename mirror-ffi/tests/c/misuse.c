@@ -88,6 +88,15 @@ static void configs_refuse_bad_values(const char *volume, uint32_t backend) {
               mirror_primary_config_set_periodic_scan(pc, 1000, (double)NAN));
     EXPECT_OK(mirror_primary_config_set_periodic_scan(pc, 60000, 10.0));
     EXPECT_OK(mirror_primary_config_set_periodic_scan(pc, 0, 0.0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_resync_rates(pc, 0.0, 0.0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT,
+              mirror_primary_config_set_resync_rates(pc, (double)NAN, 0.0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_resync_rates(pc, 8.0, -1.0));
+    EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_resync_rates(pc, 64.0, 8.0));
+    EXPECT_OK(mirror_primary_config_set_resync_rates(pc, 2.0, 0.0));
+    EXPECT_OK(mirror_primary_config_set_resync_rates(pc, 2.0, 500.0));
+    EXPECT_OK(mirror_primary_config_set_resync_yield(pc, false));
+    EXPECT_OK(mirror_primary_config_set_resync_yield(pc, true));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_link_timeout_ms(pc, 10));
     EXPECT_OK(mirror_primary_config_set_link_timeout_ms(pc, 1000));
     EXPECT_RC(MIRROR_RESULT_INVALID_ARGUMENT, mirror_primary_config_set_queue_depth(pc, 0));
@@ -252,6 +261,9 @@ static void primary_refuses_misuse_and_use_after_close(const char *volume, uint3
     EXPECT_OK(mirror_primary_get_status(p, &st));
     EXPECT(st.state == MIRROR_LINK_STATE_DISCONNECTED);
     EXPECT(st.dirty_regions >= 1);
+    /* No job has run: nothing left, no estimate. */
+    EXPECT(st.job_remaining_bytes == 0);
+    EXPECT(!st.has_job_eta_seconds);
     EXPECT_RC(MIRROR_RESULT_NULL_PARAMETER, mirror_primary_get_status(p, NULL));
     EXPECT_RC(MIRROR_RESULT_LINK, mirror_primary_wait_connected(p, 200));
     char link_error[1024];
