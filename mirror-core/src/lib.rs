@@ -27,7 +27,7 @@ pub mod sync;
 pub mod units;
 
 pub use protocol::{auth, link, tls};
-pub use storage::{digest, fault, scan, volume};
+pub use storage::{digest, fault, idle, scan, volume};
 
 /// The wire protocol (messages, with the frame codec re-exported) under its earlier name.
 pub use protocol::messages as wire;

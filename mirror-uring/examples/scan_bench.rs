@@ -4,7 +4,10 @@
 //! 1. single-core (and all-core) hashing speed per algorithm, in memory;
 //! 2. a scan of a 1 GiB file and of a 1 GiB loop device (when root) with a cold cache, per
 //!    algorithm, on the sync backend, io_uring buffered and io_uring O_DIRECT, next to
-//!    `dd if=... of=/dev/null iflag=direct bs=1M` reading the same bytes;
+//!    `dd if=... of=/dev/null iflag=direct bs=1M` reading the same bytes, and the io_uring
+//!    buffered scan again with the file in the page cache (what the cores alone allow);
+//!    then warm scans against one-core hashing, interleaved round by round so the machine's
+//!    load falls on both alike, with one batch hashing at a time and with two (the default);
 //! 3. p50/p99 latency of 4 KiB O_DIRECT writes on the volume alone, and with a background
 //!    scan (idle I/O priority, rate-limited, and unlimited) running on the same volume.
 //!
@@ -13,7 +16,7 @@
 //!
 //! Options: `--size-mib N` (1024), `--dir PATH` (the temp dir; must be on a real disk, not
 //! tmpfs), `--algorithms crc32,md5,sha1`, `--no-loop`, `--writes N` (5000),
-//! `--rate-mib-s R` (100), `--latency-only` (skip hashing and scans), `--out FILE` (also write the tables there).
+//! `--rate-mib-s R` (100), `--latency-only` (skip hashing and scans), `--scans-only`, `--warm-rounds N` (5), `--out FILE` (also write the tables there).
 
 use std::fmt::Write as _;
 use std::fs::File;
@@ -41,6 +44,8 @@ usage: scan_bench [OPTIONS]   (bench/scan.sh [OPTIONS])
   --writes N          4 KiB writes per latency row (5000)
   --rate-mib-s R      rate limit of the limited background scan (100)
   --latency-only      skip hashing and scan tables
+  --scans-only        skip the write latency table
+  --warm-rounds N     rounds of the interleaved warm-scan ÷ one-core table (5; 0 skips it)
   --out FILE          also write the Markdown tables to FILE";
 
 struct Args {
@@ -51,6 +56,8 @@ struct Args {
     writes: usize,
     rate_mib_s: f64,
     scans: bool,
+    latency: bool,
+    warm_rounds: usize,
     out: Option<PathBuf>,
 }
 
@@ -63,6 +70,8 @@ fn parse_args() -> Args {
         writes: 5000,
         rate_mib_s: 100.0,
         scans: true,
+        latency: true,
+        warm_rounds: 5,
         out: None,
     };
     let mut it = std::env::args().skip(1);
@@ -82,6 +91,10 @@ fn parse_args() -> Args {
             }
             "--no-loop" => a.loop_device = false,
             "--latency-only" => a.scans = false,
+            "--scans-only" => a.latency = false,
+            "--warm-rounds" => {
+                a.warm_rounds = val().parse().unwrap_or_else(|_| die("bad --warm-rounds"))
+            }
             "--writes" => a.writes = val().parse().unwrap_or_else(|_| die("bad --writes")),
             "--rate-mib-s" => {
                 a.rate_mib_s = val().parse().unwrap_or_else(|_| die("bad --rate-mib-s"))
@@ -143,6 +156,98 @@ fn make_file(path: &Path, size: u64) {
     f.sync_all().unwrap();
 }
 
+/// CPU seconds this process has used (all threads, user and system).
+fn cpu_seconds() -> f64 {
+    // SAFETY: `usage` is a plain struct the call fills; RUSAGE_SELF needs nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+    t(usage.ru_utime) + t(usage.ru_stime)
+}
+
+/// MiB/s of hashing 4 KiB blocks of `data` on one core.
+fn one_core_speed(alg: Algorithm, data: &[u8]) -> f64 {
+    let mut out = [0u8; 20];
+    let w = alg.digest_len();
+    let t = Instant::now();
+    for block in data.chunks(4096) {
+        alg.digest_into(block, &mut out[..w]);
+    }
+    data.len() as f64 / MIB / t.elapsed().as_secs_f64()
+}
+
+/// MiB/s and cores used of a full scan of `vol` (whose file is in the page cache) hashing
+/// `ahead` batches at once.
+fn warm_scan(vol: &dyn Volume, alg: Algorithm, ahead: usize) -> (f64, f64) {
+    let mut opts = ScanOptions::new(alg);
+    opts.hash_ahead = ahead;
+    let (t, cpu) = (Instant::now(), cpu_seconds());
+    scan_range(
+        vol,
+        BlockRange::new(0, vol.blocks()),
+        opts,
+        |_| Ok(()),
+        |_| Ok(true),
+    )
+    .unwrap_or_else(|e| die(&e.to_string()));
+    let secs = t.elapsed().as_secs_f64();
+    (vol.size() as f64 / MIB / secs, (cpu_seconds() - cpu) / secs)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let m = v.len() / 2;
+    if v.len() % 2 == 0 {
+        (v[m - 1] + v[m]) / 2.0
+    } else {
+        v[m]
+    }
+}
+
+/// Warm-cache scans ÷ one-core hashing, interleaved round by round so a busy machine's load
+/// falls on all alike: each round hashes 256 MiB on one core in memory, then scans the file
+/// (io_uring, buffered, in the page cache) hashing one batch at a time and then two (the
+/// default). Returns the medians: one-core MiB/s, and per `ahead` the scan's MiB/s, its ratio
+/// to the same round's one-core speed, and the cores it used.
+fn warm_rounds(path: &Path, alg: Algorithm, rounds: usize) -> (f64, [(f64, f64, f64); 2]) {
+    let data: Vec<u8> = (0..(256usize << 20))
+        .map(|i| (i * 31 + i / 4096) as u8)
+        .collect();
+    let opts = VolumeOptions {
+        io: IoBackend::Uring,
+        direct: Some(false),
+        read_only: true,
+        ..VolumeOptions::default()
+    };
+    let vol = open_volume_with_info(path, &opts)
+        .unwrap_or_else(|e| die(&e.to_string()))
+        .0;
+    warm_scan(&*vol, alg, 2); // fills the page cache
+    let mut one = Vec::new();
+    let mut per: [(Vec<f64>, Vec<f64>, Vec<f64>); 2] = Default::default();
+    for round in 0..rounds {
+        let o = one_core_speed(alg, &data);
+        one.push(o);
+        for (i, ahead) in [1, 2].into_iter().enumerate() {
+            let (mib, cores) = warm_scan(&*vol, alg, ahead);
+            eprintln!(
+                "warm {alg} round {}: one core {o:.0} MiB/s, scan hashing {ahead} batch(es) at once {mib:.0} MiB/s ({:.2}x, {cores:.2} cores)",
+                round + 1,
+                mib / o
+            );
+            per[i].0.push(mib);
+            per[i].1.push(mib / o);
+            per[i].2.push(cores);
+        }
+    }
+    let [a, b] = per;
+    let m = |(x, y, z): (Vec<f64>, Vec<f64>, Vec<f64>)| (median(x), median(y), median(z));
+    (median(one), [m(a), m(b)])
+}
+
 /// MiB/s of hashing 4 KiB blocks on one core, and on all cores (rayon, as scans do).
 fn hashing_speed(alg: Algorithm) -> (f64, f64) {
     let data: Vec<u8> = (0..(256usize << 20))
@@ -180,9 +285,12 @@ fn dd_speed(path: &Path, size: u64) -> f64 {
     size as f64 / MIB / t.elapsed().as_secs_f64()
 }
 
-/// MiB/s of a full scan of `path` with `alg` on a freshly opened volume.
-fn scan_speed(path: &Path, alg: Algorithm, io: IoBackend, direct: bool) -> f64 {
-    drop_cache(path);
+/// MiB/s of a full scan of `path` with `alg` on a freshly opened volume, the cache dropped
+/// first (`cold`) or left as the previous scan left it.
+fn scan_speed(path: &Path, alg: Algorithm, io: IoBackend, direct: bool, cold: bool) -> f64 {
+    if cold {
+        drop_cache(path);
+    }
     let opts = VolumeOptions {
         io,
         direct: Some(direct),
@@ -331,7 +439,7 @@ fn main() {
     let _ = writeln!(
         md,
         "Linux {}, {cpus} cores, {} MiB volumes, 4 KiB blocks, scans read 4 MiB batches as 256 KiB \
-         reads; cold cache before every row ({}); load average at start {}.\n",
+         reads; cold cache before every row ({}) but \"uring warm\", which rescans with the file in the page cache; load average at start {}.\n",
         kernel.trim(),
         args.size_mib,
         if is_root() { "drop_caches" } else { "fadvise DONTNEED" },
@@ -378,17 +486,19 @@ fn main() {
     if args.scans {
         let _ = writeln!(
             md,
-            "| target | algorithm | dd iflag=direct MiB/s | sync MiB/s | uring MiB/s | uring O_DIRECT MiB/s | default / dd | target |\n\
-             |---|---|---:|---:|---:|---:|---:|---|"
+            "| target | algorithm | dd iflag=direct MiB/s | sync MiB/s | uring MiB/s | uring O_DIRECT MiB/s | default / dd | target | uring warm MiB/s | uring ÷ 1-core hashing | warm ÷ 1-core hashing |\n\
+             |---|---|---:|---:|---:|---:|---:|---|---:|---:|---:|"
         );
     }
     for (label, path) in targets.iter().filter(|_| args.scans) {
         let dd = dd_speed(path, size);
         eprintln!("{label}: dd {dd:.0} MiB/s");
         for &(alg, one_core) in &single {
-            let sync = scan_speed(path, alg, IoBackend::Sync, false);
-            let uring = scan_speed(path, alg, IoBackend::Uring, false);
-            let direct = scan_speed(path, alg, IoBackend::Uring, true);
+            let sync = scan_speed(path, alg, IoBackend::Sync, false, true);
+            let uring = scan_speed(path, alg, IoBackend::Uring, false, true);
+            // The same again with the file in the page cache: what the cores alone allow.
+            let warm = scan_speed(path, alg, IoBackend::Uring, false, false);
+            let direct = scan_speed(path, alg, IoBackend::Uring, true, true);
             // What `open_volume` picks by default: O_DIRECT for devices, buffered for files.
             let default = if label.as_str() == "file" {
                 uring
@@ -401,24 +511,51 @@ fn main() {
                 (0.9 * dd).min(1.6 * one_core)
             };
             eprintln!(
-                "{label} {alg}: sync {sync:.0}, uring {uring:.0}, direct {direct:.0} MiB/s (goal {goal:.0})"
+                "{label} {alg}: sync {sync:.0}, uring {uring:.0} (warm {warm:.0}), direct {direct:.0} MiB/s (goal {goal:.0})"
             );
             let _ = writeln!(
                 md,
-                "| {label} | {alg} | {dd:.0} | {sync:.0} | {uring:.0} | {direct:.0} | {:.2} | ≥ {goal:.0}: {} |",
+                "| {label} | {alg} | {dd:.0} | {sync:.0} | {uring:.0} | {direct:.0} | {:.2} | ≥ {goal:.0}: {} | {warm:.0} | {:.2} | {:.2} |",
                 default / dd,
-                if default >= goal { "met" } else { "missed" }
+                if default >= goal { "met" } else { "missed" },
+                uring / one_core,
+                warm / one_core,
             );
         }
     }
     md.push('\n');
+
+    // 2b. Warm scans against one-core hashing, interleaved.
+    if args.scans && args.warm_rounds > 0 {
+        let _ = writeln!(
+            md,
+            "Warm-cache scans of the file (io_uring, buffered, all in the page cache) against \
+             hashing on one core in memory, interleaved: {} rounds, each hashing 256 MiB on one \
+             core, then scanning with one batch hashing at a time, then with two (the default); \
+             medians, the ratio taken within each round. \"cores\" is the process's CPU time \
+             over the scan's wall time.\n\n\
+             | algorithm | 1 core MiB/s | scan, 1 batch at a time: MiB/s | ÷ 1 core | cores | scan, 2 at once: MiB/s | ÷ 1 core | cores |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|",
+            args.warm_rounds
+        );
+        for &alg in &args.algorithms {
+            let (one, [a, b]) = warm_rounds(&file, alg, args.warm_rounds);
+            let _ = writeln!(
+                md,
+                "| {alg} | {one:.0} | {:.0} | {:.2} | {:.2} | {:.0} | {:.2} | {:.2} |",
+                a.0, a.1, a.2, b.0, b.1, b.2
+            );
+        }
+        md.push('\n');
+    }
 
     // 3. Foreground write latency with a background scan on the same volume.
     let opts = VolumeOptions {
         direct: Some(true),
         ..VolumeOptions::default()
     };
-    let _ = writeln!(
+    if args.latency {
+        let _ = writeln!(
         md,
         "4 KiB O_DIRECT writes (io_uring `write_at`, normal priority), {} writes at random blocks \
          with 0.2 ms think time, alone and with a background scan (`scan_range`, md5 or crc32) looping \
@@ -428,7 +565,8 @@ fn main() {
          |---|---|---:|---:|---:|---:|---:|",
         args.writes
     );
-    for (label, path) in &targets {
+    }
+    for (label, path) in targets.iter().filter(|_| args.latency) {
         let rate = args.rate_mib_s;
         let mut runs: Vec<(String, BackgroundScan)> = vec![("alone".into(), None)];
         for alg in [Algorithm::Md5, Algorithm::Crc32] {

@@ -113,7 +113,7 @@ impl Server<'_> {
         Ok(())
     }
 
-    /// Digests of `range` of the local volume, at `priority` (idle: niced, one core).
+    /// Digests of `range` of the local volume, at `priority` (idle: a niced thread, hashing on the `SCHED_IDLE` pool).
     fn local_digests(
         &self,
         algorithm: Algorithm,

@@ -6,6 +6,11 @@
 //! at nice 19 (threads it starts inherit that), so the scheduler gives foreground threads the
 //! CPU first. A thread's nice value cannot be raised back without privilege, hence a dedicated
 //! thread per job rather than changing the caller's.
+//!
+//! The hashing itself, the bulk of a scan's CPU, goes further: it runs on the `SCHED_IDLE`
+//! threads of [`crate::storage::idle`]. The job thread stays at nice 19 and not idle because it
+//! takes region locks and drives the link: starved behind other work while holding a lock, it
+//! would stall the very foreground writes it is meant to yield to.
 
 use std::sync::Mutex;
 

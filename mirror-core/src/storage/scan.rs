@@ -5,12 +5,15 @@
 //! batch before the next is made. Nobody ever holds a whole large volume's digest list to start
 //! comparing; callers that want the whole list (the `scan` verb) concatenate batches.
 
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
 
 use crate::protocol::messages::{Message, MAX_DIGESTS_PER_FRAME};
 use crate::storage::digest::{hex, Algorithm};
+use crate::storage::idle;
 use crate::storage::volume::{IoPriority, ReadOp, Volume};
 use crate::units::{BlockIndex, BlockRange, BlockSize};
 use crate::{Error, Result};
@@ -196,9 +199,26 @@ pub struct ScanOptions {
     pub batch_bytes: usize,
     /// Bytes per read submitted (a batch is read as several reads in flight).
     pub read_bytes: usize,
-    /// Hash on every core (foreground), or on the calling thread alone (background jobs, so
-    /// a core stays free for foreground work).
-    pub parallel: bool,
+    /// Where the blocks are hashed.
+    pub hashing: Hashing,
+    /// Batches hashed at once on every core ([`Hashing::AllCores`]), at least one. With two
+    /// (the default) the next batch is already queued on the pool when the current one's last
+    /// blocks finish, so no core idles at a batch boundary waiting for the consumer to wake
+    /// and hand it more — on a busy machine each such wake-up can cost a scheduler slice.
+    pub hash_ahead: usize,
+}
+
+/// Where a scan's blocks are hashed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashing {
+    /// On every core, at the caller's priority (foreground scans: as fast as possible).
+    AllCores,
+    /// On the `SCHED_IDLE` background threads, in slices of `slice_bytes` with a yield between
+    /// them (background jobs: foreground threads get a core the moment they wake).
+    Idle {
+        /// Bytes hashed between two yields (whole blocks, at least one).
+        slice_bytes: usize,
+    },
 }
 
 impl ScanOptions {
@@ -209,14 +229,17 @@ impl ScanOptions {
             priority: IoPriority::Normal,
             batch_bytes: 4 << 20,
             read_bytes: 1 << 20,
-            parallel: true,
+            hashing: Hashing::AllCores,
+            hash_ahead: 2,
         }
     }
 
-    /// The same, as a background job: idle I/O priority, hashing on one thread.
+    /// The same, as a background job: idle I/O priority, hashing on the idle threads in slices.
     pub fn background(mut self) -> Self {
         self.priority = IoPriority::Idle;
-        self.parallel = false;
+        self.hashing = Hashing::Idle {
+            slice_bytes: idle::SLICE_BYTES,
+        };
         self
     }
 
@@ -250,7 +273,7 @@ pub fn check_range(vol: &dyn Volume, range: BlockRange) -> Result<()> {
 
 /// Digests of every block of `data`, which starts on a block boundary, on every core.
 pub fn hash_blocks(algorithm: Algorithm, bs: BlockSize, data: &[u8], out: &mut Vec<u8>) {
-    hash_blocks_with(algorithm, bs, data, out, true)
+    hash_blocks_with(algorithm, bs, data, out, Hashing::AllCores)
 }
 
 fn hash_blocks_with(
@@ -258,18 +281,15 @@ fn hash_blocks_with(
     bs: BlockSize,
     data: &[u8],
     out: &mut Vec<u8>,
-    parallel: bool,
+    hashing: Hashing,
 ) {
+    if let Hashing::Idle { slice_bytes } = hashing {
+        return idle::hash_blocks(algorithm, bs, data, out, slice_bytes);
+    }
     let w = algorithm.digest_len();
     let n = data.len().div_ceil(bs.as_usize());
     let start = out.len();
     out.resize(start + n * w, 0);
-    if !parallel {
-        for (d, block) in out[start..].chunks_mut(w).zip(data.chunks(bs.as_usize())) {
-            algorithm.digest_into(block, d);
-        }
-        return;
-    }
     out[start..]
         .par_chunks_mut(w)
         .zip(data.par_chunks(bs.as_usize()))
@@ -359,14 +379,17 @@ pub fn scan_range(
             bs,
             buf.as_slice(),
             &mut digests,
-            opts.parallel,
+            opts.hashing,
         );
         sink(ScanMap::new(opts.algorithm, range.start, digests)?)?;
         return Ok(());
     }
-    let (free_tx, free_rx) = crossbeam_channel::bounded::<AlignedBuf>(3);
+    // Buffers: one being read, up to `ahead` held by the hashing, the rest in the channels.
+    let ahead = opts.hash_ahead.max(1);
+    let buffers = ahead + 2;
+    let (free_tx, free_rx) = crossbeam_channel::bounded::<AlignedBuf>(buffers);
     let (full_tx, full_rx) = crossbeam_channel::bounded::<Result<(BlockIndex, AlignedBuf)>>(2);
-    for _ in 0..3 {
+    for _ in 0..buffers {
         let _ = free_tx.send(AlignedBuf::default());
     }
     std::thread::scope(|s| {
@@ -387,6 +410,9 @@ pub fn scan_range(
             }
         });
         let result = (|| {
+            if opts.hashing == Hashing::AllCores {
+                return hash_pipelined(opts.algorithm, bs, ahead, &full_rx, &free_tx, &mut sink);
+            }
             for item in full_rx.iter() {
                 let (first, buf) = item?;
                 let mut digests = Vec::new();
@@ -395,7 +421,7 @@ pub fn scan_range(
                     bs,
                     buf.as_slice(),
                     &mut digests,
-                    opts.parallel,
+                    opts.hashing,
                 );
                 let _ = free_tx.send(buf);
                 if !sink(ScanMap::new(opts.algorithm, first, digests)?)? {
@@ -408,6 +434,66 @@ pub fn scan_range(
         drop(full_rx);
         drop(free_tx);
         result
+    })
+}
+
+/// A hashed batch: its sequence number, first block, digests (or the hashing's panic) and buffer.
+type Hashed = (u64, BlockIndex, std::thread::Result<Vec<u8>>, AlignedBuf);
+
+/// The consumer of a foreground scan: hands each batch read to the pool as soon as it arrives
+/// (at most `ahead` outstanding, so it holds at most one buffer when it waits for the
+/// reader) and passes the digests to `sink` in block order. Each batch is hashed in place in the
+/// buffer it was read into; only its digests move.
+fn hash_pipelined(
+    algorithm: Algorithm,
+    bs: BlockSize,
+    ahead: usize,
+    full_rx: &crossbeam_channel::Receiver<Result<(BlockIndex, AlignedBuf)>>,
+    free_tx: &crossbeam_channel::Sender<AlignedBuf>,
+    sink: &mut impl FnMut(ScanMap) -> Result<bool>,
+) -> Result<()> {
+    let (done_tx, done_rx) = crossbeam_channel::unbounded::<Hashed>();
+    rayon::in_place_scope(|scope| {
+        let mut ready: BTreeMap<u64, (BlockIndex, Vec<u8>, AlignedBuf)> = BTreeMap::new();
+        let (mut sent, mut next, mut reading) = (0u64, 0u64, true);
+        loop {
+            while reading && sent - next < ahead as u64 {
+                let Ok(item) = full_rx.recv() else {
+                    reading = false;
+                    break;
+                };
+                let (first, buf) = item?;
+                let (seq, done_tx) = (sent, done_tx.clone());
+                scope.spawn(move |_| {
+                    let digests = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                        let mut d = Vec::new();
+                        hash_blocks(algorithm, bs, buf.as_slice(), &mut d);
+                        d
+                    }));
+                    let _ = done_tx.send((seq, first, digests, buf));
+                });
+                sent += 1;
+            }
+            if next == sent {
+                return Ok(());
+            }
+            // Batches may finish out of order; they are handed on in order.
+            let (first, digests, buf) = loop {
+                if let Some(b) = ready.remove(&next) {
+                    break b;
+                }
+                let Ok((seq, first, digests, buf)) = done_rx.recv() else {
+                    unreachable!("this scope holds a sender")
+                };
+                let digests = digests.unwrap_or_else(|p| std::panic::resume_unwind(p));
+                ready.insert(seq, (first, digests, buf));
+            };
+            next += 1;
+            let _ = free_tx.send(buf);
+            if !sink(ScanMap::new(algorithm, first, digests)?)? {
+                return Ok(());
+            }
+        }
     })
 }
 
@@ -467,6 +553,7 @@ mod tests {
                 opts = opts.background();
             }
             opts.batch_bytes = 64 << 10; // many batches
+            opts.hash_ahead = 1 + alg as usize % 3;
             let map = scan_all(&vol, BlockRange::new(0, vol.blocks()), opts).unwrap();
             assert_eq!(map.len(), 1001);
             for (i, chunk) in bytes.chunks(4096).enumerate() {
@@ -499,6 +586,36 @@ mod tests {
         assert_eq!(starts.first(), Some(&(10, 7)));
         assert_eq!(starts.iter().map(|s| s.1).sum::<usize>(), 100);
         assert!(starts.windows(2).all(|w| w[0].0 + w[0].1 as u64 == w[1].0));
+    }
+
+    #[test]
+    fn a_scan_its_sink_stops_ends_there_on_every_hashing_path() {
+        let vol = patterned(4096 * 300);
+        for (background, ahead) in [(false, 1), (false, 2), (false, 3), (true, 2)] {
+            let mut opts = ScanOptions::new(Algorithm::Md5);
+            if background {
+                opts = opts.background();
+            }
+            opts.batch_bytes = 4096 * 10;
+            opts.hash_ahead = ahead;
+            let mut seen = Vec::new();
+            scan_range(
+                &vol,
+                BlockRange::new(0, 300),
+                opts,
+                |_| Ok(()),
+                |b| {
+                    seen.push(b.first().0);
+                    Ok(seen.len() < 3)
+                },
+            )
+            .unwrap();
+            assert_eq!(
+                seen,
+                vec![0, 10, 20],
+                "background: {background}, ahead {ahead}"
+            );
+        }
     }
 
     #[test]
