@@ -829,3 +829,22 @@ fn serve_scan_on_connect_prints_one_event_per_scan_it_leads() {
     assert_eq!(served.terminate(), Some(0));
     assert_eq!(std::fs::read(&sp).unwrap(), data);
 }
+
+#[test]
+fn clean_syncs_and_verifies_log_no_warning() {
+    // A job's own end closes its link; at -v (info) that must never read as a lost link.
+    let dir = tempfile::tempdir().unwrap();
+    let a = write_file(dir.path(), "a.img", &pseudo_random(4 << 20, 7));
+    let vol = dir.path().join("s.img");
+    let served = Served::start(&vol, &["--create", "4M"]);
+    for verb in ["sync", "verify"].iter().cycle().take(24) {
+        let o = run(&[verb, s(&a), "--peer", &served.addr, "-v"]);
+        assert_eq!(o.status.code(), Some(0), "{verb}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            !err.contains("WARN") && !err.contains("ERROR"),
+            "{verb} logged a warning on a clean run:\n{err}"
+        );
+    }
+    assert_eq!(std::fs::read(&vol).unwrap(), std::fs::read(&a).unwrap());
+}

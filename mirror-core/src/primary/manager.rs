@@ -292,8 +292,14 @@ pub(super) fn manager(inner: Arc<Inner>) {
         if healthy {
             backoff.succeed();
         }
-        // Tear down: the threads exit once the link is failed.
-        conn.fail(&inner.dirty, &Error::link(&conn.peer, "link closed"));
+        // Tear down: the threads exit once the link is failed. When the primary is closing,
+        // that is its own close (which may get here first), not a lost link.
+        let why = if inner.closed.load(Ordering::SeqCst) {
+            Error::Closed("primary")
+        } else {
+            Error::link(&conn.peer, "link closed")
+        };
+        conn.fail(&inner.dirty, &why);
         inner.durable.detached();
         let _ = w_thread.join();
         let _ = r_thread.join();
