@@ -102,6 +102,9 @@ pub(super) struct Conn {
     pub(super) cause: Mutex<Option<Error>>,
     /// The secondary speaks hierarchical digests: full scans and verifies descend trees.
     pub(super) tree: bool,
+    /// Large sync-mode writes are sent by their callers (a link in clear); over TLS they go
+    /// through the writer thread, which seals them while the caller writes locally.
+    pub(super) direct_sends: bool,
 }
 
 impl Conn {

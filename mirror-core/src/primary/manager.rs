@@ -149,6 +149,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
             }
         };
         let (tx, rx) = bounded::<Vec<u8>>(inner.config.queue_depth);
+        let direct_sends = !writer.encrypted();
         let conn = Arc::new(Conn {
             peer: inner.config.peer.clone(),
             tx,
@@ -162,6 +163,7 @@ pub(super) fn manager(inner: Arc<Inner>) {
             dead: AtomicBool::new(false),
             cause: Mutex::new(None),
             tree,
+            direct_sends,
         });
         let prev = inner.epoch.swap(epoch, Ordering::SeqCst);
         let map_usable = {

@@ -102,7 +102,7 @@ impl Primary {
             // secondary receives and writes it while the local write below runs. Small writes
             // go through the queue, where the writer thread sends many in one system call.
             let direct = sync
-                && conn.is_some()
+                && conn.as_ref().is_some_and(|c| c.direct_sends)
                 && matches!(payload, Payload::Data(_))
                 && total >= DIRECT_SEND_MIN;
             if local && !direct {

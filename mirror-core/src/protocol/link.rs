@@ -273,6 +273,12 @@ impl FrameWriter {
         Ok(())
     }
 
+    /// True when what is sent is sealed first (TLS): sealing a large write costs its sender
+    /// as much as the copy it saves, so such writes are better handed to the writer thread.
+    pub fn encrypted(&self) -> bool {
+        matches!(self.half, WriteHalf::Tls(_))
+    }
+
     /// Sends a `Write` of `data` now, its data from the caller's buffer: one vectored write
     /// of whatever is buffered, the frame's head, the data and its checksum.
     pub fn send_write_now(&mut self, seq: u64, offset: u64, flags: u8, data: &[u8]) -> Result<()> {
