@@ -9,10 +9,11 @@
 //! Rows alternate (alone, every scan, alone, every scan, ..., alone) so the machine's noise
 //! shows; ratios are against the median p99 of the alone rows of the same run.
 //!
-//! The scan rate is measured, not assumed: the digests the secondary streamed to the primary
-//! during the timed writes (the link's received bytes less one ack per write) times the block
-//! size over the digest width; the periodic reports completed meanwhile are counted from
-//! `Primary::status().last_report`.
+//! The scan rate is measured, not assumed: the bytes the periodic scans got through during the
+//! timed writes, followed in `Primary::status().job_remaining_bytes` (a rise is the next scan
+//! starting over the whole volume); the periodic reports completed meanwhile are counted from
+//! `Primary::status().last_report`. (Digest bytes on the link no longer tell it: a digest
+//! tree sends a handful per chunk.)
 //!
 //! Options: `--size-mib N` (1024), `--writes N` (5000), `--dir PATH` (the temp dir),
 //! `--rates LIST` (50,200), `--algorithms LIST` (crc32,sha1), `--repeat N` (2),
@@ -25,7 +26,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mirror_core::wire::Message;
 use mirror_core::{
     Algorithm, LinkState, PeriodicScan, Primary, PrimaryConfig, Report, ResyncMode, Secondary,
     SecondaryConfig, Volume, WriteOutcome,
@@ -209,14 +209,14 @@ fn wait_ready(p: &Primary, timeout: Duration) -> Report {
 /// One row: a fresh primary over `vol` with `cond`, then `args.writes` timed writes.
 fn run_row(vol: &Arc<dyn Volume>, peer: &str, cond: Condition, args: &Args, seed: u64) -> Row {
     let mut cfg = PrimaryConfig::new(peer);
-    let mut digest_len = 0;
+    let mut scanning = false;
     if let Condition::Periodic { algorithm, rate } = cond {
         cfg.algorithm = algorithm;
         cfg.periodic = Some(PeriodicScan {
             interval: Duration::from_millis(1),
             rate_mib_s: rate,
         });
-        digest_len = algorithm.digest_len();
+        scanning = true;
     }
     let primary =
         Primary::open(Arc::clone(vol), cfg).unwrap_or_else(|e| die(&format!("open: {e}")));
@@ -230,14 +230,23 @@ fn run_row(vol: &Arc<dyn Volume>, peer: &str, cond: Condition, args: &Args, seed
     // Let a periodic scan reach its pace (and the link settle) before timing.
     std::thread::sleep(Duration::from_millis(300));
 
-    let ack_len = Message::Ack { seq: 1 }
-        .to_frame()
-        .map_or(0, |f| f.len() as u64);
     let st0 = primary.status();
     let mut last = st0.last_report.clone();
+    let volume_bytes = vol.blocks() * vol.block_size().bytes();
+    let mut remaining = st0.job_remaining_bytes;
+    let mut scanned = 0u64;
     let (mut periodic_done, mut periodic_blocks, mut mismatched) = (0usize, 0u64, 0u64);
     let mut poll = |last: &mut Option<Report>| {
-        let r = primary.status().last_report;
+        let st = primary.status();
+        let now_left = st.job_remaining_bytes;
+        scanned += if now_left <= remaining {
+            remaining - now_left
+        } else {
+            // The scan before ended and the next began over the whole volume.
+            remaining + volume_bytes.saturating_sub(now_left)
+        };
+        remaining = now_left;
+        let r = st.last_report;
         if r != *last {
             if let Some(r) = &r {
                 if r.mode == ResyncMode::Periodic {
@@ -279,18 +288,11 @@ fn run_row(vol: &Arc<dyn Volume>, peer: &str, cond: Condition, args: &Args, seed
     }
     poll(&mut last);
     let secs = t0.elapsed().as_secs_f64();
-    let st1 = primary.status();
     primary
         .close()
         .unwrap_or_else(|e| die(&format!("close: {e}")));
 
-    let scan_mib = if digest_len == 0 {
-        0.0
-    } else {
-        let rx = st1.bytes_received.saturating_sub(st0.bytes_received);
-        let digests = rx.saturating_sub(args.writes as u64 * ack_len);
-        (digests / digest_len as u64 * bs) as f64 / MIB
-    };
+    let scan_mib = if scanning { scanned as f64 / MIB } else { 0.0 };
     lat.sort();
     let at = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)];
     Row {
@@ -400,7 +402,7 @@ fn main() {
          a `Primary` in sync mode; each row opens a fresh primary, waits for its initial resync, \
          then times {} `Primary::write` calls of 4 KiB at random blocks with {} µs think time. \
          Periodic rows run `PeriodicScan {{ interval: 1 ms, rate_mib_s }}`, so scans run back to \
-         back; \"scan MiB/s\" is measured from the digests the secondary streamed during the \
+         back; \"scan MiB/s\" is what the periodic scans got through during the \
          writes, \"scans done\" counts the periodic reports completed meanwhile. p99 ÷ alone is \
          against the median p99 of the alone rows ({} ms).\n",
         kernel.trim(),
