@@ -18,7 +18,7 @@ static mirror_primary *open_primary(const char *vol, const char *meta, const cha
     REQUIRE_OK(mirror_primary_config_new(vol, peer, &pc));
     REQUIRE_OK(mirror_primary_config_set_io_backend(pc, backend));
     REQUIRE_OK(mirror_primary_config_set_auto_resync(pc, false));
-    REQUIRE_OK(mirror_primary_config_set_link_timeout_ms(pc, 2000));
+    REQUIRE_OK(mirror_primary_config_set_link_timeout_ms(pc, 10000));
     REQUIRE_OK(mirror_primary_config_set_meta_path(pc, meta));
     REQUIRE_OK(mirror_primary_config_set_adopt(pc, adopt));
     REQUIRE_OK(mirror_primary_config_set_discard_secondary(pc, false));

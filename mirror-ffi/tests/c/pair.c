@@ -78,7 +78,7 @@ int main(int argc, char **argv) {
     REQUIRE_OK(mirror_secondary_config_set_block_size(sc, BLOCK));
     REQUIRE_OK(mirror_secondary_config_set_io_backend(sc, backend));
     REQUIRE_OK(mirror_secondary_config_set_secret(sc, (const uint8_t *)SECRET, strlen(SECRET)));
-    REQUIRE_OK(mirror_secondary_config_set_link_timeout_ms(sc, 2000));
+    REQUIRE_OK(mirror_secondary_config_set_link_timeout_ms(sc, 10000));
     REQUIRE_OK(mirror_secondary_new(sc, &s));
     mirror_secondary_config_free(sc);
     uint16_t bound = 0;
@@ -94,7 +94,7 @@ int main(int argc, char **argv) {
     REQUIRE_OK(mirror_primary_config_set_mode(pc, MIRROR_MODE_SYNC));
     REQUIRE_OK(mirror_primary_config_set_algorithm(pc, MIRROR_ALGORITHM_MD5));
     REQUIRE_OK(mirror_primary_config_set_secret(pc, (const uint8_t *)SECRET, strlen(SECRET)));
-    REQUIRE_OK(mirror_primary_config_set_link_timeout_ms(pc, 2000));
+    REQUIRE_OK(mirror_primary_config_set_link_timeout_ms(pc, 10000));
     REQUIRE_OK(mirror_primary_config_set_auto_resync(pc, false));
     REQUIRE_OK(mirror_primary_open(pc, &p));
     mirror_primary_config_free(pc);
