@@ -63,12 +63,15 @@ fn full_scan_resync_beside_foreground_writes_completes_with_volumes_equal() {
 
 #[test]
 fn status_shows_a_running_resyncs_eta_falling_and_zero_at_its_end() {
-    let pair = Pair::new(24 * MIB, 43);
+    // A chunk's digest-tree descent takes a few round trips, answered between the paced
+    // chunks of the local scan, so progress trails the scan by a few 4 MiB chunks: the volume
+    // is large enough that most of the job is watched past that lag.
+    let pair = Pair::new(96 * MIB, 43);
     let mut c: PrimaryConfig = pair.config();
     c.auto_resync = false;
-    // About three seconds: long enough to watch, whatever the machine.
+    // About four seconds: long enough to watch, whatever the machine.
     c.resync_min_rate = 2.0;
-    c.resync_max_rate = Some(8.0);
+    c.resync_max_rate = Some(24.0);
     let p = Arc::new(pair.open_primary(c));
     p.wait_connected(Duration::from_secs(30)).unwrap();
     let before = p.status();
