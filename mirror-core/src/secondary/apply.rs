@@ -49,6 +49,25 @@ impl Session<'_> {
         }
     }
 
+    /// A write, zeroing or trim `seq` reached the volume: it is counted, then acknowledged
+    /// as its flags ask (`zero_flags` share `write_flags`' FLUSH and RECEIVED bits) — once
+    /// durable, or through the committer, or not again when it was acknowledged on arrival.
+    /// True when an ack went out that no flush covers yet.
+    fn applied(&self, committer: &Committer, seq: u64, flags: u8) -> Result<bool> {
+        self.inner
+            .stats
+            .writes_applied
+            .fetch_add(1, Ordering::Relaxed);
+        if flags & write_flags::FLUSH != 0 {
+            committer.durable(seq)?;
+            Ok(false)
+        } else if flags & write_flags::RECEIVED == 0 {
+            committer.ack(seq)
+        } else {
+            Ok(false)
+        }
+    }
+
     fn apply_frames(
         &self,
         reader: &mut FrameReader,
@@ -107,15 +126,7 @@ impl Session<'_> {
                     // check_io inside write_at refuses a bad offset or length before any I/O.
                     vol.write_at(offset, &data)?;
                     reader.recycle(data);
-                    self.inner
-                        .stats
-                        .writes_applied
-                        .fetch_add(1, Ordering::Relaxed);
-                    if flags & write_flags::FLUSH != 0 {
-                        committer.durable(seq)?;
-                    } else if flags & write_flags::RECEIVED == 0 {
-                        unflushed_acks |= committer.ack(seq)?;
-                    }
+                    unflushed_acks |= self.applied(committer, seq, flags)?;
                 }
                 Message::WriteZeroes {
                     seq,
@@ -141,15 +152,7 @@ impl Session<'_> {
                     } else {
                         vol.write_zeroes(offset, len)?;
                     }
-                    self.inner
-                        .stats
-                        .writes_applied
-                        .fetch_add(1, Ordering::Relaxed);
-                    if flags & zero_flags::FLUSH != 0 {
-                        committer.durable(seq)?;
-                    } else if flags & zero_flags::RECEIVED == 0 {
-                        unflushed_acks |= committer.ack(seq)?;
-                    }
+                    unflushed_acks |= self.applied(committer, seq, flags)?;
                 }
                 Message::Flush { seq } => committer.durable(seq)?,
                 Message::Barrier { seq } => unflushed_acks |= committer.ack(seq)?,
