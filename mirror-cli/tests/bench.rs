@@ -3,11 +3,8 @@
 
 use std::process::Command;
 
-fn mirror() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mirror"));
-    c.env_remove("RUST_LOG");
-    c
-}
+mod common;
+use common::mirror;
 
 fn have_rsync() -> bool {
     Command::new("rsync")
@@ -15,6 +12,24 @@ fn have_rsync() -> bool {
         .output()
         .map(|o| o.status.success())
         .unwrap_or(false)
+}
+
+/// Runs `mirror ARGS --dir TMP`, which must succeed, and returns its stdout.
+fn bench_stdout(args: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mirror()
+        .args(args)
+        .arg("--dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "stdout: {text}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
 }
 
 #[test]
@@ -27,28 +42,23 @@ fn bench_table_compares_with_rsync_and_prints_every_table() {
         eprintln!("skipped: rsync is not installed");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    let out = mirror()
-        .args(["bench-table", "--size", "4M", "--runs", "1"])
-        .args(["--diff-percents", "0,1", "--wan-diff-percent", "1"])
-        .args([
-            "--wan-rtt-ms",
-            "10",
-            "--wan-mbit",
-            "1000",
-            "--rss-sizes",
-            "4M,8M",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {text}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = bench_stdout(&[
+        "bench-table",
+        "--size",
+        "4M",
+        "--runs",
+        "1",
+        "--diff-percents",
+        "0,1",
+        "--wan-diff-percent",
+        "1",
+        "--wan-rtt-ms",
+        "10",
+        "--wan-mbit",
+        "1000",
+        "--rss-sizes",
+        "4M,8M",
+    ]);
     for needle in [
         "| 0 (0%) | mirror | crc32 |",
         "| 10 (1%) | mirror | sha1 |",
@@ -65,27 +75,15 @@ fn bench_table_compares_with_rsync_and_prints_every_table() {
 
 #[test]
 fn bench_replicate_prints_its_rows() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = mirror()
-        .args([
-            "bench-replicate",
-            "--size",
-            "8M",
-            "--bytes",
-            "4M",
-            "--runs",
-            "1",
-        ])
-        .arg("--dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {text}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = bench_stdout(&[
+        "bench-replicate",
+        "--size",
+        "8M",
+        "--bytes",
+        "4M",
+        "--runs",
+        "1",
+    ]);
     for needle in [
         "| local volume alone |",
         "| sync-mode replication |",
