@@ -12,24 +12,13 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{mirror, pseudo_random, run, s, stderr};
+
 const BLOCK: usize = 4096;
-
-fn mirror() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mirror"));
-    c.env_remove("RUST_LOG");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    mirror().args(args).output().expect("run mirror")
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
 /// Asserts a failure with exit `code` and exactly one stderr line `mirror: ...`.
@@ -41,19 +30,6 @@ fn assert_one_line_error(o: &Output, code: i32) -> String {
     assert!(lines[0].starts_with("mirror: "), "{err:?}");
     assert!(!err.contains("panicked"), "{err:?}");
     lines[0].to_owned()
-}
-
-/// Deterministic bytes (xorshift), so no test depends on the engine's random sources.
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// The zlib/IEEE CRC-32, bit by bit: slow, obviously right, independent of crc32fast.
@@ -103,10 +79,6 @@ fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, data).unwrap();
     p
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

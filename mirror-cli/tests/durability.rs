@@ -1,32 +1,17 @@
 //! What `mirror sync` promises about durability and how it tells failures, against a
 //! secondary in this process whose volume simulates power loss and disk errors.
 
-use std::process::{Command, Output};
+use std::process::Output;
 use std::sync::Arc;
 
 use mirror_core::fault::FaultVolume;
 use mirror_core::{BlockSize, FileVolume, Secondary, SecondaryConfig, Volume};
 
+mod common;
+use common::{mirror, pseudo_random};
+
 const BLOCK: usize = 4096;
 const SIZE: usize = 64 * BLOCK;
-
-fn mirror() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mirror"));
-    c.env_remove("RUST_LOG");
-    c
-}
-
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 struct Setup {
     dir: tempfile::TempDir,

@@ -9,37 +9,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{mirror, pseudo_random, run, s, stderr};
+
 const BLOCK: usize = 4096;
-
-fn mirror() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mirror"));
-    c.env_remove("RUST_LOG");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    mirror().args(args).output().expect("run mirror")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
 
 fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let p = dir.join(name);

@@ -10,25 +10,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::{mirror, pseudo_random, run, s, stderr};
+
 const BLOCK: usize = 4096;
-
-fn mirror() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_mirror"));
-    c.env_remove("RUST_LOG");
-    c
-}
-
-fn run(args: &[&str]) -> Output {
-    mirror().args(args).output().expect("run mirror")
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
 
 fn assert_one_line_error(o: &Output, code: i32) -> String {
     let err = stderr(o);
@@ -37,18 +22,6 @@ fn assert_one_line_error(o: &Output, code: i32) -> String {
     assert_eq!(lines.len(), 1, "one line expected, got {err:?}");
     assert!(lines[0].starts_with("mirror: "), "{err:?}");
     lines[0].to_owned()
-}
-
-fn pseudo_random(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 /// A primary file and a secondary file differing in every 10th block.
