@@ -23,10 +23,13 @@ use crate::sync::lock;
 use crate::units::BlockRange;
 use crate::{Algorithm, Error, Result};
 
-/// Most chunks whose leaves are kept (a primary keeps at most this many in descent).
-const CACHE_CHUNKS: usize = 512;
-/// Most bytes of leaves kept (512 chunks of 1,024 sha1 digests are 10 MiB).
-const CACHE_BYTES: usize = 12 << 20;
+/// Most chunks whose leaves are kept: more than a primary keeps in descent (128), so a
+/// descent finds its chunk here. Chunks whose descent ended stay until pushed out (the
+/// secondary is not told), so the cache is full after 160 chunks of any scan, and the memory
+/// of a scan is the same for every volume larger than 640 MiB.
+const CACHE_CHUNKS: usize = 160;
+/// Most bytes of leaves kept (160 chunks of 1,024 sha1 digests are 3.2 MiB).
+const CACHE_BYTES: usize = 4 << 20;
 /// Most blocks of queued tree messages read as one run, so reads stay in flight across
 /// chunks.
 pub(super) const MAX_MERGED_TREE_BLOCKS: u64 = 1 << 14;
