@@ -174,3 +174,47 @@ fn link_cut_during_a_tree_descent_resumes_from_the_checkpoint() {
         );
     }
 }
+
+#[test]
+fn a_paced_descent_keeps_its_progress_up_with_its_scan() {
+    for side in [CompareSide::Primary, CompareSide::Secondary] {
+        // Six chunks, every block different, read at 6 MiB/s: a chunk about every 0.7 s, the
+        // job at least four seconds. Each chunk's descent takes five round trips; were they
+        // answered only as the next chunk is read, no chunk would end before the scan did
+        // and progress would jump from nothing to done at the end.
+        let pair = Pair::new(24 * MIB, 12);
+        let mut c = pair.config();
+        c.compare = side;
+        c.auto_resync = false;
+        c.resync_min_rate = 6.0;
+        c.resync_max_rate = Some(6.0);
+        let p = pair.open_primary(c);
+        p.wait_connected(Duration::from_secs(10)).unwrap();
+        let start = std::time::Instant::now();
+        let first = std::sync::Mutex::new(None);
+        let progress = |pr: mirror_core::Progress| {
+            if pr.done > 0 {
+                first.lock().unwrap().get_or_insert(start.elapsed());
+            }
+        };
+        let r = p
+            .resync_with(&JobOptions {
+                full: true,
+                progress: Some(&progress),
+                ..Default::default()
+            })
+            .unwrap();
+        let took = start.elapsed();
+        assert_eq!(r.mode, ResyncMode::FullScan);
+        assert_eq!(r.mismatched, pair.primary_vol.blocks());
+        let first = first.into_inner().unwrap().expect("progress was reported");
+        // Slowness stretches the job as well as the first chunk's descent; the pacing keeps
+        // the job at four seconds or more.
+        assert!(
+            first.as_secs_f64() < 0.6 * took.as_secs_f64(),
+            "{side:?}: first progress after {first:?} of a {took:?} job"
+        );
+        p.close().unwrap();
+        assert!(pair.equal());
+    }
+}

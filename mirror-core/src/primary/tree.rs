@@ -27,7 +27,7 @@ use super::window::Window;
 use crate::config::CompareSide;
 use crate::protocol::messages::Message;
 use crate::protocol::tree;
-use crate::storage::scan::{self, RunBuilder, ScanMap};
+use crate::storage::scan::{self, RunBuilder, ScanEvent, ScanMap};
 use crate::units::BlockRange;
 use crate::{Algorithm, Error, Result};
 
@@ -170,13 +170,19 @@ impl Job<'_> {
         let ctl = self.ctl;
         let vol = self.inner.volume.clone();
         for run in runs {
-            scan::scan_range(
+            // The peer's answers are taken while the local scan waits on its pacing too, so
+            // a paced job's descents (and its progress) keep up with the scan.
+            scan::scan_range_or(
                 &*vol,
                 *run,
                 opts,
                 move |bytes| ctl.pace(bytes),
-                |batch| {
-                    self.tree_local(st, batch, rx)?;
+                Some(rx),
+                |event| {
+                    match event {
+                        ScanEvent::Batch(batch) => self.tree_local(st, batch, rx)?,
+                        ScanEvent::Also(m) => self.tree_answer(st, m)?,
+                    }
                     Ok(true)
                 },
             )?;

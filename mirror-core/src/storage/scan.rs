@@ -358,8 +358,34 @@ pub fn scan_range(
     vol: &dyn Volume,
     range: BlockRange,
     opts: ScanOptions,
-    mut pace: impl FnMut(u64) -> Result<()> + Send,
+    pace: impl FnMut(u64) -> Result<()> + Send,
     mut sink: impl FnMut(ScanMap) -> Result<bool>,
+) -> Result<()> {
+    scan_range_or::<()>(vol, range, opts, pace, None, |event| match event {
+        ScanEvent::Batch(map) => sink(map),
+        ScanEvent::Also(()) => Ok(true),
+    })
+}
+
+/// What [`scan_range_or`] hands its consumer.
+#[derive(Debug)]
+pub enum ScanEvent<M> {
+    /// The next batch of digests, in order.
+    Batch(ScanMap),
+    /// A message of the other channel, that came while the scan waited for a batch.
+    Also(M),
+}
+
+/// [`scan_range`], and while it waits for the next batch read (a paced scan waits most of
+/// the time), the messages of `also` are handed to `sink` as they come: a job answers its
+/// peer while its own scan is held back. A disconnected `also` is no longer watched.
+pub fn scan_range_or<M>(
+    vol: &dyn Volume,
+    range: BlockRange,
+    opts: ScanOptions,
+    mut pace: impl FnMut(u64) -> Result<()> + Send,
+    also: Option<&crossbeam_channel::Receiver<M>>,
+    mut sink: impl FnMut(ScanEvent<M>) -> Result<bool>,
 ) -> Result<()> {
     check_range(vol, range)?;
     let bs = vol.block_size();
@@ -381,9 +407,14 @@ pub fn scan_range(
             &mut digests,
             opts.hashing,
         );
-        sink(ScanMap::new(opts.algorithm, range.start, digests)?)?;
+        sink(ScanEvent::Batch(ScanMap::new(
+            opts.algorithm,
+            range.start,
+            digests,
+        )?))?;
         return Ok(());
     }
+    let mut also = Also::new(also);
     // Buffers: one being read, up to `ahead` held by the hashing, the rest in the channels.
     let ahead = opts.hash_ahead.max(1);
     let buffers = ahead + 2;
@@ -411,9 +442,17 @@ pub fn scan_range(
         });
         let result = (|| {
             if opts.hashing == Hashing::AllCores {
-                return hash_pipelined(opts.algorithm, bs, ahead, &full_rx, &free_tx, &mut sink);
+                return hash_pipelined(
+                    opts.algorithm,
+                    bs,
+                    ahead,
+                    &full_rx,
+                    &free_tx,
+                    &mut also,
+                    &mut sink,
+                );
             }
-            for item in full_rx.iter() {
+            while let Some(item) = also.recv(&full_rx, &mut sink)? {
                 let (first, buf) = item?;
                 let mut digests = Vec::new();
                 hash_blocks_with(
@@ -424,7 +463,11 @@ pub fn scan_range(
                     opts.hashing,
                 );
                 let _ = free_tx.send(buf);
-                if !sink(ScanMap::new(opts.algorithm, first, digests)?)? {
+                if !sink(ScanEvent::Batch(ScanMap::new(
+                    opts.algorithm,
+                    first,
+                    digests,
+                )?))? {
                     break;
                 }
             }
@@ -437,6 +480,38 @@ pub fn scan_range(
     })
 }
 
+/// The other channel of [`scan_range_or`], while it is connected.
+struct Also<M>(Option<crossbeam_channel::Receiver<M>>);
+
+impl<M> Also<M> {
+    fn new(rx: Option<&crossbeam_channel::Receiver<M>>) -> Self {
+        Also(rx.cloned())
+    }
+
+    /// The next item of `rx` (None once it is closed), handing the messages of the other
+    /// channel that come first to `sink`.
+    fn recv<T>(
+        &mut self,
+        rx: &crossbeam_channel::Receiver<T>,
+        sink: &mut impl FnMut(ScanEvent<M>) -> Result<bool>,
+    ) -> Result<Option<T>> {
+        loop {
+            let Some(other) = &self.0 else {
+                return Ok(rx.recv().ok());
+            };
+            crossbeam_channel::select! {
+                recv(rx) -> item => return Ok(item.ok()),
+                recv(other) -> m => match m {
+                    Ok(m) => {
+                        sink(ScanEvent::Also(m))?;
+                    }
+                    Err(_) => self.0 = None,
+                },
+            }
+        }
+    }
+}
+
 /// A hashed batch: its sequence number, first block, digests (or the hashing's panic) and buffer.
 type Hashed = (u64, BlockIndex, std::thread::Result<Vec<u8>>, AlignedBuf);
 
@@ -444,23 +519,44 @@ type Hashed = (u64, BlockIndex, std::thread::Result<Vec<u8>>, AlignedBuf);
 /// (at most `ahead` outstanding, so it holds at most one buffer when it waits for the
 /// reader) and passes the digests to `sink` in block order. Each batch is hashed in place in the
 /// buffer it was read into; only its digests move.
-fn hash_pipelined(
+fn hash_pipelined<M>(
     algorithm: Algorithm,
     bs: BlockSize,
     ahead: usize,
     full_rx: &crossbeam_channel::Receiver<Result<(BlockIndex, AlignedBuf)>>,
     free_tx: &crossbeam_channel::Sender<AlignedBuf>,
-    sink: &mut impl FnMut(ScanMap) -> Result<bool>,
+    also: &mut Also<M>,
+    sink: &mut impl FnMut(ScanEvent<M>) -> Result<bool>,
 ) -> Result<()> {
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Hashed>();
     rayon::in_place_scope(|scope| {
         let mut ready: BTreeMap<u64, (BlockIndex, Vec<u8>, AlignedBuf)> = BTreeMap::new();
         let (mut sent, mut next, mut reading) = (0u64, 0u64, true);
         loop {
-            while reading && sent - next < ahead as u64 {
-                let Ok(item) = full_rx.recv() else {
+            // Batches may finish out of order; they are handed on in order.
+            while let Some((first, digests, buf)) = ready.remove(&next) {
+                next += 1;
+                let _ = free_tx.send(buf);
+                if !sink(ScanEvent::Batch(ScanMap::new(algorithm, first, digests)?))? {
+                    return Ok(());
+                }
+            }
+            if !reading && next == sent {
+                return Ok(());
+            }
+            // Whichever comes first: a batch read (while fewer than `ahead` hash), a batch
+            // hashed, or a message of `also`.
+            let mut sel = crossbeam_channel::Select::new();
+            let read = (reading && sent - next < ahead as u64).then(|| sel.recv(full_rx));
+            let hashed = (sent > next).then(|| sel.recv(&done_rx));
+            let other_rx = also.0.clone();
+            let other = other_rx.as_ref().map(|rx| sel.recv(rx));
+            let op = sel.select();
+            let i = Some(op.index());
+            if i == read {
+                let Ok(item) = op.recv(full_rx) else {
                     reading = false;
-                    break;
+                    continue;
                 };
                 let (first, buf) = item?;
                 let (seq, done_tx) = (sent, done_tx.clone());
@@ -473,25 +569,19 @@ fn hash_pipelined(
                     let _ = done_tx.send((seq, first, digests, buf));
                 });
                 sent += 1;
-            }
-            if next == sent {
-                return Ok(());
-            }
-            // Batches may finish out of order; they are handed on in order.
-            let (first, digests, buf) = loop {
-                if let Some(b) = ready.remove(&next) {
-                    break b;
-                }
-                let Ok((seq, first, digests, buf)) = done_rx.recv() else {
+            } else if i == hashed {
+                let Ok((seq, first, digests, buf)) = op.recv(&done_rx) else {
                     unreachable!("this scope holds a sender")
                 };
                 let digests = digests.unwrap_or_else(|p| std::panic::resume_unwind(p));
                 ready.insert(seq, (first, digests, buf));
-            };
-            next += 1;
-            let _ = free_tx.send(buf);
-            if !sink(ScanMap::new(algorithm, first, digests)?)? {
-                return Ok(());
+            } else if let (true, Some(rx)) = (i == other, &other_rx) {
+                match op.recv(rx) {
+                    Ok(m) => {
+                        sink(ScanEvent::Also(m))?;
+                    }
+                    Err(_) => also.0 = None,
+                }
             }
         }
     })
