@@ -9,14 +9,14 @@
 //! as their product, so a loopback job keeps a few chunks in flight and a 50 ms link enough
 //! that its round trips overlap, and a job pays its descent's round trips about once, not
 //! once per window. Invariant: the size stays within [`Window::MIN`] and [`Window::MAX`],
-//! which the secondary's leaf cache (160 chunks) covers, so a descent never finds its
+//! which the secondary's leaf cache (288 chunks) covers, so a descent never finds its
 //! chunk's leaves gone for want of room.
 //!
-//! The cap is 128 chunks (512 MiB of volume): a 50 ms link at 1 GiB/s of local scanning
-//! needs about 20 chunks in flight, 1.5 × 256 chunks/s × 50 ms. On loopback the measured
-//! wait includes the queue at the secondary, so the window can run up to its cap. Each chunk
-//! in descent costs its leaves on both sides (20 KiB for sha1); a cap of 448 made the peak
-//! memory of `mirror serve` grow with the volume up to 2 GiB.
+//! The cap is 256 chunks (1 GiB of volume). Through the benchmark's 50 ms, 100 Mbit/s link a
+//! descent waits about 0.45 s (five round trips, and the repairs queued ahead of its
+//! requests); at 1 GiB/s of local scanning (256 chunks/s) that is 115 chunks, 170 with the
+//! margin. Each chunk in descent costs its leaves on both sides (20 KiB for sha1); a cap of
+//! 448 made the peak memory of `mirror serve` grow with the volume up to 2 GiB.
 
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,10 @@ pub(super) struct Window {
 
 impl Window {
     pub(super) const MIN: usize = 16;
-    pub(super) const MAX: usize = 128;
+    /// The size until a chunk's wait is measured: a round trip's worth of chunks on a fast
+    /// disk and a WAN, so the first descents do not hold the scan for long.
+    pub(super) const FIRST: usize = 64;
+    pub(super) const MAX: usize = 256;
 
     pub(super) fn new() -> Self {
         Window {
@@ -64,7 +67,7 @@ impl Window {
     /// Chunks to keep in flight now.
     pub(super) fn size(&self) -> usize {
         let Some(wait) = self.wait else {
-            return Self::MIN;
+            return Self::FIRST;
         };
         let active = (self.started.elapsed().saturating_sub(self.held)).as_secs_f64();
         if active <= 0.0 || self.scanned == 0 {
@@ -83,7 +86,7 @@ mod tests {
     #[test]
     fn the_window_covers_rate_times_wait_within_its_bounds() {
         let mut w = Window::new();
-        assert_eq!(w.size(), Window::MIN);
+        assert_eq!(w.size(), Window::FIRST);
         w.resolved(Duration::from_millis(200));
         for _ in 0..1000 {
             w.scanned();

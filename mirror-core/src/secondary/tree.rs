@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
+use super::worker::WorkQueue;
 use crate::protocol::link::FrameWriter;
 use crate::protocol::messages::{self as wire, Message};
 use crate::protocol::tree;
@@ -23,13 +24,12 @@ use crate::sync::lock;
 use crate::units::BlockRange;
 use crate::{Algorithm, Error, Result};
 
-/// Most chunks whose leaves are kept: more than a primary keeps in descent (128), so a
+/// Most chunks whose leaves are kept: more than a primary keeps in descent (256), so a
 /// descent finds its chunk here. Chunks whose descent ended stay until pushed out (the
-/// secondary is not told), so the cache is full after 160 chunks of any scan, and the memory
-/// of a scan is the same for every volume larger than 640 MiB.
-const CACHE_CHUNKS: usize = 160;
-/// Most bytes of leaves kept (160 chunks of 1,024 sha1 digests are 3.2 MiB).
-const CACHE_BYTES: usize = 4 << 20;
+/// secondary is not told), so a scan's memory stops growing at 288 chunks (1.1 GiB).
+const CACHE_CHUNKS: usize = 288;
+/// Most bytes of leaves kept (288 chunks of 1,024 sha1 digests are 5.6 MiB).
+const CACHE_BYTES: usize = 6 << 20;
 /// Most blocks of queued tree messages read as one run, so reads stay in flight across
 /// chunks.
 pub(super) const MAX_MERGED_TREE_BLOCKS: u64 = 1 << 14;
@@ -86,7 +86,7 @@ impl LeafCache {
         Some(leaves)
     }
 
-    fn put(&mut self, algorithm: Algorithm, range: BlockRange, leaves: Vec<u8>) {
+    pub(super) fn put(&mut self, algorithm: Algorithm, range: BlockRange, leaves: Vec<u8>) {
         self.bytes += leaves.len();
         self.entries.push_back((algorithm, range, leaves));
         while self.entries.len() > CACHE_CHUNKS || self.bytes > CACHE_BYTES {
@@ -108,8 +108,9 @@ pub(super) struct TreeServer<'a> {
 
 impl TreeServer<'_> {
     /// Serves `batch` (consecutive chunks of one request, the first ones of equal size),
-    /// reading the chunks missing from the cache as one run, each answered as it is read.
-    pub(super) fn serve(&mut self, batch: Vec<TreeWork>) -> Result<()> {
+    /// reading the chunks missing from the cache as one run, each answered as it is read;
+    /// between the chunks of the run, the steps of descents under way queued meanwhile.
+    pub(super) fn serve(&mut self, batch: Vec<TreeWork>, queue: &mut WorkQueue<'_>) -> Result<()> {
         let Some(first) = batch.first() else {
             return Ok(());
         };
@@ -136,6 +137,9 @@ impl TreeServer<'_> {
                         debug_assert_eq!(map.range(), w.range);
                         self.cache.put(algorithm, w.range, map.into_bytes());
                         self.one(w)?;
+                        while let Some(step) = queue.take_cached(&self.cache) {
+                            self.one(step)?;
+                        }
                         Ok(true)
                     },
                 )
@@ -155,7 +159,7 @@ impl TreeServer<'_> {
 
     /// Answers or compares one tree message. What it sends leaves at once: the primary's
     /// descent of this chunk waits on it.
-    fn one(&mut self, w: TreeWork) -> Result<()> {
+    pub(super) fn one(&mut self, w: TreeWork) -> Result<()> {
         check_chunk(self.vol, w.range, self.peer)?;
         let leaves = match self.cache.take(w.algorithm, w.range) {
             Some(l) => l,

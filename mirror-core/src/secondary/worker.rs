@@ -1,7 +1,15 @@
 //! The scan worker of a session: serves the primary's scan requests (merging queued ones up
 //! to a bound) and compares the primary's digests with its own, asking for the blocks that
 //! differ. Background requests run at idle I/O and lowest CPU priority.
+//!
+//! Work is served in stream order, with one exception: a step of a digest-tree descent whose
+//! chunk's leaves are cached costs no read, and is answered ahead of the chunks still to be
+//! read ([`WorkQueue::take_cached`]). Otherwise each step of a descent would wait behind the
+//! reading of every chunk the primary asked for since (up to its window, 128 chunks), and
+//! through a slow link the descents, and the repairs they find, would come in bursts.
+//! Answers go to different chunks, so their order does not matter to the primary.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
@@ -49,6 +57,66 @@ pub(super) enum Work {
 /// Most blocks of queued scan requests merged into one scan.
 const MAX_MERGED_SCAN_BLOCKS: u64 = 1 << 16;
 
+/// Most work items taken off the channel ahead of their turn (tree messages are at most a
+/// chunk's digests, 20 KiB).
+const MAX_BACKLOG: usize = 512;
+
+/// The worker's queue: the session's channel, and the work taken from it ahead of its turn.
+pub(super) struct WorkQueue<'a> {
+    rx: &'a Receiver<Work>,
+    backlog: VecDeque<Work>,
+}
+
+impl<'a> WorkQueue<'a> {
+    fn new(rx: &'a Receiver<Work>) -> Self {
+        WorkQueue {
+            rx,
+            backlog: VecDeque::new(),
+        }
+    }
+
+    /// The next work in stream order, waiting for it; None once the session ended.
+    fn next(&mut self) -> Option<Work> {
+        self.backlog.pop_front().or_else(|| self.rx.recv().ok())
+    }
+
+    /// The next work in stream order if there is one now.
+    fn try_next(&mut self) -> Option<Work> {
+        self.backlog.pop_front().or_else(|| self.rx.try_recv().ok())
+    }
+
+    /// Puts back work taken by [`Self::try_next`], to be next again.
+    fn put_back(&mut self, w: Work) {
+        self.backlog.push_front(w);
+    }
+
+    /// The first queued tree message, wherever it is in the queue, whose chunk's leaves are
+    /// in `cache`: a step of a descent under way. What is queued is taken off the channel
+    /// up to the first work of another kind (which may be large) or [`MAX_BACKLOG`].
+    pub(super) fn take_cached(&mut self, cache: &LeafCache) -> Option<TreeWork> {
+        while self.backlog.len() < MAX_BACKLOG
+            && matches!(self.backlog.back(), None | Some(Work::Tree(_)))
+        {
+            match self.rx.try_recv() {
+                Ok(w) => self.backlog.push_back(w),
+                Err(_) => break,
+            }
+        }
+        let i = self
+            .backlog
+            .iter()
+            .position(|w| matches!(w, Work::Tree(t) if cache.contains(t.algorithm, t.range)))?;
+        match self.backlog.remove(i) {
+            Some(Work::Tree(t)) => Some(t),
+            Some(other) => {
+                self.backlog.insert(i, other);
+                None
+            }
+            None => None,
+        }
+    }
+}
+
 struct CompareState {
     req: u64,
     algorithm: Algorithm,
@@ -74,14 +142,21 @@ pub(super) fn worker(
             IoPriority::Normal
         }
     };
-    let mut held: Option<Work> = None;
+    let mut queue = WorkQueue::new(rx);
     let mut trees = TreeServer {
         vol,
         writer,
         peer,
         cache: LeafCache::default(),
     };
-    while let Some(w) = held.take().or_else(|| rx.recv().ok()) {
+    loop {
+        while let Some(t) = queue.take_cached(&trees.cache) {
+            if closing.load(Ordering::Relaxed) {
+                return Err(Error::Cancelled("scan"));
+            }
+            trees.one(t)?;
+        }
+        let Some(w) = queue.next() else { break };
         match w {
             Work::Tree(t) => {
                 if closing.load(Ordering::Relaxed) {
@@ -95,22 +170,22 @@ pub(super) fn worker(
                 while !trees.cache.contains(batch[0].algorithm, batch[0].range)
                     && blocks < MAX_MERGED_TREE_BLOCKS
                 {
-                    match rx.try_recv() {
-                        Ok(Work::Tree(next))
+                    match queue.try_next() {
+                        Some(Work::Tree(next))
                             if batch[batch.len() - 1].continued_by(&next, first_count)
                                 && !trees.cache.contains(next.algorithm, next.range) =>
                         {
                             blocks += next.range.count;
                             batch.push(next);
                         }
-                        Ok(other) => {
-                            held = Some(other);
+                        Some(other) => {
+                            queue.put_back(other);
                             break;
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
-                trees.serve(batch)?;
+                trees.serve(batch, &mut queue)?;
             }
             Work::Scan {
                 req,
@@ -121,8 +196,8 @@ pub(super) fn worker(
                 // Requests queued behind this one that continue it are scanned as one run, so
                 // reads stay in flight across request boundaries.
                 while range.count < MAX_MERGED_SCAN_BLOCKS {
-                    match rx.try_recv() {
-                        Ok(Work::Scan {
+                    match queue.try_next() {
+                        Some(Work::Scan {
                             req: r,
                             algorithm: a,
                             priority: p,
@@ -134,11 +209,11 @@ pub(super) fn worker(
                         {
                             range.count += next.count;
                         }
-                        Ok(other) => {
-                            held = Some(other);
+                        Some(other) => {
+                            queue.put_back(other);
                             break;
                         }
-                        Err(_) => break,
+                        None => break,
                     }
                 }
                 let idle = priority == wire::priority::IDLE;
@@ -254,4 +329,58 @@ pub(super) fn worker(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tree(start: u64, level: u8) -> Work {
+        Work::Tree(TreeWork {
+            req: 1,
+            algorithm: Algorithm::Crc32,
+            level,
+            group: 0,
+            priority: wire::priority::NORMAL,
+            range: BlockRange::new(start, 1024),
+            nodes: vec![1],
+            compare: false,
+        })
+    }
+
+    fn start_of(w: &Work) -> Option<u64> {
+        match w {
+            Work::Tree(t) => Some(t.range.start.0),
+            Work::CompareEnd { .. } => None,
+            _ => unreachable!("only tree work and compare ends here"),
+        }
+    }
+
+    #[test]
+    fn a_descent_step_on_cached_leaves_is_taken_ahead_of_chunks_to_read() {
+        let (tx, rx) = crossbeam_channel::bounded(64);
+        let mut cache = LeafCache::default();
+        cache.put(Algorithm::Crc32, BlockRange::new(2048, 1024), vec![0; 4096]);
+        // Tops of chunks 3 and 4 (to read), then a level-6 step of chunk 2 (cached), then
+        // other work, then another cached-looking step behind it.
+        for w in [
+            tree(3072, 10),
+            tree(4096, 10),
+            tree(2048, 6),
+            Work::CompareEnd { req: 9 },
+            tree(2048, 4),
+        ] {
+            tx.send(w).unwrap();
+        }
+        let mut q = WorkQueue::new(&rx);
+        let step = q.take_cached(&cache).expect("the cached step");
+        assert_eq!((step.range.start.0, step.level), (2048, 6));
+        // Nothing is taken past work of another kind: the second step stays in the channel.
+        assert!(q.take_cached(&cache).is_none());
+        // The rest keeps its stream order.
+        let rest: Vec<Option<u64>> = std::iter::from_fn(|| q.try_next())
+            .map(|w| start_of(&w))
+            .collect();
+        assert_eq!(rest, vec![Some(3072), Some(4096), None, Some(2048)]);
+    }
 }
