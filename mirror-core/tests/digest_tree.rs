@@ -218,3 +218,21 @@ fn a_paced_descent_keeps_its_progress_up_with_its_scan() {
         assert!(pair.equal());
     }
 }
+
+#[test]
+fn a_later_job_on_the_same_link_reads_every_chunk_again() {
+    for side in [CompareSide::Primary, CompareSide::Secondary] {
+        // Two identical chunks: the first verify leaves what it read of them on the secondary.
+        let pair = Pair::new(8 * MIB, 13);
+        std::fs::copy(&pair.primary_path, &pair.secondary_path).unwrap();
+        let p = open(&pair, side, Algorithm::Crc32, None);
+        assert_eq!(p.verify().unwrap().mismatched, 0);
+        // Silent corruption of the secondary, found by the next verify on the same link.
+        let mut bad = corrupt(&*pair.secondary_vol, 5, 14);
+        bad.sort_unstable();
+        bad.dedup();
+        let r = p.verify().unwrap();
+        assert_eq!(r.mismatched, bad.len() as u64, "{side:?}: {r:?}");
+        assert_eq!(p.status().connections, 1, "one link for both verifies");
+    }
+}

@@ -5,10 +5,12 @@
 //!
 //! A chunk is read and hashed once per descent: its leaf digests stay in a [`LeafCache`]
 //! bounded in entries and bytes while the descent goes on, and leave it when the descent ends
-//! here (secondary compares) or when pushed out by newer chunks. Invariant: a cached entry
-//! is the leaves as read when it was made; a descent whose chunk was pushed out reads and
-//! hashes it again — slower, never wrong, and no write can land between: writes to chunks
-//! under a job's compare are re-checked or repaired by the primary as for flat scans.
+//! here (secondary compares) or when pushed out by newer chunks. Invariants: a cached entry
+//! is the leaves as read when it was made, and serves only the descent (the request) that
+//! read it, so every job reads every chunk it compares at least once (a periodic scan finds
+//! corruption that happened since the last one); a descent whose chunk was pushed out
+//! reads and hashes it again — slower, never wrong, and no write can land between: writes to
+//! chunks under a job's compare are re-checked or repaired by the primary as for flat scans.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -61,36 +63,53 @@ impl TreeWork {
     }
 }
 
-/// Leaf digests of recently read chunks, least recently used first.
+/// Leaf digests of recently read chunks, least recently used first, each for the request
+/// (the job) that read it: a later job reads the chunk again, since it may have changed.
 #[derive(Default)]
 pub(super) struct LeafCache {
-    entries: VecDeque<(Algorithm, BlockRange, Vec<u8>)>,
+    entries: VecDeque<(u64, Algorithm, BlockRange, Vec<u8>)>,
     bytes: usize,
 }
 
 impl LeafCache {
-    fn position(&self, algorithm: Algorithm, range: BlockRange) -> Option<usize> {
+    fn position(&self, req: u64, algorithm: Algorithm, range: BlockRange) -> Option<usize> {
         self.entries
             .iter()
-            .rposition(|(a, r, _)| *a == algorithm && *r == range)
+            .rposition(|(q, a, r, _)| *q == req && *a == algorithm && *r == range)
     }
 
-    pub(super) fn contains(&self, algorithm: Algorithm, range: BlockRange) -> bool {
-        self.position(algorithm, range).is_some()
+    /// Whether the leaves of `range` read for request `req` are here.
+    pub(super) fn contains(&self, req: u64, algorithm: Algorithm, range: BlockRange) -> bool {
+        self.position(req, algorithm, range).is_some()
     }
 
-    fn take(&mut self, algorithm: Algorithm, range: BlockRange) -> Option<Vec<u8>> {
-        let i = self.position(algorithm, range)?;
-        let (_, _, leaves) = self.entries.remove(i)?;
+    fn take(&mut self, req: u64, algorithm: Algorithm, range: BlockRange) -> Option<Vec<u8>> {
+        let i = self.position(req, algorithm, range)?;
+        let (_, _, _, leaves) = self.entries.remove(i)?;
         self.bytes -= leaves.len();
         Some(leaves)
     }
 
-    pub(super) fn put(&mut self, algorithm: Algorithm, range: BlockRange, leaves: Vec<u8>) {
+    /// Keeps the leaves of `range` read for request `req`, in place of any older reading.
+    pub(super) fn put(
+        &mut self,
+        req: u64,
+        algorithm: Algorithm,
+        range: BlockRange,
+        leaves: Vec<u8>,
+    ) {
+        let bytes = &mut self.bytes;
+        self.entries.retain(|(_, a, r, old)| {
+            let stale = *a == algorithm && *r == range;
+            if stale {
+                *bytes -= old.len();
+            }
+            !stale
+        });
         self.bytes += leaves.len();
-        self.entries.push_back((algorithm, range, leaves));
+        self.entries.push_back((req, algorithm, range, leaves));
         while self.entries.len() > CACHE_CHUNKS || self.bytes > CACHE_BYTES {
-            let Some((_, _, old)) = self.entries.pop_front() else {
+            let Some((_, _, _, old)) = self.entries.pop_front() else {
                 break;
             };
             self.bytes -= old.len();
@@ -135,7 +154,7 @@ impl TreeServer<'_> {
                             return Ok(false);
                         };
                         debug_assert_eq!(map.range(), w.range);
-                        self.cache.put(algorithm, w.range, map.into_bytes());
+                        self.cache.put(w.req, algorithm, w.range, map.into_bytes());
                         self.one(w)?;
                         while let Some(step) = queue.take_cached(&self.cache) {
                             self.one(step)?;
@@ -161,7 +180,7 @@ impl TreeServer<'_> {
     /// descent of this chunk waits on it.
     pub(super) fn one(&mut self, w: TreeWork) -> Result<()> {
         check_chunk(self.vol, w.range, self.peer)?;
-        let leaves = match self.cache.take(w.algorithm, w.range) {
+        let leaves = match self.cache.take(w.req, w.algorithm, w.range) {
             Some(l) => l,
             None => {
                 let opts = options(w.algorithm, w.priority);
@@ -234,7 +253,7 @@ impl TreeServer<'_> {
         wr.flush()?;
         drop(wr);
         if keep {
-            self.cache.put(w.algorithm, w.range, leaves);
+            self.cache.put(w.req, w.algorithm, w.range, leaves);
         }
         Ok(())
     }

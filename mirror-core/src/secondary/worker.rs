@@ -102,10 +102,9 @@ impl<'a> WorkQueue<'a> {
                 Err(_) => break,
             }
         }
-        let i = self
-            .backlog
-            .iter()
-            .position(|w| matches!(w, Work::Tree(t) if cache.contains(t.algorithm, t.range)))?;
+        let i = self.backlog.iter().position(
+            |w| matches!(w, Work::Tree(t) if cache.contains(t.req, t.algorithm, t.range)),
+        )?;
         match self.backlog.remove(i) {
             Some(Work::Tree(t)) => Some(t),
             Some(other) => {
@@ -167,13 +166,15 @@ pub(super) fn worker(
                 let first_count = t.range.count;
                 let mut batch = vec![t];
                 let mut blocks = first_count;
-                while !trees.cache.contains(batch[0].algorithm, batch[0].range)
+                while !trees
+                    .cache
+                    .contains(batch[0].req, batch[0].algorithm, batch[0].range)
                     && blocks < MAX_MERGED_TREE_BLOCKS
                 {
                     match queue.try_next() {
                         Some(Work::Tree(next))
                             if batch[batch.len() - 1].continued_by(&next, first_count)
-                                && !trees.cache.contains(next.algorithm, next.range) =>
+                                && !trees.cache.contains(next.req, next.algorithm, next.range) =>
                         {
                             blocks += next.range.count;
                             batch.push(next);
@@ -360,7 +361,12 @@ mod tests {
     fn a_descent_step_on_cached_leaves_is_taken_ahead_of_chunks_to_read() {
         let (tx, rx) = crossbeam_channel::bounded(64);
         let mut cache = LeafCache::default();
-        cache.put(Algorithm::Crc32, BlockRange::new(2048, 1024), vec![0; 4096]);
+        cache.put(
+            1,
+            Algorithm::Crc32,
+            BlockRange::new(2048, 1024),
+            vec![0; 4096],
+        );
         // Tops of chunks 3 and 4 (to read), then a level-6 step of chunk 2 (cached), then
         // other work, then another cached-looking step behind it.
         for w in [
