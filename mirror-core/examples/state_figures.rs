@@ -174,7 +174,12 @@ fn main() {
         r.fill(&mut buf[..]);
         p.write(r.gen_range(0..blocks) * BS, &buf).unwrap();
     }
-    std::mem::forget(p);
+    // The primary goes away with its link down. Nothing clears the write-intent bits of dirty
+    // regions before the secondary has their data, so a close now leaves on disk what a crash
+    // would; a primary merely forgotten would keep running here and race the next one for
+    // the secondary.
+    p.close().unwrap();
+    drop(p);
     let s = secondary(&ps, &listen);
     let p = Primary::open(vol(&pa), c).unwrap();
     wait("resync after the crash", || {
