@@ -378,7 +378,8 @@ pub enum ScanEvent<M> {
 
 /// [`scan_range`], and while it waits for the next batch read (a paced scan waits most of
 /// the time), the messages of `also` are handed to `sink` as they come: a job answers its
-/// peer while its own scan is held back. A disconnected `also` is no longer watched.
+/// peer while its own scan is held back. A disconnected `also` is no longer watched; only a
+/// batch's `false` from `sink` stops the scan.
 pub fn scan_range_or<M>(
     vol: &dyn Volume,
     range: BlockRange,
