@@ -5,7 +5,7 @@
 //! Work is served in stream order, with one exception: a step of a digest-tree descent whose
 //! chunk's leaves are cached costs no read, and is answered ahead of the chunks still to be
 //! read ([`WorkQueue::take_cached`]). Otherwise each step of a descent would wait behind the
-//! reading of every chunk the primary asked for since (up to its window, 128 chunks), and
+//! reading of every chunk the primary asked for since (up to its window, 256 chunks), and
 //! through a slow link the descents, and the repairs they find, would come in bursts.
 //! Answers go to different chunks, so their order does not matter to the primary.
 
