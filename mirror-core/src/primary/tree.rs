@@ -51,6 +51,24 @@ struct Chunk {
     requested: u64,
 }
 
+impl Chunk {
+    /// A chunk whose top level was just asked for (primary compares, `leaves` not read yet)
+    /// or sent (secondary compares, with our `leaves`).
+    fn top(range: BlockRange, level: u8, bitmap: Vec<u8>, leaves: Option<Vec<u8>>) -> Self {
+        Chunk {
+            range,
+            leaves,
+            level,
+            group: 0,
+            bitmap,
+            theirs: None,
+            asked: Some(Instant::now()),
+            waited: Duration::ZERO,
+            requested: 0,
+        }
+    }
+}
+
 /// The chunks of a list of runs, by index, without a list of them (a 16 TiB volume has four
 /// million).
 struct Chunks {
@@ -212,20 +230,8 @@ impl Job<'_> {
                 range,
                 nodes: bitmap.clone(),
             })?;
-            st.pending.insert(
-                range.start.0,
-                Chunk {
-                    range,
-                    leaves: None,
-                    level,
-                    group: 0,
-                    bitmap,
-                    theirs: None,
-                    asked: Some(Instant::now()),
-                    waited: Duration::ZERO,
-                    requested: 0,
-                },
-            );
+            st.pending
+                .insert(range.start.0, Chunk::top(range, level, bitmap, None));
             st.next += 1;
         }
         Ok(())
@@ -275,17 +281,7 @@ impl Job<'_> {
             })?;
             st.pending.insert(
                 range.start.0,
-                Chunk {
-                    range,
-                    leaves: Some(leaves),
-                    level,
-                    group: 0,
-                    bitmap,
-                    theirs: None,
-                    asked: Some(Instant::now()),
-                    waited: Duration::ZERO,
-                    requested: 0,
-                },
+                Chunk::top(range, level, bitmap, Some(leaves)),
             );
             st.next += 1;
             st.scanned += 1;
