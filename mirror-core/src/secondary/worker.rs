@@ -105,14 +105,10 @@ impl<'a> WorkQueue<'a> {
         let i = self.backlog.iter().position(
             |w| matches!(w, Work::Tree(t) if cache.contains(t.req, t.algorithm, t.range)),
         )?;
-        match self.backlog.remove(i) {
-            Some(Work::Tree(t)) => Some(t),
-            Some(other) => {
-                self.backlog.insert(i, other);
-                None
-            }
-            None => None,
-        }
+        let Some(Work::Tree(t)) = self.backlog.remove(i) else {
+            unreachable!("position {i} holds tree work")
+        };
+        Some(t)
     }
 }
 
