@@ -142,6 +142,21 @@ impl Setup {
         }
     }
 
+    /// A pair behind a man in the middle, with mutual TLS or in clear, its primary connected
+    /// and coherent.
+    fn connected(with_tls: bool, seed: u64) -> (Setup, Primary) {
+        let (pi, si) = identities();
+        let framing = if with_tls {
+            Framing::Tls
+        } else {
+            Framing::Mirror
+        };
+        let s = Setup::new(with_tls.then(|| tls(&si, &pi)), framing, seed);
+        let p = s.primary(with_tls.then(|| tls(&pi, &si)));
+        wait_coherent(&p);
+        (s, p)
+    }
+
     fn primary(&self, tls: Option<TlsConfig>) -> Primary {
         let mut c = PrimaryConfig::new(self.mitm.addr.to_string());
         c.link_timeout = Duration::from_secs(3);
@@ -191,15 +206,7 @@ fn injected(framing: Framing) -> Vec<u8> {
 /// Runs `attack` on a connected pair; returns the setup after the primary reconnected and
 /// resynced (or after the attack, when `expect_reconnect` is false).
 fn attacked(attack: Attack, with_tls: bool, seed: u64) -> (Setup, Primary) {
-    let (pi, si) = identities();
-    let framing = if with_tls {
-        Framing::Tls
-    } else {
-        Framing::Mirror
-    };
-    let s = Setup::new(with_tls.then(|| tls(&si, &pi)), framing, seed);
-    let p = s.primary(with_tls.then(|| tls(&pi, &si)));
-    wait_coherent(&p);
+    let (s, p) = Setup::connected(with_tls, seed);
     assert!(s.equal(), "the first connection resynced to equality");
     for i in 0..8 {
         s.write(&p, i * 7 * BS, &block(b'a', i));
@@ -288,15 +295,7 @@ fn without_tls_frame_checks_stop_flips_and_truncation_but_not_injection() {
 fn nothing_written_travels_in_clear_under_tls() {
     let marker = b"SNIFF-ME-IF-YOU-CAN-0123456789ab".repeat(BS as usize / 32);
     for with_tls in [false, true] {
-        let (pi, si) = identities();
-        let framing = if with_tls {
-            Framing::Tls
-        } else {
-            Framing::Mirror
-        };
-        let s = Setup::new(with_tls.then(|| tls(&si, &pi)), framing, 30);
-        let p = s.primary(with_tls.then(|| tls(&pi, &si)));
-        wait_coherent(&p);
+        let (s, p) = Setup::connected(with_tls, 30);
         s.write(&p, 100 * BS, &marker);
         p.flush().unwrap();
         let seen = s.mitm.seen();
@@ -408,15 +407,7 @@ fn the_shared_secret_is_bound_to_the_tls_session() {
 #[test]
 fn large_sync_writes_sent_from_the_callers_buffer_arrive_whole_in_clear_and_under_tls() {
     for with_tls in [false, true] {
-        let (pi, si) = identities();
-        let framing = if with_tls {
-            Framing::Tls
-        } else {
-            Framing::Mirror
-        };
-        let s = Setup::new(with_tls.then(|| tls(&si, &pi)), framing, 40);
-        let p = s.primary(with_tls.then(|| tls(&pi, &si)));
-        wait_coherent(&p);
+        let (s, p) = Setup::connected(with_tls, 40);
         let mut r = rng(41);
         for len in [64usize << 10, SIZE as usize / 2, SIZE as usize] {
             let offset = rand::Rng::gen_range(&mut r, 0..=(SIZE - len as u64) / BS) * BS;
