@@ -360,7 +360,7 @@ fn terminate(child: &mut Child) -> Option<i32> {
         .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Some(st) = child.try_wait().unwrap() {
             return st.code();
@@ -391,7 +391,7 @@ fn serve_exits_cleanly_on_sigint() {
         .args(["-INT", &child.id().to_string()])
         .status()
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let code = loop {
         if let Some(st) = child.try_wait().unwrap() {
             break st.code();

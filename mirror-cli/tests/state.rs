@@ -70,7 +70,7 @@ fn signal(child: &Child, sig: &str) {
 }
 
 fn wait_exit(child: &mut Child) -> Option<i32> {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if let Some(st) = child.try_wait().unwrap() {
             return st.code();

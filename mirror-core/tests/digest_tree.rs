@@ -27,7 +27,7 @@ fn open(pair: &Pair, side: CompareSide, algorithm: Algorithm, peer: Option<Strin
         c.peer = p;
     }
     let p = pair.open_primary(c);
-    p.wait_connected(Duration::from_secs(10)).unwrap();
+    p.wait_connected(Duration::from_secs(60)).unwrap();
     p
 }
 
@@ -189,7 +189,7 @@ fn a_paced_descent_keeps_its_progress_up_with_its_scan() {
         c.resync_min_rate = 6.0;
         c.resync_max_rate = Some(6.0);
         let p = pair.open_primary(c);
-        p.wait_connected(Duration::from_secs(10)).unwrap();
+        p.wait_connected(Duration::from_secs(60)).unwrap();
         let start = std::time::Instant::now();
         let first = std::sync::Mutex::new(None);
         let progress = |pr: mirror_core::Progress| {

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use common::*;
 use mirror_core::fault::FaultVolume;
 use mirror_core::{
-    BlockSize, Durability, ErrorKind, FileVolume, OnDisconnect, Primary, PrimaryConfig, Secondary,
-    SecondaryConfig, Volume, WriteOutcome,
+    Durability, ErrorKind, OnDisconnect, Primary, PrimaryConfig, Secondary, SecondaryConfig,
+    Volume, WriteOutcome,
 };
 
 const SIZE: u64 = 1 << 20;
@@ -262,15 +262,6 @@ fn on_disconnect_fail_refuses_and_suspend_waits_for_the_link() {
         t.elapsed()
     );
     // With the link back within the timeout, the write waits and is replicated.
-    let restorer = {
-        let proxy_addr = fp.proxy.addr;
-        let _ = proxy_addr;
-        std::thread::spawn({
-            let delay = Duration::from_millis(200);
-            move || std::thread::sleep(delay)
-        })
-    };
-    restorer.join().unwrap();
     fp.proxy.restore();
     let data = vec![5u8; BS as usize];
     let mut c = fp.config();
@@ -294,8 +285,6 @@ fn close_flushes_the_secondary() {
     p.close().unwrap();
     fp.fault.power_loss().unwrap();
     assert_eq!(fp.secondary_block(5), data);
-    let _ = BlockSize::DEFAULT;
-    let _: Option<FileVolume> = None;
 }
 
 #[test]

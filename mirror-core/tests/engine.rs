@@ -208,7 +208,7 @@ fn full_resync_over(side: CompareSide, algorithm: Algorithm, seed: u64) {
     c.algorithm = algorithm;
     c.auto_resync = false;
     let p = pair.open_primary(c);
-    p.wait_connected(Duration::from_secs(10)).unwrap();
+    p.wait_connected(Duration::from_secs(60)).unwrap();
     let v = p.verify().unwrap();
     let mut distinct = hit.clone();
     distinct.sort_unstable();
@@ -423,7 +423,7 @@ fn mark_dirty_makes_the_next_resync_compare_that_range() {
     let mut c = pair.config();
     c.auto_resync = false;
     let p = pair.open_primary(c);
-    p.wait_connected(Duration::from_secs(5)).unwrap();
+    p.wait_connected(Duration::from_secs(60)).unwrap();
     p.resync().unwrap(); // full scan: map becomes valid
                          // A write that bypassed mirror, then declared.
     pair.primary_vol

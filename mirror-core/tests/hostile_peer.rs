@@ -211,7 +211,7 @@ fn size_and_block_size_mismatch_are_refused_naming_both_values() {
     let mut c = pair.config();
     c.peer = addr.to_string();
     let p = mirror_core::Primary::open(vol, c).unwrap();
-    let e = p.wait_connected(Duration::from_secs(3)).unwrap_err();
+    let e = p.wait_connected(Duration::from_secs(60)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Mismatch, "{e}");
     assert!(
         e.to_string().contains("524288") && e.to_string().contains("1048576"),
@@ -353,7 +353,7 @@ fn shared_secret_is_required_and_checked_both_ways() {
 
     // No secret on the primary.
     let p = pair.open_primary(pair.config());
-    let e = p.wait_connected(Duration::from_secs(3)).unwrap_err();
+    let e = p.wait_connected(Duration::from_secs(60)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     assert!(e.to_string().contains("requires a shared secret"), "{e}");
     drop(p);
@@ -362,7 +362,7 @@ fn shared_secret_is_required_and_checked_both_ways() {
     let mut c = pair.config();
     c.secret = Some(b"wrong horse battery".to_vec());
     let p = pair.open_primary(c);
-    let e = p.wait_connected(Duration::from_secs(3)).unwrap_err();
+    let e = p.wait_connected(Duration::from_secs(60)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     drop(p);
 
@@ -409,7 +409,7 @@ fn shared_secret_is_required_and_checked_both_ways() {
     let mut c = open.config();
     c.secret = Some(b"correct horse battery".to_vec());
     let p = open.open_primary(c);
-    let e = p.wait_connected(Duration::from_secs(3)).unwrap_err();
+    let e = p.wait_connected(Duration::from_secs(60)).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
 }
 

@@ -133,7 +133,7 @@ fn failover_works_and_the_old_primary_writing_again_is_a_split_brain() {
     // A fails; B becomes primary towards A serving.
     let sa = secondary(&pa, va.clone());
     let pbr = Primary::open(vb.clone(), pconfig(sa.local_addr().unwrap(), &pb)).unwrap();
-    pbr.wait_connected(Duration::from_secs(10)).unwrap();
+    pbr.wait_connected(Duration::from_secs(60)).unwrap();
     pbr.write(8192, &[9u8; 4096]).unwrap();
     pbr.close().unwrap();
     drop(sa);

@@ -90,7 +90,7 @@ fn a_zero_range_is_bounded_by_the_volume_not_the_frame() {
     let mut c = pair.config();
     c.auto_resync = false;
     let p = pair.open_primary(c);
-    p.wait_connected(Duration::from_secs(10)).unwrap();
+    p.wait_connected(Duration::from_secs(60)).unwrap();
     assert!(!pair.equal());
     let sent = p.status().bytes_sent;
     // The whole volume in one call: far more than one frame's data.
