@@ -85,12 +85,18 @@ impl Inner {
         // own rate and idle priority.
         let throttle = (!background).then(|| {
             let c = &self.config;
+            // `last_write_ms` is a millisecond since `started`, plus one (0: never).
+            let last_write = match self.last_write_ms.load(Ordering::Relaxed) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms - 1)),
+            };
             Mutex::new(ResyncThrottle::new(
                 c.resync_min_rate,
                 c.resync_max_rate,
                 c.resync_yield,
                 self.started.elapsed(),
                 self.writes.load(Ordering::Relaxed),
+                last_write,
             ))
         });
         let ctl = Ctl {

@@ -4,10 +4,12 @@
 //! Every [`TICK`] the controller looks at the foreground writes replicated since the last
 //! tick. Any write seen: the limit drops to the floor at once (the job still progresses, so
 //! a busy volume converges). A tick without writes: the limit grows fourfold while it still
-//! made the job wait, and lifts to the ceiling as soon as it no longer did. A job starts at
-//! the floor and grows from there (reaching 1 GiB/s from 4 MiB/s takes four quiet ticks), so
-//! a resync that starts beside running writes does not take a tick's worth of the disks
-//! and the cores from them before the controller has looked. The limit is
+//! made the job wait, and lifts to the ceiling as soon as it no longer did. A job that starts
+//! within a tick of a foreground write starts at the floor and grows from there (reaching
+//! 1 GiB/s from 4 MiB/s takes four quiet ticks), so a resync that starts beside running
+//! writes does not take a tick's worth of the disks and the cores from them before the
+//! controller has looked; one that starts on a quiet volume (a one-shot `mirror sync`,
+//! whose primary has no writer at all) starts at the ceiling. The limit is
 //! enforced as a token bucket of one tick's worth of bytes, so a change of limit takes
 //! effect within a tick, and a waiting job is re-admitted in slices of at most a tick.
 //!
@@ -53,17 +55,20 @@ pub(crate) struct ResyncThrottle {
 impl ResyncThrottle {
     /// A controller keeping `floor_mib_s` MiB/s under load, never above `ceiling_mib_s`
     /// (None: unbounded); `yields` false keeps the job at the ceiling. `writes` is the
-    /// foreground write count at `now`.
+    /// foreground write count at `now`, and `last_write` when the last of them arrived (None:
+    /// never), on the same clock.
     pub(crate) fn new(
         floor_mib_s: f64,
         ceiling_mib_s: Option<f64>,
         yields: bool,
         now: Duration,
         writes: u64,
+        last_write: Option<Duration>,
     ) -> Self {
         let ceiling = ceiling_mib_s.map_or(f64::INFINITY, |c| c * MIB);
         let floor = (floor_mib_s * MIB).min(ceiling);
-        let limit = if yields { floor } else { ceiling };
+        let busy = last_write.is_some_and(|at| now.saturating_sub(at) < TICK);
+        let limit = if yields && busy { floor } else { ceiling };
         ResyncThrottle {
             floor,
             ceiling,
@@ -175,8 +180,8 @@ mod tests {
     fn foreground_writes_drop_the_limit_to_the_floor_and_never_below() {
         let mut clock = Duration::ZERO;
         let mut writes = 0;
-        let mut t = ResyncThrottle::new(4.0, Some(400.0), true, clock, writes);
-        // A job starts at the floor.
+        let mut t = ResyncThrottle::new(4.0, Some(400.0), true, clock, writes, Some(clock));
+        // A job started within a tick of a write starts at the floor.
         assert_eq!(t.limit(), 4.0 * MIB);
         let (limits, admitted) = drive(&mut t, &mut clock, &mut writes, 40, 3);
         assert!(limits.iter().all(|&l| l >= 4.0 * MIB), "{limits:?}");
@@ -187,10 +192,22 @@ mod tests {
     }
 
     #[test]
+    fn a_job_on_a_quiet_volume_starts_at_the_ceiling_and_yields_once_writes_come() {
+        let mut clock = Duration::from_secs(5);
+        let mut writes = 9;
+        for last_write in [None, Some(clock - 2 * TICK)] {
+            let mut t = ResyncThrottle::new(4.0, Some(400.0), true, clock, writes, last_write);
+            assert_eq!(t.limit(), 400.0 * MIB, "last write {last_write:?}");
+            let (limits, _) = drive(&mut t, &mut clock, &mut writes, 1, 2);
+            assert_eq!(limits[0], 4.0 * MIB, "writes within the first tick");
+        }
+    }
+
+    #[test]
     fn a_quiet_foreground_lets_the_job_recover_to_the_ceiling() {
         let mut clock = Duration::ZERO;
         let mut writes = 0;
-        let mut t = ResyncThrottle::new(4.0, Some(400.0), true, clock, writes);
+        let mut t = ResyncThrottle::new(4.0, Some(400.0), true, clock, writes, Some(clock));
         drive(&mut t, &mut clock, &mut writes, 10, 1);
         assert_eq!(t.limit(), 4.0 * MIB);
         let (limits, _) = drive(&mut t, &mut clock, &mut writes, 10, 0);
@@ -209,7 +226,7 @@ mod tests {
     fn an_unbounded_job_with_nothing_to_wait_for_lifts_at_once() {
         let mut clock = Duration::ZERO;
         let mut writes = 0;
-        let mut t = ResyncThrottle::new(8.0, None, true, clock, writes);
+        let mut t = ResyncThrottle::new(8.0, None, true, clock, writes, Some(clock));
         assert_eq!(t.limit(), 8.0 * MIB);
         drive(&mut t, &mut clock, &mut writes, 3, 5);
         assert_eq!(t.limit(), 8.0 * MIB);
@@ -226,7 +243,7 @@ mod tests {
     fn without_yielding_the_limit_stays_at_the_ceiling() {
         let mut clock = Duration::ZERO;
         let mut writes = 0;
-        let mut t = ResyncThrottle::new(4.0, Some(100.0), false, clock, writes);
+        let mut t = ResyncThrottle::new(4.0, Some(100.0), false, clock, writes, Some(clock));
         let (limits, admitted) = drive(&mut t, &mut clock, &mut writes, 20, 7);
         assert!(limits.iter().all(|&l| l == 100.0 * MIB), "{limits:?}");
         // One second at 100 MiB/s.
@@ -236,7 +253,14 @@ mod tests {
 
     #[test]
     fn a_floor_above_the_ceiling_is_held_to_the_ceiling() {
-        let mut t = ResyncThrottle::new(50.0, Some(10.0), true, Duration::ZERO, 0);
+        let mut t = ResyncThrottle::new(
+            50.0,
+            Some(10.0),
+            true,
+            Duration::ZERO,
+            0,
+            Some(Duration::ZERO),
+        );
         t.observe(TICK, 1);
         assert_eq!(t.limit(), 10.0 * MIB);
     }
