@@ -293,6 +293,17 @@ fn full_scan_cut_at_half_resumes_from_its_checkpoint() {
     });
     assert!(first.is_err(), "the cut ends the first scan");
     let first_blocks = seen.load(Ordering::SeqCst);
+    // The record has the checkpoint by the time the job returns (it is written beside the
+    // scan, not by it): past the first segment, and not past what was done.
+    let recorded = || match MetaStore::new(default_meta_path(&pa)).load() {
+        Loaded::Valid(r) => r.checkpoint.map(|c| c.next_block),
+        other => panic!("the primary's record: {other:?}"),
+    };
+    let at = recorded().expect("a checkpoint is recorded at the cut");
+    assert!(
+        at > 0 && at <= first_blocks,
+        "checkpoint {at} after {first_blocks} blocks done"
+    );
     proxy.restore();
     let r = p
         .resync_with(&JobOptions {
@@ -301,6 +312,7 @@ fn full_scan_cut_at_half_resumes_from_its_checkpoint() {
         })
         .unwrap();
     assert_eq!(r.mode, ResyncMode::FullScan);
+    assert_eq!(recorded(), None, "the finished scan clears its checkpoint");
     let total = first_blocks + r.blocks;
     assert!(
         total >= blocks && r.blocks <= blocks * 3 / 4,

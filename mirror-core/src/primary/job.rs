@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use tracing::{info, warn};
 
 use super::conn::{Conn, PendingKind, Waiter};
@@ -123,22 +123,44 @@ impl Inner {
                             info!(from_block = at, "full scan resumes from its checkpoint");
                         }
                         let segment = (blocks / CHECKPOINTS).max(MIN_SEGMENT_BLOCKS);
-                        if conn.tree && at < blocks {
-                            // One pipelined descent; it sets the checkpoints as it passes them.
-                            job.compare_tree(
-                                &[BlockRange::new(at, blocks - at)],
-                                Some((segment, at)),
-                            )?;
-                            at = blocks;
-                        }
-                        while at < blocks {
-                            let n = segment.min(blocks - at);
-                            job.compare(BlockRange::new(at, n))?;
-                            at += n;
-                            if at < blocks {
-                                self.durable.set_checkpoint(self.session, Some(at));
+                        // A thread writes the checkpoints to the metadata record (a write and
+                        // two syncs each) while the scan goes on; it ends with the scan,
+                        // having written the last one.
+                        let (wake, woken) = crossbeam_channel::bounded::<()>(1);
+                        std::thread::scope(|s| -> Result<()> {
+                            let recorder = s.spawn(|| {
+                                for () in woken {
+                                    self.durable.record_checkpoint(self.session);
+                                }
+                            });
+                            job.recorder = Some(wake);
+                            let scanned = (|| {
+                                if conn.tree && at < blocks {
+                                    // One pipelined descent; it sets the checkpoints as it
+                                    // passes them.
+                                    job.compare_tree(
+                                        &[BlockRange::new(at, blocks - at)],
+                                        Some((segment, at)),
+                                    )?;
+                                    at = blocks;
+                                }
+                                while at < blocks {
+                                    let n = segment.min(blocks - at);
+                                    job.compare(BlockRange::new(at, n))?;
+                                    at += n;
+                                    if at < blocks {
+                                        job.checkpoint(at);
+                                    }
+                                }
+                                Ok(())
+                            })();
+                            job.recorder = None;
+                            if recorder.join().is_err() {
+                                warn!("the checkpoint recorder panicked");
                             }
-                        }
+                            self.durable.record_checkpoint(self.session);
+                            scanned
+                        })?;
                     } else {
                         job.compare(BlockRange::new(0, blocks))?;
                     }
@@ -353,6 +375,9 @@ pub(super) struct Job<'a> {
     pub(super) mismatches: RunBuilder,
     pub(super) done: u64,
     pub(super) total: u64,
+    /// Wakes the thread that writes a full scan's checkpoints to the metadata record (None:
+    /// written here).
+    recorder: Option<Sender<()>>,
 }
 
 impl<'a> Job<'a> {
@@ -384,6 +409,18 @@ impl<'a> Job<'a> {
             mismatches: RunBuilder::default(),
             done: 0,
             total,
+            recorder: None,
+        }
+    }
+
+    /// Moves the full scan's checkpoint to `next`: in memory at once, in the metadata record
+    /// by the recorder when the job has one, so the scan does not wait on the record's syncs.
+    pub(super) fn checkpoint(&mut self, next: u64) {
+        self.inner.durable.note_checkpoint(Some(next));
+        match &self.recorder {
+            // Full: a wake-up is pending, and the recorder reads the latest value then.
+            Some(wake) => drop(wake.try_send(())),
+            None => self.inner.durable.record_checkpoint(self.inner.session),
         }
     }
 

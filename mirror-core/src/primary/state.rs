@@ -41,6 +41,10 @@ pub(super) struct PrimaryState {
     recovered: Mutex<Option<Recovered>>,
     /// The next block of this session's interrupted full scan.
     checkpoint: Mutex<Option<u64>>,
+    /// The checkpoint the metadata record holds (None: not known). Held while the record is
+    /// written, which reads `checkpoint` then: whichever thread writes last writes the
+    /// latest value, so the record always ends up with it.
+    recorded: Mutex<Option<Option<u64>>>,
     /// The secondary's identity, from the last handshake.
     peer_identity: Mutex<VolumeId>,
 }
@@ -70,6 +74,7 @@ impl PrimaryState {
             intent,
             recovered: Mutex::new(recovered),
             checkpoint: Mutex::new(None),
+            recorded: Mutex::new(None),
             peer_identity: Mutex::new(VolumeId::default()),
         })
     }
@@ -231,15 +236,34 @@ impl PrimaryState {
         *lock(&self.checkpoint)
     }
 
-    /// Records how far this session's full scan got (`None`: done, or dropped).
+    /// Records how far this session's full scan got (`None`: done, or dropped), in memory
+    /// and in the metadata record.
     pub(super) fn set_checkpoint(&self, session: u128, next: Option<u64>) {
+        self.note_checkpoint(next);
+        self.record_checkpoint(session);
+    }
+
+    /// Sets the checkpoint in memory only, which is what a resumed scan starts from;
+    /// [`record_checkpoint`](Self::record_checkpoint) writes it to the metadata record.
+    pub(super) fn note_checkpoint(&self, next: Option<u64>) {
         *lock(&self.checkpoint) = next;
+    }
+
+    /// Writes the checkpoint held in memory to the metadata record, unless the record
+    /// already has it.
+    pub(super) fn record_checkpoint(&self, session: u128) {
+        let mut recorded = lock(&self.recorded);
+        let next = *lock(&self.checkpoint);
+        if *recorded == Some(next) {
+            return;
+        }
         let c = next.map(|next_block| Checkpoint {
             session,
             next_block,
         });
-        if let Err(e) = self.meta.set_checkpoint(c) {
-            warn!(error = %e, "full-scan checkpoint not recorded");
+        match self.meta.set_checkpoint(c) {
+            Ok(()) => *recorded = Some(next),
+            Err(e) => warn!(error = %e, "full-scan checkpoint not recorded"),
         }
     }
 

@@ -470,9 +470,7 @@ impl Job<'_> {
         if let Some((segment, last)) = st.checkpoints {
             let mark = st.watermark();
             if mark >= last + segment && mark < self.inner.volume.blocks() {
-                self.inner
-                    .durable
-                    .set_checkpoint(self.inner.session, Some(mark));
+                self.checkpoint(mark);
                 st.checkpoints = Some((segment, mark));
             }
         }
