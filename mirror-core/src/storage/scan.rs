@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rayon::prelude::*;
@@ -15,6 +16,7 @@ use crate::protocol::messages::{Message, MAX_DIGESTS_PER_FRAME};
 use crate::storage::digest::{hex, Algorithm};
 use crate::storage::idle;
 use crate::storage::volume::{IoPriority, ReadOp, Volume};
+use crate::sync::lock;
 use crate::units::{BlockIndex, BlockRange, BlockSize};
 use crate::{Error, Result};
 
@@ -306,11 +308,22 @@ pub struct AlignedBuf {
     len: usize,
 }
 
+/// Allocations of dropped [`AlignedBuf`]s of at least [`SPARE_MIN`] bytes, kept for the
+/// next ones. A scan's buffers are megabytes, and a fresh allocation of that size costs a
+/// page fault and a zeroed page for every 4 KiB it is read into; a secondary reads each chunk
+/// a primary asks for into buffers of its own, so without this it paid that for every byte
+/// it scanned.
+static SPARE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+/// Smallest allocation worth keeping.
+const SPARE_MIN: usize = 256 << 10;
+/// Most allocations kept (a scan holds its reading-ahead buffers, about five, at once).
+const SPARE_MAX: usize = 6;
+
 impl AlignedBuf {
     /// Alignment of the start, in bytes.
     pub const ALIGN: usize = 4096;
 
-    /// A zero-filled buffer of `len` bytes.
+    /// A buffer of `len` bytes (contents unspecified: it is read into).
     pub fn new(len: usize) -> Self {
         let mut b = AlignedBuf::default();
         b.resize(len);
@@ -320,7 +333,16 @@ impl AlignedBuf {
     /// Makes the buffer `len` bytes long (contents unspecified, allocation reused when it fits).
     pub fn resize(&mut self, len: usize) {
         if self.raw.len() < self.start + len || self.raw.is_empty() {
-            self.raw = vec![0u8; len + Self::ALIGN];
+            let want = len + Self::ALIGN;
+            let spare = (want >= SPARE_MIN)
+                .then(|| {
+                    let mut spare = lock(&SPARE);
+                    let i = spare.iter().position(|v| v.len() >= want)?;
+                    Some(spare.swap_remove(i))
+                })
+                .flatten();
+            let old = std::mem::replace(&mut self.raw, spare.unwrap_or_else(|| vec![0u8; want]));
+            keep_spare(old);
             self.start = self.raw.as_ptr().align_offset(Self::ALIGN).min(Self::ALIGN);
         }
         self.len = len;
@@ -334,6 +356,22 @@ impl AlignedBuf {
     /// The bytes, writable.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         &mut self.raw[self.start..self.start + self.len]
+    }
+}
+
+impl Drop for AlignedBuf {
+    fn drop(&mut self) {
+        keep_spare(std::mem::take(&mut self.raw));
+    }
+}
+
+/// Keeps `raw` for a later [`AlignedBuf`] when it is large and there is room.
+fn keep_spare(raw: Vec<u8>) {
+    if raw.len() >= SPARE_MIN {
+        let mut spare = lock(&SPARE);
+        if spare.len() < SPARE_MAX {
+            spare.push(raw);
+        }
     }
 }
 
@@ -732,6 +770,25 @@ mod tests {
         b.resize(1 << 20);
         assert_eq!(b.as_slice().as_ptr() as usize % AlignedBuf::ALIGN, 0);
         assert_eq!(b.as_mut_slice().len(), 1 << 20);
+    }
+
+    #[test]
+    fn large_buffers_are_kept_for_reuse_up_to_a_bound() {
+        let bufs: Vec<AlignedBuf> = (0..SPARE_MAX + 4)
+            .map(|_| AlignedBuf::new(1 << 20))
+            .collect();
+        drop(bufs);
+        assert!(lock(&SPARE).len() <= SPARE_MAX);
+        assert!(lock(&SPARE).iter().all(|v| v.len() >= SPARE_MIN));
+        // A buffer made from a kept allocation is aligned and as long as asked, and one
+        // shrunk and grown again stays so.
+        let mut b = AlignedBuf::new(3 << 20);
+        assert_eq!(b.as_slice().as_ptr() as usize % AlignedBuf::ALIGN, 0);
+        assert_eq!(b.as_slice().len(), 3 << 20);
+        b.resize(4096);
+        b.resize(2 << 20);
+        assert_eq!(b.as_slice().as_ptr() as usize % AlignedBuf::ALIGN, 0);
+        assert_eq!(b.as_mut_slice().len(), 2 << 20);
     }
 
     #[test]
