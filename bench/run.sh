@@ -16,7 +16,7 @@
 #   dirty-map resync sends, / 40,960,000, per dirty-map region size and compare side.
 # - the performance table (`mirror bench-table`): pairs differing in 0%, 0.1%, 1% and 10% of
 #   their blocks, `mirror sync`/`verify` per algorithm against rsync (-B4096 --inplace
-#   --no-whole-file, daemon over loopback; Debian package rsync), the same through a
+#   --no-whole-file --ignore-times, daemon over loopback; Debian package rsync), the same through a
 #   50 ms RTT, 100 Mbit/s link of the benchmark's own, equality checked after every sync,
 #   peak RSS of serve and sync on 1 GiB and 4 GiB sparse pairs; medians of RUNS runs (3).
 # - replication (`mirror bench-replicate`): 1 MiB writes through a sync-mode Primary, next to

@@ -4,8 +4,8 @@
 //! One random file `a` and, per percentage, a copy of it with that fraction of its 4 KiB blocks
 //! rewritten at scattered places. Every row runs real processes: `mirror serve` on a fresh copy
 //! of the pristine `b`, `mirror sync` then `mirror verify` of `a` against it (per algorithm);
-//! `rsync -B4096 --inplace --no-whole-file` pushing `a` to an rsync daemon over loopback; and
-//! the same sync and verify through a [`Shape`]d proxy for the WAN rows. After every sync the
+//! `rsync -B4096 --inplace --no-whole-file --ignore-times` pushing `a` to an rsync daemon over
+//! loopback; and the same sync and verify through a [`Shape`]d proxy for the WAN rows. After every sync the
 //! two files are compared byte for byte; a difference fails the benchmark. Every figure is the
 //! median of `--runs` runs, and every ratio is taken between medians of the same invocation.
 //! Peak RSS of `mirror serve` and `mirror sync` is measured on sparse (all-zero) pairs.
@@ -311,9 +311,17 @@ impl RsyncDaemon {
     /// Pushes `a` onto `name` in the module; seconds and bytes on the wire (rsync's counts).
     fn push(&self, rsync: &Path, a: &Path, name: &str) -> Result<(f64, u64)> {
         let mut cmd = Command::new(rsync);
-        cmd.args(["-B4096", "--inplace", "--no-whole-file", "--stats"])
-            .arg(a)
-            .arg(format!("rsync://127.0.0.1:{}/bench/{name}", self.port));
+        // --ignore-times: a fresh copy written within the second `a` was written has its size
+        // and modification time, and rsync's quick check would skip it without comparing.
+        cmd.args([
+            "-B4096",
+            "--inplace",
+            "--no-whole-file",
+            "--ignore-times",
+            "--stats",
+        ])
+        .arg(a)
+        .arg(format!("rsync://127.0.0.1:{}/bench/{name}", self.port));
         let ran = run_measured(&mut cmd, "rsync")?;
         if !ran.ok {
             return Err(CliError::Check(format!(
@@ -343,7 +351,6 @@ impl Drop for RsyncDaemon {
     }
 }
 
-/// Copies `a` into `pristine` and rewrites `differ` scattered blocks of it.
 /// Copies `from` to `to` and makes the copy durable, so that the timed job that follows does
 /// not pay for writing back the benchmark's own setup (on ext4 the first fsync of a job, the
 /// secondary's metadata record, would otherwise wait for the whole copy to reach the disk).
@@ -354,6 +361,7 @@ fn fresh_copy(from: &Path, to: &Path) -> Result<()> {
         .map_err(io_err(to.display()))
 }
 
+/// Copies `a` into `pristine` and rewrites `differ` scattered blocks of it.
 fn make_pristine(a: &Path, pristine: &Path, blocks: u64, differ: usize, seed: u64) -> Result<()> {
     std::fs::copy(a, pristine).map_err(io_err(pristine.display()))?;
     let f = std::fs::File::options()
@@ -437,7 +445,7 @@ pub fn run(args: TableBenchArgs) -> Result<u8> {
         HumanBytes(args.size),
         args.runs
     );
-    println!("`mirror serve` and `mirror sync`/`verify` processes over loopback, page cache warm; rsync `-B4096 --inplace --no-whole-file` pushing to an rsync daemon over loopback (its delta algorithm runs). Seconds are the client process's wall time; wire = bytes sent + received by the client (the primary's report; rsync's `--stats`). Every sync is followed by a byte-for-byte comparison of the two files (all equal, or the benchmark fails).\n");
+    println!("`mirror serve` and `mirror sync`/`verify` processes over loopback, page cache warm; rsync `-B4096 --inplace --no-whole-file --ignore-times` pushing to an rsync daemon over loopback (its delta algorithm runs, whatever the files' times). Seconds are the client process's wall time; wire = bytes sent + received by the client (the primary's report; rsync's `--stats`). Every sync is followed by a byte-for-byte comparison of the two files (all equal, or the benchmark fails).\n");
     println!("| differing blocks | tool | algorithm | sync s | sync wire | wire ÷ differing bytes | rsync s ÷ this | verify s (after) | verify wire |");
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
     for &pct in &args.diff_percents {
