@@ -6,6 +6,7 @@
 //! The comparing passes are in [`super::compare`].
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -134,7 +135,9 @@ impl Inner {
                                 }
                             });
                             job.recorder = Some(wake);
-                            let scanned = (|| {
+                            // Caught so that a panic, too, ends the recorder before the
+                            // scope waits for it; it goes on after.
+                            let scanned = catch_unwind(AssertUnwindSafe(|| -> Result<()> {
                                 if conn.tree && at < blocks {
                                     // One pipelined descent; it sets the checkpoints as it
                                     // passes them.
@@ -153,13 +156,13 @@ impl Inner {
                                     }
                                 }
                                 Ok(())
-                            })();
+                            }));
                             job.recorder = None;
                             if recorder.join().is_err() {
                                 warn!("the checkpoint recorder panicked");
                             }
                             self.durable.record_checkpoint(self.session);
-                            scanned
+                            scanned.unwrap_or_else(|p| resume_unwind(p))
                         })?;
                     } else {
                         job.compare(BlockRange::new(0, blocks))?;
