@@ -226,22 +226,29 @@ def test_periodic_scan_finds_and_repairs_silent_corruption_on_the_secondary(
     pair: Pair, rng: random.Random
 ) -> None:
     path, secondary, proxy = pair
-    # The first periodic scan starts `interval` after the connection: the corruption below
-    # lands well before it, so that one scan finds all of it.
     with open_primary(path, proxy, interval=2.0, rate=256.0, auto_resync=True) as p:
         wait_until(lambda: p.status().last_report is not None, what="first resync")
         random_writes(p, path, rng, 10)
+        # The corruption lands while the link is down: a periodic scan under way then fails,
+        # and the first one after the reconnection starts `interval` after it, so that one
+        # scan finds all of it however slowly this machine runs.
+        proxy.cut()
+        wait_until(lambda: p.status().state == "disconnected", what="link down")
         bad = sorted(rng.sample(range(BLOCKS), 5))
         corrupt(secondary.volume, bad, rng)
         assert read(path) != read(secondary.volume)
+        proxy.restore()
+        found = []
 
         def repaired() -> bool:
             r = p.status().last_report
-            return r is not None and r.mode == "periodic" and r.mismatched > 0
+            if r is not None and r.mode == "periodic" and r.mismatched > 0:
+                found.append(r)
+            return bool(found)
 
-        wait_until(repaired, timeout=40, what="periodic scan repair")
-        r = p.status().last_report
-        assert r is not None and r.mismatched == len(bad) and r.blocks_sent == len(bad)
+        wait_until(repaired, timeout=60, what="periodic scan repair")
+        r = found[0]
+        assert r.mismatched == len(bad) and r.blocks_sent == len(bad)
         assert_equal(path, secondary.volume)
 
 
