@@ -540,14 +540,25 @@ impl<M> Also<M> {
             };
             crossbeam_channel::select! {
                 recv(rx) -> item => return Ok(item.ok()),
-                recv(other) -> m => match m {
-                    Ok(m) => {
-                        sink(ScanEvent::Also(m))?;
-                    }
-                    Err(_) => self.0 = None,
-                },
+                recv(other) -> m => self.hand(m, sink)?,
             }
         }
+    }
+
+    /// Hands `m`, received from the other channel, to `sink`; a closed channel is no longer
+    /// watched.
+    fn hand(
+        &mut self,
+        m: std::result::Result<M, crossbeam_channel::RecvError>,
+        sink: &mut impl FnMut(ScanEvent<M>) -> Result<bool>,
+    ) -> Result<()> {
+        match m {
+            Ok(m) => {
+                sink(ScanEvent::Also(m))?;
+            }
+            Err(_) => self.0 = None,
+        }
+        Ok(())
     }
 }
 
@@ -615,12 +626,7 @@ fn hash_pipelined<M>(
                 let digests = digests.unwrap_or_else(|p| std::panic::resume_unwind(p));
                 ready.insert(seq, (first, digests, buf));
             } else if let (true, Some(rx)) = (i == other, &other_rx) {
-                match op.recv(rx) {
-                    Ok(m) => {
-                        sink(ScanEvent::Also(m))?;
-                    }
-                    Err(_) => also.0 = None,
-                }
+                also.hand(op.recv(rx), sink)?;
             }
         }
     })
