@@ -5,9 +5,10 @@
 //! rewritten at scattered places. Every row runs real processes: `mirror serve` on a fresh copy
 //! of the pristine `b`, `mirror sync` then `mirror verify` of `a` against it (per algorithm);
 //! `rsync -B4096 --inplace --no-whole-file --ignore-times` pushing `a` to an rsync daemon over
-//! loopback; and the same sync and verify through a [`Shape`]d proxy for the WAN rows. After every sync the
-//! two files are compared byte for byte; a difference fails the benchmark. Every figure is the
-//! median of `--runs` runs, and every ratio is taken between medians of the same invocation.
+//! loopback; and the same sync and verify through a [`Shape`]d proxy for the WAN rows. After
+//! every sync the two files are compared byte for byte; a difference fails the benchmark.
+//! Every figure is the median of `--runs` runs, and every ratio is taken between medians of
+//! the same invocation.
 //! Peak RSS of `mirror serve` and `mirror sync` is measured on sparse (all-zero) pairs.
 
 use std::io::Read;
